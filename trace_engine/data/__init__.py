@@ -1,0 +1,1 @@
+"""Preference-pair datasets: reading, validation, presets, splits."""
