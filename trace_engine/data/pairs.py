@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 ChatMessage = dict[str, str]  # {"role": ..., "content": ...}
-Prompt = Union[str, list[ChatMessage]]
+Prompt = str | list[ChatMessage]
 
 CORE_FIELDS = ("id", "prompt", "chosen", "rejected")
 
