@@ -9,6 +9,7 @@ from trace_engine.data.pairs import Prompt
 from trace_engine.policy import Policy
 
 VerdictLabel = Literal["compliant", "violating"]
+ErrorKind = Literal["transient", "permanent"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,15 @@ class JudgeOutcome:
     text: str | None = None  # oracle rewrite
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    # "transient": retries on 429/5xx/timeout/connection ran out (worth retrying later; never cache);
+    # "permanent": 4xx or an unparseable answer after re-asks. None when there is no error.
+    error_kind: ErrorKind | None = None
+    raw: str | None = None  # the judge's raw answer (audit trail), when there was one
+    warnings: tuple[str, ...] = ()  # e.g. unknown clause ids, a structured-output fallback
+
+    @property
+    def transient(self) -> bool:
+        return self.error is not None and self.error_kind == "transient"
 
 
 class JudgeError(Exception):

@@ -1,0 +1,1 @@
+"""Test support: real components for tests (a fake OpenAI-compatible HTTP server on loopback)."""
