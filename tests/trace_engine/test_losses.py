@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trace_engine.logprobs import sequence_logps
+from trace_engine.losses import (
+    chunked_sequence_logps,
+    dpo_loss,
+    dual_npo_loss,
+    ipo_loss,
+    length_normalise,
+    margin,
+    npo_loss,
+    preference_stats,
+    rdpo_loss,
+    token_kl,
+)
+
+
+def t(*xs: float) -> torch.Tensor:
+    return torch.tensor(xs, dtype=torch.float64)
+
+
+def softplus(z: float) -> float:  # -log σ(-z) = log(1 + e^z)
+    return math.log1p(math.exp(z))
+
+
+# Row 0: r(y+) = -2 - (-2.5) = 0.5, r(y-) = -3 - (-2.5) = -0.5, so Δ = 1.  Row 1: Δ = 0 (policy == ref).
+POS, NEG, REF_POS, REF_NEG = t(-2.0, -1.0), t(-3.0, -4.0), t(-2.5, -1.0), t(-2.5, -4.0)
+
+
+def test_margin_by_hand():
+    assert margin(POS, NEG, REF_POS, REF_NEG).tolist() == [1.0, 0.0]
+
+
+def test_dpo_by_hand():
+    loss = dpo_loss(POS, NEG, REF_POS, REF_NEG, beta=0.5)
+    # -log σ(0.5 * 1) = log(1 + e^-0.5); at Δ = 0: log 2
+    assert loss.tolist() == pytest.approx([softplus(-0.5), math.log(2.0)])
+
+
+def test_ipo_by_hand_with_length_normalisation():
+    # β = 0.25 -> target margin 1/(2β) = 2.  Row 0: Δ = 1 -> (1 - 2)² = 1; row 1: Δ = 0 -> 4.
+    assert ipo_loss(POS, NEG, REF_POS, REF_NEG, beta=0.25).tolist() == pytest.approx([1.0, 4.0])
+    # Length-normalised: s(y+) = -6 over 3 tokens -> -2; s(y-) = -2 over 4 tokens -> -0.5; refs 0.
+    pos, neg = length_normalise(t(-6.0), t(3.0)), length_normalise(t(-2.0), t(4.0))
+    assert (pos.item(), neg.item()) == (-2.0, -0.5)
+    # Δ = -2 - (-0.5) = -1.5 -> (-1.5 - 2)² = 12.25
+    assert ipo_loss(pos, neg, t(0.0), t(0.0), beta=0.25).item() == pytest.approx(12.25)
+    assert length_normalise(t(5.0), t(0.0)).item() == 5.0  # no division by zero
+
+
+def test_rdpo_by_hand_and_eps_zero_is_dpo():
+    eps, z = 0.2, 0.5  # z = β Δ for row 0
+    expected = ((1 - eps) * softplus(-z) - eps * softplus(z)) / (1 - 2 * eps)
+    loss = rdpo_loss(POS, NEG, REF_POS, REF_NEG, beta=0.5, eps=eps)
+    assert loss[0].item() == pytest.approx(expected)
+    # at Δ = 0: ((1-ε) log 2 - ε log 2) / (1 - 2ε) = log 2
+    assert loss[1].item() == pytest.approx(math.log(2.0))
+    assert torch.allclose(rdpo_loss(POS, NEG, REF_POS, REF_NEG, 0.5, 0.0), dpo_loss(POS, NEG, REF_POS, REF_NEG, 0.5))
+    with pytest.raises(ValueError, match="eps < 0.5"):
+        rdpo_loss(POS, NEG, REF_POS, REF_NEG, 0.5, 0.5)
+
+
+def test_npo_by_hand_with_and_without_scale():
+    # r = -4 - (-3) = -1, β = 0.5: -log σ(-β r) = -log σ(0.5) = log(1 + e^-0.5)
+    plain = npo_loss(t(-4.0), t(-3.0), beta=0.5)
+    assert plain.item() == pytest.approx(softplus(-0.5))
+    scaled = npo_loss(t(-4.0), t(-3.0), beta=0.5, two_over_beta=True)
+    assert scaled.item() == pytest.approx(4.0 * softplus(-0.5))  # 2/β = 4
+    # dual: y_w has r = -1, y_l has r = +2 -> log(1+e^-0.5) + log(1+e^1)
+    dual = dual_npo_loss(t(-4.0), t(0.0), t(-3.0), t(-2.0), beta=0.5)
+    assert dual.item() == pytest.approx(softplus(-0.5) + softplus(1.0))
+
+
+def test_npo_gradient_at_reference_is_beta_over_two():
+    policy = t(-3.0).requires_grad_()
+    npo_loss(policy, t(-3.0), beta=0.3).sum().backward()
+    assert policy.grad.item() == pytest.approx(0.15)  # β σ(0) = β/2, as design §4 uses
+
+
+def test_preference_stats_by_hand():
+    stats = preference_stats(POS, NEG, REF_POS, REF_NEG, beta=0.5)
+    assert stats["reward_chosen"].tolist() == [0.25, 0.0]
+    assert stats["reward_rejected"].tolist() == [-0.25, 0.0]
+    assert stats["margin"].tolist() == [0.5, 0.0]
+    assert stats["accuracy"].tolist() == [1.0, 0.0]
+
+
+def test_token_kl_by_hand():
+    # Vocabulary of 2.  Position 0 predicts token 1 (a response token).  ref = (1/2, 1/2), policy = (3/4, 1/4):
+    # KL(ref ‖ policy) = 1/2 ln(2/3) + 1/2 ln(2) = 1/2 ln(4/3).  Position 1 predicts token 2: identical -> 0.
+    ref = torch.zeros(1, 3, 2)
+    policy = torch.zeros(1, 3, 2)
+    policy[0, 0] = torch.tensor([math.log(3.0), 0.0])
+    both = torch.tensor([[False, True, True]])
+    only_first = torch.tensor([[False, True, False]])
+    assert token_kl(policy, ref, only_first).item() == pytest.approx(0.5 * math.log(4 / 3), rel=1e-6)
+    assert token_kl(policy, ref, both).item() == pytest.approx(0.25 * math.log(4 / 3), rel=1e-6)  # mean of 2
+    assert token_kl(policy, ref, torch.zeros(1, 3, dtype=torch.bool)).item() == 0.0
+
+
+def _full_kl(policy_logits, ref_logits, response_mask):
+    """The obvious computation: full log-softmax tensors, masked mean."""
+    lp = torch.log_softmax(policy_logits[:, :-1].float(), -1)
+    lq = torch.log_softmax(ref_logits[:, :-1].float(), -1)
+    per_pos = (lq.exp() * (lq - lp)).sum(-1)
+    mask = response_mask[:, 1:].float()
+    return (per_pos * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _random_batch(seed: int, n: int = 3, t_len: int = 11, v: int = 37):
+    g = torch.Generator().manual_seed(seed)
+    policy = torch.randn(n, t_len, v, generator=g)
+    ref = policy + 0.3 * torch.randn(n, t_len, v, generator=g)
+    mask = torch.zeros(n, t_len, dtype=torch.bool)
+    mask[0, 4:9], mask[1, 2:], mask[2, 6:7] = True, True, True
+    ids = torch.randint(0, v, (n, t_len), generator=g)
+    return policy, ref, mask, ids
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 7, 10_000])
+def test_chunked_kl_matches_full_computation_values_and_gradients(chunk_tokens):
+    policy, ref, mask, _ = _random_batch(0)
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    p1 = policy.clone().requires_grad_()
+    chunked = token_kl(p1, ref, mask, chunk_tokens=chunk_tokens)
+    (chunked * weights).sum().backward()
+    p2 = policy.clone().requires_grad_()
+    full = _full_kl(p2, ref, mask)
+    (full * weights).sum().backward()
+    assert torch.allclose(chunked, full, atol=1e-6)
+    assert torch.allclose(p1.grad, p2.grad, atol=1e-6)
+    assert (chunked > 0).all()
+
+
+def test_chunked_kl_bf16_logits_keep_dtype_of_gradient():
+    policy, ref, mask, _ = _random_batch(1)
+    p = policy.bfloat16().requires_grad_()
+    kl = token_kl(p, ref.bfloat16(), mask, chunk_tokens=5)
+    kl.sum().backward()
+    assert kl.dtype == torch.float32 and p.grad.dtype == torch.bfloat16
+    assert torch.allclose(kl, _full_kl(policy.bfloat16(), ref.bfloat16(), mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 6, 10_000])
+def test_chunked_sequence_logps_matches_logprobs_module(chunk_tokens):
+    logits, _, mask, ids = _random_batch(2)
+    a = logits.clone().requires_grad_()
+    fast = chunked_sequence_logps(a, ids, mask, chunk_tokens=chunk_tokens)
+    (fast * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    b = logits.clone().requires_grad_()
+    slow = sequence_logps(b, ids, mask)
+    (slow * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)

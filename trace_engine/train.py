@@ -1,0 +1,640 @@
+"""The training recipe (design.md §5): setup -> reference log-probs -> train -> checkpoint -> save.
+
+Read `train` top to bottom. Each step is ONE batched forward over [preferred rows; dispreferred rows] of every
+example in the micro-batch; each example's loss is picked by its kind mask (variants.LossKind), weighted, summed.
+Reference sequence log-probs are computed once up front (adapter disabled) or taken from scoring; the KL anchor's
+reference logits come from a second no-grad forward of only the RETAIN rows with the adapter disabled.
+All device placement lives in `Runtime`, so an accelerate.Accelerator can take it over later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trace_engine import checkpoint as ckpt
+from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
+from trace_engine.losses import (
+    chunked_sequence_logps,
+    dpo_loss,
+    dual_npo_loss,
+    ipo_loss,
+    npo_loss,
+    rdpo_loss,
+    token_kl_sums,
+)
+from trace_engine.modeling import (
+    LoraSettings,
+    ModelLoadError,
+    ModelSource,
+    attach_lora,
+    default_dtype,
+    is_adapter_model,
+    load_causal_lm,
+    load_tokenizer,
+    pick_device,
+    reference_mode,
+)
+from trace_engine.modeling import merge as merge  # re-exported: `train.merge(adapter_dir, out_dir)`
+from trace_engine.tokenization import (
+    EncodedPair,
+    LengthLimits,
+    TruncationReport,
+    collate,
+    encode_pairs,
+    pad_id_of,
+)
+from trace_engine.variants import DataError, Example, LossKind, PreparedData, get_variant, prepare_examples
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+PREF_LOSSES = ("dpo", "ipo", "rdpo")
+_NOT_IN_FINGERPRINT = ("checkpoint_every",)  # settings that do not change the trained weights
+
+
+class ConfigError(ValueError):
+    """A setting is invalid or incompatible with the variant; raised before any model work."""
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the paper's README run (β 0.3, α_KL 0.1, lr 1e-4, 1 epoch, effective batch 4)."""
+
+    variant: str = "trace"
+    beta: float = 0.3
+    alpha_kl: float = 0.1
+    pref_loss: str = "dpo"  # dpo | ipo (| rdpo); baselines that fix a loss (dpo, ipo, rdpo) override it
+    rdpo_eps: float = 0.1
+    npo_two_over_beta: bool = False  # the NPO paper's 2/β scale; the published TRACE code omits it
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; caps epochs
+    batch_size: int = 4  # examples (pairs) per micro-batch -> 2 * batch_size rows per forward
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    max_prompt_len: int = 512
+    max_len: int = 1024
+    pad_to_multiple_of: int | None = 8
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    full_finetune: bool = False
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    ref_batch_size: int = 8  # pairs per forward when precomputing reference log-probs
+    chunk_tokens: int | None = None  # positions per chunk in log-prob / KL math; None = losses.CHUNK_ELEMENTS // V
+    checkpoint_every: int = 0  # optimizer steps; 0 = no intermediate checkpoints
+
+    def effective_pref_loss(self) -> str:
+        return get_variant(self.variant).pref_loss or self.pref_loss
+
+    def validate(self) -> None:
+        try:
+            get_variant(self.variant)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from exc
+        problems = []
+        if self.pref_loss not in PREF_LOSSES:
+            problems.append(f"pref_loss must be one of {PREF_LOSSES}, got {self.pref_loss!r}")
+        if self.beta <= 0:
+            problems.append(f"beta must be > 0, got {self.beta}")
+        if self.alpha_kl < 0:
+            problems.append(f"alpha_kl must be >= 0, got {self.alpha_kl}")
+        if self.effective_pref_loss() == "rdpo" and not 0 < self.rdpo_eps < 0.5:
+            problems.append(f"rdpo needs 0 < rdpo_eps < 0.5 (ε = 0 is plain DPO), got {self.rdpo_eps}")
+        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
+            problems.append("lr must be > 0 and batch_size, grad_accum, epochs >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
+            problems.append("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+        try:
+            LengthLimits(self.max_prompt_len, self.max_len)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lora"] = self.lora.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        d = dict(d)
+        if isinstance(d.get("lora"), Mapping):
+            lora = dict(d["lora"])
+            lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings().target_modules))
+            d["lora"] = LoraSettings(**lora)
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path  # the adapter (or full model) directory
+    metrics_path: Path
+    steps: int
+    final_metrics: dict[str, float]
+    provenance: dict[str, Any]
+
+
+def sequence_key(prompt: Prompt, response: str) -> str:
+    """Key of a (prompt, response) sequence in a reference log-prob cache (same tokenizer and length limits)."""
+    return sha256_text(prompt_key(prompt), response)
+
+
+# ---------------------------------------------------------------- device handling (one place)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def train(
+    rows: Sequence[dict[str, Any]],
+    config: TrainConfig,
+    *,
+    base: ModelSource,
+    output_dir: str | Path,
+    reference_logps: Mapping[str, float] | None = None,
+    progress: ProgressFn | None = None,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train one adapter on triaged rows; resume from the latest complete checkpoint in `output_dir` if any.
+
+    rows: triaged rows (`trace_engine.triage.categorize` layout), with `impact_score` where the variant weights by
+    impact. reference_logps: precomputed reference s(y) keyed by `sequence_key(prompt, response)` (e.g. from
+    scoring, with the same tokenizer and length limits); missing ones are computed. resume=False refuses a directory
+    that already holds checkpoints. Writes `<output_dir>/adapter` (or `/model` for a full fine-tune),
+    `metrics.jsonl` and `checkpoints/`.
+    """
+    # ---- setup: every check that can fail runs before the model is loaded
+    config.validate()
+    data = prepare_examples(list(rows), config.variant)
+    if config.alpha_kl == 0:
+        data = _drop_kind(data, LossKind.KL, "unused_RETAIN_alpha_kl_0")
+    if config.full_finetune and any(e.kind is LossKind.KL for e in data.examples):
+        raise ConfigError(
+            "the KL anchor needs reference logits every step, which a full fine-tune cannot get without a second "
+            "copy of the weights; use LoRA, alpha_kl=0, or a variant without KL"
+        )
+    base.validate()
+    run_dir = Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rt = Runtime(pick_device(device), default_dtype(pick_device(device), config.dtype))
+    seed_everything(config.seed)
+
+    tokenizer = load_tokenizer(base)
+    pad_id = pad_id_of(tokenizer)
+    limits = LengthLimits(config.max_prompt_len, config.max_len)
+    encoded, truncation = encode_pairs(
+        tokenizer,
+        [e.prompt for e in data.examples],
+        [e.preferred for e in data.examples],
+        [e.dispreferred for e in data.examples],
+        limits,
+    )
+    model = load_causal_lm(base, rt.device, rt.dtype)
+    if config.full_finetune:
+        model.requires_grad_(True)
+    else:
+        model = attach_lora(model, config.lora)  # validates target modules first
+    if config.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fingerprint = {
+        "base_model": base.to_dict(),
+        "data_hash": data.data_hash(),
+        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_FINGERPRINT},
+    }
+
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise ckpt.CheckpointMismatch(f"{run_dir} already holds checkpoints ({latest.name}); resume or use a new dir")
+    if latest is not None:
+        position, state = ckpt.read_state(latest, fingerprint)  # refuses another model / data / config, early
+    else:
+        position, state = ckpt.Position(step=0, epoch=0, batch_in_epoch=0), None
+
+    # ---- reference sequence log-probs: once, before any update (the policy at step 0 IS the reference)
+    ref = reference_sequence_logps(model, encoded, data.examples, rt, config, pad_id, reference_logps)
+
+    # ---- optimizer, schedule, resume
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    n = len(data.examples)
+    micro_per_epoch = math.ceil(n / config.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = warmup_cosine(optimizer, total_steps, config.warmup_ratio, config.min_lr_ratio)
+    metrics_path = run_dir / "metrics.jsonl"
+    if latest is not None and state is not None:
+        load_weights(model, latest)  # after the reference pass: a full fine-tune's reference is the base
+        rng_tensors = ckpt.load_trainer_state(latest, optimizer, scheduler)
+        ckpt.restore_rng(state["rng"], rng_tensors)
+        _truncate_metrics(metrics_path, position.step)
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+
+    kinds = torch.tensor([int(e.kind) for e in data.examples])
+    weights = torch.tensor([e.weight for e in data.examples], dtype=torch.float32)
+    step_fn = StepInputs(encoded, kinds, weights, ref, pad_id, config)
+
+    # ---- train
+    model.train()
+    last: dict[str, float | None] = _last_metrics(metrics_path)  # non-empty only when resuming
+    with open(metrics_path, "a", encoding="utf-8") as log:
+        while position.step < total_steps:
+            order = epoch_order(n, config.seed, position.epoch)
+            micro = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
+            for start in range(position.batch_in_epoch, len(micro), config.grad_accum):
+                if position.step >= total_steps:
+                    break
+                group = micro[start : start + config.grad_accum]
+                started = time.perf_counter()
+                sums = train_step(model, optimizer, scheduler, group, step_fn, rt, config)
+                last = step_metrics(sums, position, time.perf_counter() - started)
+                after = start + len(group)
+                position = (
+                    ckpt.Position(position.step + 1, position.epoch, after)
+                    if after < len(micro)
+                    else ckpt.Position(position.step + 1, position.epoch + 1, 0)
+                )
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                if config.checkpoint_every and position.step % config.checkpoint_every == 0:
+                    ckpt.save_checkpoint(
+                        run_dir, position, lambda d: save_weights(model, d), optimizer, scheduler, fingerprint
+                    )
+                if progress is not None:
+                    progress(position.step, total_steps, last)
+
+    # ---- save: adapter (or full model) + tokenizer + provenance, atomically
+    provenance = {
+        "format": "realign-adapter/1",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": base.to_dict(),
+        "data_hash": fingerprint["data_hash"],
+        "variant": config.variant,
+        "variant_description": get_variant(config.variant).description,
+        "config": config.to_dict(),
+        "counts": {**data.counts, "examples": n},
+        "truncation": truncation.to_dict(),
+        "steps": position.step,
+        "final_metrics": last,
+        "versions": _versions(),
+        **{k: v for k, v in data.provenance.items()},
+    }
+
+    def fill(d: Path) -> None:
+        save_weights(model, d)
+        tokenizer.save_pretrained(d)
+        (d / "realign.json").write_text(json.dumps(provenance, indent=1, ensure_ascii=False))
+
+    out = ckpt.write_atomic_dir(run_dir / ("model" if config.full_finetune else "adapter"), fill)
+    return TrainResult(out, metrics_path, position.step, last, provenance)
+
+
+# ---------------------------------------------------------------- one optimizer step
+
+
+@dataclass
+class StepInputs:
+    """Everything a step needs about the examples, indexed by example number (CPU tensors)."""
+
+    encoded: list[EncodedPair]
+    kinds: torch.Tensor  # [n] long, LossKind codes
+    weights: torch.Tensor  # [n] float
+    ref: torch.Tensor  # [n, 2] reference s(preferred), s(dispreferred)
+    pad_id: int
+    config: TrainConfig
+
+
+def train_step(model, optimizer, scheduler, group: list[list[int]], inputs: StepInputs, rt: Runtime, cfg):
+    """Forward/backward each micro-batch of the group, then one optimizer update. Returns detached sums."""
+    n_examples = sum(len(mb) for mb in group)
+    sums: dict[str, torch.Tensor] = {}
+    counts = {"n_pref": 0, "n_npo": 0, "n_kl": 0}
+    tokens = torch.zeros((), device=rt.device)
+    for mb in group:
+        loss, parts, batch_tokens = micro_batch_loss(model, mb, inputs, rt, cfg)
+        (loss / n_examples).backward()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0) + v
+        tokens = tokens + batch_tokens
+        kinds = inputs.kinds[mb].tolist()  # CPU tensor: no device sync
+        counts["n_pref"] += kinds.count(LossKind.PREF)
+        counts["n_npo"] += kinds.count(LossKind.DUAL_NPO) + kinds.count(LossKind.NPO_DISPREFERRED)
+        counts["n_kl"] += kinds.count(LossKind.KL)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    names = sorted(sums)
+    values = torch.stack([sums[k].float() for k in names] + [grad_norm.float().to(rt.device), tokens]).tolist()
+    out = dict(zip([*names, "grad_norm", "tokens"], values, strict=True))  # the one sync per step
+    return {**out, **counts, "examples": n_examples, "lr": lr}
+
+
+def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg: TrainConfig):
+    """Σ_i w_i ℓ_i over one micro-batch (not yet divided by the step size), metric sums, token count."""
+    # KL examples first, so their rows are two contiguous slices (views of the logits, no copies)
+    is_kl_list = [c == LossKind.KL for c in inputs.kinds[mb].tolist()]  # CPU tensor: no device sync
+    mb = [i for i, kl in zip(mb, is_kl_list, strict=True) if kl] + [
+        i for i, kl in zip(mb, is_kl_list, strict=True) if not kl
+    ]
+    b, k = len(mb), sum(is_kl_list)
+    batch = collate(
+        [inputs.encoded[i].preferred for i in mb] + [inputs.encoded[i].dispreferred for i in mb],
+        inputs.pad_id,
+        cfg.pad_to_multiple_of,
+    ).to(rt.device)
+    idx = torch.tensor(mb)
+    kinds = inputs.kinds[idx].to(rt.device)  # [b]
+    weights = inputs.weights[idx].to(rt.device)  # [b]
+    ref_pos, ref_neg = inputs.ref[idx, 0].to(rt.device), inputs.ref[idx, 1].to(rt.device)  # [b] each
+
+    with rt.autocast():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logps = chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, cfg.chunk_tokens)  # [2b]
+    pos, neg = logps[:b], logps[b:]
+    n_tok = batch.num_response_tokens.to(logps.dtype)
+
+    pref = preference_loss(pos, neg, ref_pos, ref_neg, n_tok[:b], n_tok[b:], cfg)
+    dual = dual_npo_loss(pos, neg, ref_pos, ref_neg, cfg.beta, cfg.npo_two_over_beta)
+    npo_neg = npo_loss(neg, ref_neg, cfg.beta, cfg.npo_two_over_beta)
+    kl = torch.zeros(b, device=rt.device)
+    if k:
+        kl = torch.cat([retain_kl(model, logits, batch, k, b, rt, cfg), kl[k:]])
+
+    is_pref, is_dual = kinds == LossKind.PREF, kinds == LossKind.DUAL_NPO
+    is_neg, is_kl = kinds == LossKind.NPO_DISPREFERRED, kinds == LossKind.KL
+    zero = torch.zeros_like(pref)
+    per_example = (
+        torch.where(is_pref, pref, zero)
+        + torch.where(is_dual, dual, zero)
+        + torch.where(is_neg, npo_neg, zero)
+        + torch.where(is_kl, cfg.alpha_kl * kl, zero)
+    )  # [b]
+    loss = (weights * per_example).sum()
+
+    with torch.no_grad():
+        beta = cfg.beta
+        r_pos, r_neg = beta * (pos - ref_pos), beta * (neg - ref_neg)
+        f = {name: m.float() for name, m in (("p", is_pref), ("d", is_dual), ("n", is_neg), ("k", is_kl))}
+        parts = {
+            "loss_sum": (weights * per_example).detach().sum(),
+            "pref_loss_sum": (pref * f["p"]).sum(),
+            "npo_loss_sum": (dual * f["d"] + npo_neg * f["n"]).sum(),
+            "kl_sum": (kl.detach() * f["k"]).sum(),
+            "reward_chosen_sum": (r_pos * f["p"]).sum(),
+            "reward_rejected_sum": (r_neg * f["p"]).sum(),
+            "accuracy_sum": ((r_pos > r_neg).float() * f["p"]).sum(),
+            "npo_reward_sum": (r_pos * f["d"] + r_neg * (f["d"] + f["n"])).sum(),
+            "npo_responses": (2 * f["d"] + f["n"]).sum(),
+        }
+        parts = {name: v.detach() for name, v in parts.items()}
+    return loss, parts, batch.attention_mask.sum()
+
+
+def preference_loss(pos, neg, ref_pos, ref_neg, n_pos, n_neg, cfg: TrainConfig) -> torch.Tensor:
+    """ℓ_pref per example: DPO, rDPO, or IPO on length-normalised log-probs."""
+    name = cfg.effective_pref_loss()
+    if name == "ipo":
+        n_pos, n_neg = n_pos.clamp(min=1), n_neg.clamp(min=1)
+        return ipo_loss(pos / n_pos, neg / n_neg, ref_pos / n_pos, ref_neg / n_neg, cfg.beta)
+    if name == "rdpo":
+        return rdpo_loss(pos, neg, ref_pos, ref_neg, cfg.beta, cfg.rdpo_eps)
+    return dpo_loss(pos, neg, ref_pos, ref_neg, cfg.beta)
+
+
+def retain_kl(model, logits, batch, k: int, b: int, rt: Runtime, cfg: TrainConfig) -> torch.Tensor:
+    """Token-mean KL(π_ref ‖ π_θ) over both responses of the first k (RETAIN) examples.  -> [k]
+
+    Reference logits: one no-grad forward of just those 2k rows with the adapter disabled.
+    """
+    rows = torch.cat([torch.arange(k), torch.arange(b, b + k)]).to(rt.device)
+    with reference_mode(model), rt.autocast():
+        ref_logits = model(
+            input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], use_cache=False
+        ).logits  # [2k, T, V]
+    s_pos, c_pos = token_kl_sums(logits[:k], ref_logits[:k], batch.response_mask[:k], cfg.chunk_tokens)
+    s_neg, c_neg = token_kl_sums(logits[b : b + k], ref_logits[k:], batch.response_mask[b : b + k], cfg.chunk_tokens)
+    return (s_pos + s_neg) / (c_pos + c_neg).clamp(min=1)
+
+
+def step_metrics(sums: dict[str, float], position: ckpt.Position, seconds: float) -> dict[str, float | None]:
+    """Turn one step's sums into means (per component over the examples that have it)."""
+
+    def mean(key: str, count: float) -> float | None:  # None (JSON null) when no example had this component
+        return sums[key] / count if count else None
+
+    n_pref = sums["n_pref"]
+    return {
+        "step": position.step + 1,
+        "epoch": position.epoch,
+        "loss": sums["loss_sum"] / sums["examples"],
+        "loss_pref": mean("pref_loss_sum", n_pref),
+        "loss_npo": mean("npo_loss_sum", sums["n_npo"]),
+        "kl": mean("kl_sum", sums["n_kl"]),
+        "reward_chosen": mean("reward_chosen_sum", n_pref),
+        "reward_rejected": mean("reward_rejected_sum", n_pref),
+        "margin": (sums["reward_chosen_sum"] - sums["reward_rejected_sum"]) / n_pref if n_pref else None,
+        "accuracy": mean("accuracy_sum", n_pref),
+        "npo_reward": mean("npo_reward_sum", sums["npo_responses"]),
+        "n_pref": n_pref,
+        "n_npo": sums["n_npo"],
+        "n_kl": sums["n_kl"],
+        "examples": sums["examples"],
+        "lr": sums["lr"],
+        "grad_norm": sums["grad_norm"],
+        "tokens": sums["tokens"],
+        "tokens_per_s": sums["tokens"] / seconds if seconds > 0 else None,
+        "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------- reference log-probs
+
+
+@torch.no_grad()
+def reference_sequence_logps(
+    model,
+    encoded: list[EncodedPair],
+    examples: list[Example],
+    rt: Runtime,
+    cfg: TrainConfig,
+    pad_id: int,
+    cache: Mapping[str, float] | None = None,
+) -> torch.Tensor:
+    """[n, 2] reference s(preferred), s(dispreferred); cached values are used, the rest computed in batches.
+
+    KL examples need no sequence log-probs (their reference is the logits, per step) and get 0.
+    """
+    cache = cache or {}
+    out = torch.zeros(len(examples), 2)
+    todo: list[tuple[int, int]] = []  # (example, 0 = preferred / 1 = dispreferred)
+    for i, e in enumerate(examples):
+        if e.kind is LossKind.KL:
+            continue
+        for side, text in ((0, e.preferred), (1, e.dispreferred)):
+            key = sequence_key(e.prompt, text)
+            if key in cache:
+                out[i, side] = float(cache[key])
+            else:
+                todo.append((i, side))
+    if not todo:
+        return out
+    seqs = [encoded[i].preferred if side == 0 else encoded[i].dispreferred for i, side in todo]
+    order = sorted(range(len(todo)), key=lambda j: len(seqs[j]), reverse=True)  # less padding
+    rows_per_batch = 2 * cfg.ref_batch_size
+    was_training = model.training
+    model.eval()
+    ctx = reference_mode(model) if is_adapter_model(model) else contextlib.nullcontext()
+    with ctx:
+        for s in range(0, len(order), rows_per_batch):
+            chunk = order[s : s + rows_per_batch]
+            batch = collate([seqs[j] for j in chunk], pad_id, cfg.pad_to_multiple_of).to(rt.device)
+            with rt.autocast():
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            values = chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, cfg.chunk_tokens).cpu()
+            for j, v in zip(chunk, values.tolist(), strict=True):
+                i, side = todo[j]
+                out[i, side] = v
+    model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------- schedule, order, weights I/O
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
+    """Linear warmup over ceil(warmup_ratio * total) steps, then cosine decay to lr * min_lr_ratio."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A fixed shuffle per (seed, epoch), so a resumed run sees the same order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def save_weights(model, directory: Path) -> None:
+    """Adapter: adapter_model.safetensors + adapter_config.json. Full fine-tune: the whole model, safetensors."""
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def load_weights(model, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    if is_adapter_model(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if bad:
+            raise ckpt.CheckpointMismatch(f"{directory}: adapter weights do not fit this model ({bad[:3]})")
+        return
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=next(model.parameters()).dtype, use_safetensors=True)
+    model.load_state_dict(reloaded.state_dict())
+
+
+def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
+    kept = [e for e in data.examples if e.kind is not kind]
+    counts = dict(data.counts)
+    dropped = len(data.examples) - len(kept)
+    if dropped:
+        counts[reason] = dropped
+        counts.pop(kind.name, None)
+    return PreparedData(kept, counts, data.provenance)
+
+
+def _truncate_metrics(path: Path, up_to_step: int) -> None:
+    """After a resume, drop log lines of steps the crashed run did after its last checkpoint."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= up_to_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _last_metrics(path: Path) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    if path.exists():
+        for last in iter_jsonl(path):  # noqa: B007 - we want the final line
+            pass
+    return last
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "TrainConfig",
+    "TrainResult",
+    "TruncationReport",
+    "merge",
+    "sequence_key",
+    "train",
+]
