@@ -82,7 +82,7 @@ def build_tiny_model(
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama' or 'qwen2'")
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def save_tiny(model, tokenizer, out_dir: str | Path) -> Path:
