@@ -1,0 +1,104 @@
+"""Triaged rows -> scored samples: sample selection per variant, packing, and the end-to-end pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from trace_engine.impact import SampleKind, seed_lora_
+from trace_engine.logprobs import sequence_logps
+from trace_engine.scoring import conflict_samples, pack_batches, score_conflicts, sequence_key
+from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, train_tokenizer
+from trace_engine.tokenization import collate, encode_sequences, pad_id_of
+from trace_engine.train import sequence_key as train_sequence_key
+
+K = SampleKind
+
+
+def triaged() -> list[dict]:
+    return [
+        {"id": "r0", "category": "RETAIN", "prompt": "How do I reset my password?",
+         "chosen": "Open settings and choose reset.", "rejected": "I cannot help."},
+        {"id": "r1", "category": "RETAIN", "prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Sorry."},
+        {"id": "i0", "category": "INVERT", "prompt": "Explain firewalls.", "chosen": "Here is a careful answer.",
+         "rejected": "Sorry, I can't assist.", "original_chosen": "Sorry, I can't assist.",
+         "original_rejected": "Here is a careful answer."},
+        {"id": "p0", "category": "PUNISH", "prompt": "Two plus two?", "chosen": "Five.", "rejected": "Three.",
+         "oracle_response": "Four."},
+        {"id": "p1", "category": "PUNISH", "prompt": "Say something.", "chosen": "Bad one.", "rejected": "Bad two.",
+         "oracle_response": ""},
+        {"id": "e0", "category": "ERROR", "prompt": "?", "chosen": "a", "rejected": "b"},
+    ]
+
+
+def test_conflict_samples_per_variant():
+    rows = triaged()
+    trace = conflict_samples(rows, "trace")
+    assert [(s.sample_id, s.kind) for s in trace] == [("i0", K.INVERT), ("p0", K.PUNISH_NPO), ("p1", K.PUNISH_NPO)]
+    assert trace[0].responses == ("Here is a careful answer.", "Sorry, I can't assist.")
+    oracle = conflict_samples(rows, "trace_oracle")
+    assert oracle[1].kind is K.PUNISH_ORACLE and oracle[1].responses == ("Four.", "Five.")
+    assert oracle[2].kind is K.PUNISH_NPO  # empty rewrite: dual-NPO fallback, never an empty preferred answer
+    no_triage = conflict_samples(rows, "no_triage")
+    assert [s.sample_id for s in no_triage] == ["r0", "r1", "i0", "p0", "p1"]
+    assert no_triage[2].responses == ("Here is a careful answer.",)  # the ORIGINAL rejected, not the swapped one
+    with pytest.raises(ValueError, match="variant"):
+        conflict_samples(rows, "dpo")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(DEFAULT_CORPUS, vocab_size=300)
+
+
+def test_pack_batches_keeps_samples_whole_and_rows_exact(tokenizer):
+    samples = conflict_samples(triaged(), "no_triage") + conflict_samples(triaged(), "trace")
+    samples = [s.__class__(f"{s.sample_id}-{i}", s.kind, s.prompt, s.responses) for i, s in enumerate(samples)]
+    batches, report = pack_batches(tokenizer, samples, rows_per_batch=3)
+    assert report.sequences == sum(len(s.responses) for s in samples)
+    seen = {}
+    for b in batches:
+        assert b.batch.input_ids.shape[0] <= 3
+        for sid, rows in zip(b.sample_ids, b.rows, strict=True):
+            seen[sid] = (b, rows)
+    assert set(seen) == {s.sample_id for s in samples}
+    s = next(x for x in samples if x.kind is K.PUNISH_NPO)
+    b, rows = seen[s.sample_id]
+    enc, _ = encode_sequences(tokenizer, [s.prompt] * 2, list(s.responses))
+    expected = collate(enc, pad_id_of(tokenizer))
+    for j, r in enumerate(rows):
+        n = int(expected.attention_mask[j].sum())
+        assert b.batch.input_ids[r, :n].tolist() == expected.input_ids[j, :n].tolist()
+        assert b.batch.response_mask[r].tolist()[:n] == expected.response_mask[j].tolist()[:n]
+
+
+def test_score_conflicts_end_to_end(tokenizer):
+    model = get_peft_model(build_tiny_model(tokenizer, "qwen2", hidden_size=32, intermediate_size=64),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    seed_lora_(model, 0)
+    rows = triaged()
+    result = score_conflicts(model, tokenizer, rows, gold_size=6, seed=0, mode="mean", rows_per_batch=4)
+    assert [s.sample_id for s in result.scored] == ["i0", "p0", "p1"]
+    assert sum(result.weights.weights) == pytest.approx(3.0)  # mean mode: weights average 1
+    assert result.summary["gold"]["size"] == result.gold_report.size > 0
+    # reference log-probs: keyed like the trainer's cache, equal to the model's own at θ_ref
+    key = sequence_key(rows[3]["prompt"], "Five.")
+    assert key == train_sequence_key(rows[3]["prompt"], "Five.")
+    enc, _ = encode_sequences(tokenizer, [rows[3]["prompt"]], ["Five."])
+    batch = collate(enc, pad_id_of(tokenizer))
+    model.eval()
+    with torch.no_grad():
+        direct = sequence_logps(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                                batch.input_ids, batch.response_mask)
+    assert result.reference_logps[key] == pytest.approx(float(direct[0]), rel=1e-5)
+
+
+def test_score_conflicts_refuses_an_empty_gold_batch(tokenizer):
+    model = get_peft_model(build_tiny_model(tokenizer, "llama", hidden_size=32, intermediate_size=64),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    rows = [r for r in triaged() if r["category"] == "PUNISH"]
+    for r in rows:
+        r.pop("oracle_response")
+    with pytest.raises(ValueError, match="gold batch is empty"):
+        score_conflicts(model, tokenizer, rows, gold_size=4)

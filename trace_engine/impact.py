@@ -1,0 +1,551 @@
+"""Impact scores (design.md §4): w_k = ⟨g_J, ∇_θ ℓ_k(θ)⟩ over the trainable (LoRA) parameters.
+
+g_J is the gradient of the mean DPO loss over the gold batch at θ_ref. Every training loss ℓ_k is a function of the
+summed response log-probs s(y) of its one or two sequences, so by the chain rule
+
+    ∇ℓ_k = Σ_{y ∈ k} c_k(y) ∇s(y),   c_k(y) = ∂ℓ_k/∂s(y)   and   w_k = Σ_{y ∈ k} c_k(y) d(y),  d(y) = ⟨g_J, ∇s(y)⟩.
+
+c_k(y) are scalars that depend only on s_θ(y) and s_ref(y) (the σ factors; constants at θ_ref where Δ = r = 0).
+We take them by autograd through the SAME loss functions training uses (`trace_engine.losses`), so scoring and
+training can never disagree on a loss. d(y) for a whole batch comes from one forward and one backward
+(`trace_engine.ghost`). The pass also yields the policy log-probs, which ARE the reference log-probs at θ_ref: they
+are returned so the trainer can cache them.
+
+Sharding: `score_batches` scores any list of batches independently; give each rank a shard, gather the
+`ScoredSample`s, then normalise once over the whole conflict set (`normalise_scores`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from trace_engine.ghost import GhostDot
+from trace_engine.logprobs import SequenceBatch
+from trace_engine.losses import chunked_sequence_logps, dpo_loss, ipo_loss, length_normalise, npo_loss
+
+
+class SampleKind(str, Enum):
+    """Which training loss a scored sample gets (and so which sequences it reads, in this order)."""
+
+    INVERT = "INVERT"  # ℓ_pref(x, preferred, dispreferred) on the triaged (already swapped) pair
+    PUNISH_NPO = "PUNISH_NPO"  # dual NPO on both violating responses (y_w, y_l)
+    PUNISH_ORACLE = "PUNISH_ORACLE"  # ℓ_pref(x, y_c, y_w) with the judge-written compliant y_c
+    NO_TRIAGE = "NO_TRIAGE"  # ablation: NPO on the pair's ORIGINAL rejected response (one sequence)
+
+
+ARITY = {SampleKind.INVERT: 2, SampleKind.PUNISH_NPO: 2, SampleKind.PUNISH_ORACLE: 2, SampleKind.NO_TRIAGE: 1}
+PREFERENCE_KINDS = (SampleKind.INVERT, SampleKind.PUNISH_ORACLE)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss hyper-parameters scores are taken for (must match training's)."""
+
+    beta: float = 0.1
+    preference_loss: Literal["dpo", "ipo"] = "dpo"
+    npo_two_over_beta: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.preference_loss not in ("dpo", "ipo"):
+            raise ValueError(f"preference_loss must be 'dpo' or 'ipo', got {self.preference_loss!r}")
+
+
+@dataclass
+class ScoringBatch:
+    """Token rows plus which rows each sample's loss reads.
+
+    rows[k]: batch row indices of sample k, in loss order: (preferred, dispreferred) for INVERT / PUNISH_ORACLE,
+    (y_w, y_l) for PUNISH_NPO, (y,) for NO_TRIAGE. A row belongs to at most one sample.
+    reference_logps: optional cached s_ref per row [N]; when absent it is taken from the pass itself at θ_ref
+    (identity adapter) or from one no-grad forward with the adapter disabled.
+    """
+
+    batch: SequenceBatch
+    sample_ids: list[str]
+    kinds: list[SampleKind]
+    rows: list[tuple[int, ...]]
+    reference_logps: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not (len(self.sample_ids) == len(self.kinds) == len(self.rows)):
+            raise ValueError("sample_ids, kinds and rows must have one entry per sample")
+        seen: set[int] = set()
+        n = self.batch.input_ids.shape[0]
+        for sid, kind, rows in zip(self.sample_ids, self.kinds, self.rows, strict=True):
+            if len(rows) != ARITY[kind]:
+                raise ValueError(f"sample {sid!r}: {kind.value} reads {ARITY[kind]} rows, got {len(rows)}")
+            for r in rows:
+                if not 0 <= r < n or r in seen:
+                    raise ValueError(f"sample {sid!r}: row {r} is out of range or shared with another sample")
+                seen.add(r)
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """Raw impact score of one sample, and the log-probs of its sequences (in `rows` order) from the same pass."""
+
+    sample_id: str
+    kind: SampleKind
+    raw_score: float
+    policy_logps: tuple[float, ...]
+    reference_logps: tuple[float, ...]
+
+
+# ---------------------------------------------------------------- losses as functions of s (chain-rule factors)
+
+
+def sample_losses(
+    kinds: Sequence[SampleKind],
+    rows: Sequence[tuple[int, ...]],
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    num_tokens: torch.Tensor,
+    settings: LossSettings,
+) -> torch.Tensor:
+    """ℓ_k for every sample from per-row s_θ, s_ref and response lengths [N] -> [K], via `trace_engine.losses`."""
+    out = torch.zeros(len(kinds), dtype=policy.dtype, device=policy.device)
+    for kind in SampleKind:
+        idx = [k for k, kd in enumerate(kinds) if kd is kind]
+        if not idx:
+            continue
+        r = torch.tensor([rows[k] for k in idx], dtype=torch.long, device=policy.device)  # [m, arity]
+        if kind in PREFERENCE_KINDS:
+            loss = _preference(policy, reference, num_tokens, r[:, 0], r[:, 1], settings)
+        elif kind is SampleKind.PUNISH_NPO:
+            b, two = settings.beta, settings.npo_two_over_beta
+            loss = npo_loss(policy[r[:, 0]], reference[r[:, 0]], b, two) + npo_loss(
+                policy[r[:, 1]], reference[r[:, 1]], b, two
+            )
+        else:
+            loss = npo_loss(policy[r[:, 0]], reference[r[:, 0]], settings.beta, settings.npo_two_over_beta)
+        out = out.index_put((torch.tensor(idx, device=policy.device),), loss)
+    return out
+
+
+def _preference(policy, reference, num_tokens, pos, neg, settings: LossSettings) -> torch.Tensor:
+    if settings.preference_loss == "dpo":
+        return dpo_loss(policy[pos], policy[neg], reference[pos], reference[neg], settings.beta)
+    n_pos, n_neg = num_tokens[pos], num_tokens[neg]
+    return ipo_loss(
+        length_normalise(policy[pos], n_pos),
+        length_normalise(policy[neg], n_neg),
+        length_normalise(reference[pos], n_pos),
+        length_normalise(reference[neg], n_neg),
+        settings.beta,
+    )
+
+
+def sequence_coefficients(
+    kinds: Sequence[SampleKind],
+    rows: Sequence[tuple[int, ...]],
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    num_tokens: torch.Tensor,
+    settings: LossSettings,
+) -> torch.Tensor:
+    """c(y) = ∂ℓ_{k(y)}/∂s(y) per row [N] (fp64; 0 for rows no sample reads). Exact: rows are not shared."""
+    s = policy.detach().double().requires_grad_(True)
+    losses = sample_losses(kinds, rows, s, reference.detach().double(), num_tokens.double(), settings)
+    if not losses.numel():
+        return torch.zeros_like(s)
+    (coef,) = torch.autograd.grad(losses.sum(), s, allow_unused=True)
+    return coef if coef is not None else torch.zeros_like(s)
+
+
+# ---------------------------------------------------------------- model passes
+
+
+def autocast_dtype(model: nn.Module) -> torch.dtype | None:
+    """bf16/fp16 when the frozen weights are half precision on CUDA (train.py runs its forwards under the same
+    autocast, so scoring's reference log-probs match the trainer's); None otherwise."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            half = p.device.type == "cuda" and p.dtype in (torch.bfloat16, torch.float16)
+            return p.dtype if half else None
+    return None
+
+
+def sequence_logps_of(model: nn.Module, batch: SequenceBatch, amp: torch.dtype | None = None) -> torch.Tensor:
+    """s(y) per row [N] fp32 from one forward (no fp32 [N, T, V] copy kept for backward)."""
+    ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
+    with ctx:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return chunked_sequence_logps(out.logits, batch.input_ids, batch.response_mask)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def adapter_is_identity(model: nn.Module) -> bool:
+    """True when every LoRA B (and embedding B) matrix is zero: the policy then equals the reference exactly."""
+    found = False
+    for name, p in model.named_parameters():
+        if "lora_B" in name or "lora_embedding_B" in name:
+            found = True
+            if bool(torch.any(p.detach() != 0)):
+                return False
+    return found
+
+
+def seed_lora_(model: nn.Module, seed: int) -> int:
+    """Re-draw every LoRA pair as PEFT's default init (A ~ kaiming-uniform(a=√5), B = 0) from a private generator.
+
+    Why: at θ_ref (B = 0) A-gradients are zero, so impact scores live in the B-space that A projects into; a seeded
+    A makes θ_ref, and so the scores, reproducible. Draws on CPU in fp32 (same numbers on any device); the global
+    RNG is untouched. Returns the number of LoRA pairs re-initialised.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    for _, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
+            continue
+        for key in sorted(lora_a.keys()):
+            a, b = lora_a[key].weight, lora_b[key].weight
+            fresh = torch.empty(a.shape, dtype=torch.float32)
+            nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
+            with torch.no_grad():
+                a.copy_(fresh.to(a.device, a.dtype))
+                b.zero_()
+                if getattr(lora_b[key], "bias", None) is not None:
+                    lora_b[key].bias.zero_()
+            count += 1
+    return count
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Dropout off for exact, deterministic gradients; the previous mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def reference_logps(
+    model: nn.Module,
+    batch: SequenceBatch,
+    policy_logps: torch.Tensor,
+    cached: torch.Tensor | None = None,
+    identity: bool | None = None,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """s_ref per row: the cache if given, the policy's own at θ_ref, else a no-grad pass with the adapter off.
+
+    identity: whether the adapter is currently the identity (`adapter_is_identity`); computed when None.
+    """
+    if cached is not None:
+        return cached.to(policy_logps.device, torch.float32)
+    if identity is None:
+        identity = adapter_is_identity(model)
+    if identity:
+        return policy_logps.detach()
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError("reference log-probs needed: pass them, or use a PEFT model (adapter can be disabled)")
+    with torch.no_grad(), model.disable_adapter():
+        return sequence_logps_of(model, batch, amp).detach()
+
+
+# ---------------------------------------------------------------- g_J
+
+
+def gold_gradient(
+    model: nn.Module, gold_batches: Sequence[ScoringBatch], beta: float, checkpoint: bool = False
+) -> dict[str, torch.Tensor]:
+    """g_J = ∇_θ (1/B) Σ_b ℓ_DPO(b) over the gold pairs, trainable parameters only, fp32 on the model's device.
+
+    Each batch's samples are preference pairs (rows = (chosen, rejected)); batches are processed one at a time
+    and their gradients summed, so memory is bounded by the largest batch. Call at θ_ref (fresh adapter).
+    checkpoint: recompute each decoder layer in the backward (see `checkpointed_layers`).
+    """
+    total = sum(len(b.sample_ids) for b in gold_batches)
+    if total == 0:
+        raise ValueError("the gold batch is empty: cannot compute g_J")
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    device = next(iter(params.values())).device
+    grads = {name: torch.zeros(p.shape, dtype=torch.float32, device=device) for name, p in params.items()}
+    identity, amp = adapter_is_identity(model), autocast_dtype(model)
+    with eval_mode(model), checkpointed_layers(model, checkpoint):
+        for gb in gold_batches:
+            if any(len(r) != 2 for r in gb.rows):
+                raise ValueError("gold samples must be (chosen, rejected) row pairs")
+            batch = gb.batch.to(device)
+            policy = sequence_logps_of(model, batch, amp)
+            ref = reference_logps(model, batch, policy, gb.reference_logps, identity, amp)
+            pos = torch.tensor([r[0] for r in gb.rows], device=device)
+            neg = torch.tensor([r[1] for r in gb.rows], device=device)
+            loss = dpo_loss(policy[pos], policy[neg], ref[pos], ref[neg], beta).sum() / total
+            for (name, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
+                grads[name] += g.float()
+    return grads
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class BatchScores:
+    """Everything one scoring pass produced (per row and per sample), on CPU."""
+
+    samples: list[ScoredSample]
+    directional: torch.Tensor  # d(y) per row [N]
+    policy_logps: torch.Tensor  # [N]
+    reference_logps: torch.Tensor  # [N]
+
+
+def directional_pass(
+    model: nn.Module, ghost: GhostDot, sb: ScoringBatch, identity: bool, amp: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward + one backward: (d(y), s_θ(y), s_ref(y), response lengths), all [N] on the model's device.
+
+    No host sync here, so the caller can queue many batches before reading any result. Model in eval mode.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = sb.batch.to(params[0].device)
+    with ghost.capture(batch.input_ids.shape[0], params[0].device) as d:
+        policy = sequence_logps_of(model, batch, amp)
+        torch.autograd.grad(policy.sum(), params, allow_unused=True)
+    policy = policy.detach()
+    ref = reference_logps(model, batch, policy, sb.reference_logps, identity, amp)
+    return d, policy, ref, batch.num_response_tokens
+
+
+def combine(
+    sb: ScoringBatch,
+    d: torch.Tensor,
+    policy: torch.Tensor,
+    ref: torch.Tensor,
+    num_tokens: torch.Tensor,
+    settings: LossSettings,
+) -> BatchScores:
+    """w_k = Σ_{y∈k} c_k(y) d(y) on CPU (one device-to-host copy per tensor, no per-sample syncs)."""
+    d, policy, ref, num_tokens = (t.detach().cpu() for t in (d, policy, ref, num_tokens))
+    coef = sequence_coefficients(sb.kinds, sb.rows, policy, ref, num_tokens, settings)
+    contrib = (coef * d.double()).tolist()
+    pol, rf = policy.tolist(), ref.tolist()
+    samples = [
+        ScoredSample(
+            sid, kind, math.fsum(contrib[r] for r in rows), tuple(pol[r] for r in rows), tuple(rf[r] for r in rows)
+        )
+        for sid, kind, rows in zip(sb.sample_ids, sb.kinds, sb.rows, strict=True)
+    ]
+    return BatchScores(samples, d, policy, ref)
+
+
+def score_batches(
+    model: nn.Module,
+    batches: Iterable[ScoringBatch],
+    direction: Mapping[str, torch.Tensor],
+    settings: LossSettings,
+    checkpoint: bool = False,
+) -> list[ScoredSample]:
+    """Raw scores w_k = ⟨direction, ∇ℓ_k⟩ for every sample of every batch (dropout off during the passes).
+
+    checkpoint: recompute each decoder layer in the backward (less activation memory, one extra forward).
+    """
+    ghost = GhostDot(model, direction)
+    identity, amp = adapter_is_identity(model), autocast_dtype(model)
+    pending = []
+    with eval_mode(model), checkpointed_layers(model, checkpoint):
+        for sb in batches:
+            pending.append((sb, *directional_pass(model, ghost, sb, identity, amp)))
+    out: list[ScoredSample] = []
+    for sb, d, policy, ref, n_tok in pending:
+        out.extend(combine(sb, d, policy, ref, n_tok, settings).samples)
+    return out
+
+
+@contextmanager
+def checkpointed_layers(model: nn.Module, enabled: bool = True):
+    """Run every decoder layer under non-reentrant activation checkpointing, in any mode.
+
+    Why not HF's gradient_checkpointing_enable: it is only active in training mode, and scoring runs in eval mode.
+    Ghost hooks stay exact: the backward still flows through the original graph; recomputation only refills the
+    saved tensors.
+    """
+    if not enabled:
+        yield
+        return
+    layers = decoder_layers(model)
+    own = [layer.__dict__.get("forward") for layer in layers]  # an instance-level forward (e.g. accelerate hooks)
+    for layer in layers:
+        layer.forward = _checkpointed(layer.forward)
+    try:
+        yield
+    finally:
+        for layer, previous in zip(layers, own, strict=True):
+            if previous is None:
+                del layer.forward  # back to the class's forward
+            else:
+                layer.forward = previous
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return activation_checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated transformer blocks (the first ModuleList named `layers` / `h` / `blocks`)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks") and len(module):
+            return module
+    raise ValueError("cannot find the decoder layers (a ModuleList named layers/h/blocks) to checkpoint")
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+NormaliseMode = Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class NormalisedWeights:
+    """weights: clamped-then-normalised scores; uniform_fallback: no score was positive (see `normalise_scores`)."""
+
+    weights: list[float]
+    mode: NormaliseMode
+    share_clamped: float
+    uniform_fallback: bool
+
+
+def normalise_scores(raw: Sequence[float], mode: NormaliseMode) -> NormalisedWeights:
+    """Clamp at 0, then normalise over the conflict set: `sum` -> weights sum to 1 (published), `mean` -> average 1.
+
+    No damping γ: dividing by γ before the clamp and the normalisation cancels exactly, so it would be a no-op.
+    If no score is positive (the gold batch gives no signal), fall back to uniform weights (1/n for `sum`, 1 for
+    `mean`) and say so via `uniform_fallback`, rather than silently zeroing every conflict loss.
+    """
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"normalisation mode must be 'sum' or 'mean', got {mode!r}")
+    if any(not math.isfinite(r) for r in raw):
+        raise ValueError("impact scores contain NaN or inf: refusing to normalise")
+    n = len(raw)
+    if n == 0:
+        return NormalisedWeights([], mode, 0.0, False)
+    clamped = [max(0.0, float(r)) for r in raw]
+    share = sum(1 for r in raw if r <= 0) / n
+    total = math.fsum(clamped)
+    if total <= 0.0:
+        return NormalisedWeights([1.0 / n if mode == "sum" else 1.0] * n, mode, share, True)
+    scale = 1.0 / total if mode == "sum" else n / total
+    return NormalisedWeights([c * scale for c in clamped], mode, share, False)
+
+
+# ---------------------------------------------------------------- output
+
+
+def summarize_scores(
+    scored: Sequence[ScoredSample], weights: NormalisedWeights, top_k: int = 10
+) -> dict[str, Any]:
+    """Distribution quantiles, share clamped to zero, per-kind counts and the top samples by raw score."""
+    raw = sorted(s.raw_score for s in scored)
+    by_kind: dict[str, dict[str, float]] = {}
+    for kind in SampleKind:
+        ks = [s.raw_score for s in scored if s.kind is kind]
+        if ks:
+            by_kind[kind.value] = {
+                "n": len(ks),
+                "mean_raw": math.fsum(ks) / len(ks),
+                "share_clamped": sum(1 for r in ks if r <= 0) / len(ks),
+            }
+    order = sorted(range(len(scored)), key=lambda i: scored[i].raw_score, reverse=True)[:top_k]
+    return {
+        "n_scored": len(scored),
+        "mode": weights.mode,
+        "share_clamped_to_zero": weights.share_clamped,
+        "uniform_fallback": weights.uniform_fallback,
+        "raw_quantiles": {f"p{int(q * 100)}": _quantile(raw, q) for q in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)},
+        "by_kind": by_kind,
+        "top": [
+            {
+                "id": scored[i].sample_id,
+                "kind": scored[i].kind.value,
+                "raw": scored[i].raw_score,
+                "weight": weights.weights[i],
+            }
+            for i in order
+        ],
+    }
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolation quantile of an already sorted list; None when empty."""
+    if not sorted_values:
+        return None
+    pos = q * (len(sorted_values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def attach_scores(
+    rows: Sequence[Mapping[str, Any]], scored: Sequence[ScoredSample], weights: NormalisedWeights
+) -> list[dict[str, Any]]:
+    """Copy of `rows` with the score fields added (matched by `id`)."""
+    by_id = {s.sample_id: (s, w) for s, w in zip(scored, weights.weights, strict=True)}
+    out = []
+    for row in rows:
+        new = dict(row)
+        hit = by_id.get(str(row.get("id")))
+        new["impact_raw"] = hit[0].raw_score if hit else None
+        new["impact_score"] = hit[1] if hit else None
+        new["impact_kind"] = hit[0].kind.value if hit else None
+        out.append(new)
+    return out
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write all rows to a temp file next to `path`, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_scored(
+    path: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    scored: Sequence[ScoredSample],
+    weights: NormalisedWeights,
+) -> dict[str, Any]:
+    """Write `path` (scored JSONL) and `path` with suffix `.summary.json`; returns the summary."""
+    write_jsonl_atomic(path, attach_scores(rows, scored, weights))
+    summary = summarize_scores(scored, weights)
+    summary_path = Path(path).with_suffix(".summary.json")
+    fd, tmp = tempfile.mkstemp(prefix=f".{summary_path.name}.", dir=summary_path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, summary_path)
+    return summary

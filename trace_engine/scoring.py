@@ -1,0 +1,196 @@
+"""Impact scoring from triaged rows: which samples get scored, their token rows, the gold batch, the whole pass.
+
+The math lives in `impact` (pure torch over token rows); this module turns triaged JSONL rows (see
+`trace_engine.triage.categorize`) into `ScoringBatch`es with the same tokenization contract training uses, and
+returns everything the next stage needs: raw scores, normalised weights, a summary, and the reference log-probs
+(keyed like `train.sequence_key`) so training never recomputes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
+from trace_engine.gold import GoldPair, GoldReport, build_gold_batch
+from trace_engine.impact import (
+    ARITY,
+    LossSettings,
+    NormalisedWeights,
+    NormaliseMode,
+    SampleKind,
+    ScoredSample,
+    ScoringBatch,
+    gold_gradient,
+    normalise_scores,
+    score_batches,
+    summarize_scores,
+)
+from trace_engine.tokenization import LengthLimits, TruncationReport, collate, encode_sequences, pad_id_of
+
+SCORING_VARIANTS = ("trace", "trace_oracle", "no_triage")
+
+
+@dataclass(frozen=True)
+class ConflictSample:
+    """One scored sample: its loss kind and the responses that loss reads (order as in `impact.ARITY`)."""
+
+    sample_id: str
+    kind: SampleKind
+    prompt: Prompt
+    responses: tuple[str, ...]
+
+
+def conflict_samples(rows: Sequence[Mapping[str, Any]], variant: str) -> list[ConflictSample]:
+    """The samples a variant trains with a weighted loss (design.md §5).
+
+    trace:        INVERT -> ℓ_pref(chosen, rejected) (already swapped); PUNISH -> dual NPO on (chosen, rejected).
+    trace_oracle: as trace, but PUNISH with a usable oracle rewrite -> ℓ_pref(oracle_response, chosen); a missing
+                  or empty rewrite falls back to dual NPO (never an empty preferred answer).
+    no_triage:    every pair (ERROR rows excepted) -> NPO on its ORIGINAL rejected response (`original_rejected`,
+                  i.e. before any INVERT swap), so no triage decision leaks into the ablation's loss.
+    """
+    if variant not in SCORING_VARIANTS:
+        raise ValueError(f"unknown scoring variant {variant!r}: use one of {SCORING_VARIANTS}")
+    out: list[ConflictSample] = []
+    for row in rows:
+        cat, rid, prompt = str(row.get("category", "")), str(row["id"]), row["prompt"]
+        if variant == "no_triage":
+            if cat != "ERROR":
+                original = row.get("original_rejected", row["rejected"])
+                out.append(ConflictSample(rid, SampleKind.NO_TRIAGE, prompt, (str(original),)))
+            continue
+        if cat == "INVERT":
+            out.append(ConflictSample(rid, SampleKind.INVERT, prompt, (str(row["chosen"]), str(row["rejected"]))))
+        elif cat == "PUNISH":
+            oracle = row.get("oracle_response")
+            if variant == "trace_oracle" and isinstance(oracle, str) and oracle.strip():
+                out.append(ConflictSample(rid, SampleKind.PUNISH_ORACLE, prompt, (oracle, str(row["chosen"]))))
+            else:
+                both = (str(row["chosen"]), str(row["rejected"]))
+                out.append(ConflictSample(rid, SampleKind.PUNISH_NPO, prompt, both))
+    return out
+
+
+def pack_batches(
+    tokenizer,
+    samples: Sequence[ConflictSample],
+    rows_per_batch: int,
+    limits: LengthLimits | None = None,
+) -> tuple[list[ScoringBatch], TruncationReport]:
+    """Tokenise every response row, then pack whole samples (longest first, less padding) into batches."""
+    if rows_per_batch < 2:
+        raise ValueError("rows_per_batch must be >= 2 (a preference sample reads two rows)")
+    for s in samples:
+        if len(s.responses) != ARITY[s.kind]:
+            raise ValueError(f"sample {s.sample_id!r}: {s.kind.value} needs {ARITY[s.kind]} responses")
+    prompts = [s.prompt for s in samples for _ in s.responses]
+    responses = [r for s in samples for r in s.responses]
+    encoded, report = encode_sequences(tokenizer, prompts, responses, limits)
+    spans, start = [], 0
+    for s in samples:
+        spans.append((start, start + len(s.responses)))
+        start += len(s.responses)
+    order = sorted(range(len(samples)), key=lambda k: -max(len(encoded[i]) for i in range(*spans[k])))
+    pad_id = pad_id_of(tokenizer)
+    batches: list[ScoringBatch] = []
+    current: list[int] = []
+
+    def flush() -> None:
+        if not current:
+            return
+        seqs, rows = [], []
+        for k in current:
+            lo, hi = spans[k]
+            rows.append(tuple(range(len(seqs), len(seqs) + hi - lo)))
+            seqs.extend(encoded[lo:hi])
+        batch = collate(seqs, pad_id, pad_to_multiple_of=8)
+        ids = [samples[k].sample_id for k in current]
+        batches.append(ScoringBatch(batch, ids, [samples[k].kind for k in current], rows))
+        current.clear()
+
+    n_rows = 0
+    for k in order:
+        width = spans[k][1] - spans[k][0]
+        if n_rows + width > rows_per_batch:
+            flush()
+            n_rows = 0
+        current.append(k)
+        n_rows += width
+    flush()
+    return batches, report
+
+
+def gold_samples(gold: Sequence[GoldPair]) -> list[ConflictSample]:
+    """Gold pairs as (chosen, rejected) preference samples (ids made unique: a row can appear once per category)."""
+    return [
+        ConflictSample(f"gold{i}:{g.source_id}", SampleKind.INVERT, g.prompt, (g.chosen, g.rejected))
+        for i, g in enumerate(gold)
+    ]
+
+
+@dataclass
+class ImpactResult:
+    scored: list[ScoredSample]
+    weights: NormalisedWeights
+    summary: dict[str, Any]
+    gold_report: GoldReport
+    truncation: TruncationReport
+    reference_logps: dict[str, float]  # sequence_key(prompt, response) -> s_ref
+
+
+def sequence_key(prompt: Prompt, response: str) -> str:
+    """Same key as `trace_engine.train.sequence_key` (kept identical so the trainer reads this cache)."""
+    return sha256_text(prompt_key(prompt), response)
+
+
+def score_conflicts(
+    model: nn.Module,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    variant: str = "trace",
+    settings: LossSettings | None = None,
+    gold_size: int = 64,
+    seed: int = 0,
+    mode: NormaliseMode = "sum",
+    rows_per_batch: int = 16,
+    limits: LengthLimits | None = None,
+    checkpoint: bool = False,
+) -> ImpactResult:
+    """Gold batch -> g_J at the model's current adapter (θ_ref when fresh) -> raw scores -> normalised weights.
+
+    For sharding, call `pack_batches` yourself, give each rank a slice, `score_batches` it, gather the
+    ScoredSamples, then `normalise_scores` once.
+    """
+    settings = settings or LossSettings()
+    gold, gold_report = build_gold_batch(rows, gold_size, seed)
+    if not gold:
+        raise ValueError(
+            "the gold batch is empty (no RETAIN/INVERT pairs, and no PUNISH pair with a compliant response): "
+            "impact scores need at least one gold pair; use uniform weights (no_impact) instead"
+        )
+    gold_batches, _ = pack_batches(tokenizer, gold_samples(gold), rows_per_batch, limits)
+    g_j = gold_gradient(model, gold_batches, settings.beta, checkpoint)
+    samples = conflict_samples(rows, variant)
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ValueError("row ids must be unique to attach scores to rows")
+    batches, truncation = pack_batches(tokenizer, samples, rows_per_batch, limits)
+    by_id = {s.sample_id: s for s in score_batches(model, batches, g_j, settings, checkpoint)}
+    scored = [by_id[s.sample_id] for s in samples]  # input order
+    weights = normalise_scores([s.raw_score for s in scored], mode)
+    ref: dict[str, float] = {}
+    for sample, result in zip(samples, scored, strict=True):
+        for text, value in zip(sample.responses, result.reference_logps, strict=True):
+            ref[sequence_key(sample.prompt, text)] = value
+    summary = {
+        **summarize_scores(scored, weights),
+        "variant": variant,
+        "gold": {**gold_report.__dict__, "size": gold_report.size},
+        "truncation": truncation.to_dict(),
+    }
+    return ImpactResult(scored, weights, summary, gold_report, truncation, ref)
