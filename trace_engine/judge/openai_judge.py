@@ -11,6 +11,8 @@ of `judge` calls may run at once on one instance).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -19,7 +21,6 @@ from typing import Any
 
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
 
 from trace_engine.data.pairs import Prompt, sha256_text
 from trace_engine.judge.base import ErrorKind, JudgeOutcome, Usage
@@ -101,6 +102,7 @@ class OpenAIJudge:
         extra_body: dict[str, Any] | None = None,
         jitter_seed: int | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        client_pools: int = 4,
     ) -> None:
         if max_parse_attempts < 1:
             raise ValueError("max_parse_attempts must be >= 1")
@@ -121,7 +123,15 @@ class OpenAIJudge:
         self.usage = Usage()  # running total over every call of this instance
         self._rng = random.Random(jitter_seed)  # backoff jitter only
         self._sleep = sleep
-        self._client = AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=timeout, max_retries=0)
+        # Several small connection pools instead of one big one: the HTTP client's pool bookkeeping costs
+        # O(connections x waiting requests) per request, which made one pool the CPU bottleneck at 64+ in flight.
+        if client_pools < 1:
+            raise ValueError("client_pools must be >= 1")
+        self._clients = [
+            AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=timeout, max_retries=0)
+            for _ in range(client_pools)
+        ]
+        self._next_client = itertools.cycle(self._clients)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
@@ -141,7 +151,8 @@ class OpenAIJudge:
             self.usage.add(usage)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
 
     async def _judge(self, policy: Policy, prompt: Prompt, response: str, usage: Usage) -> JudgeOutcome:
         messages = judge_messages(policy, prompt, response)
@@ -210,11 +221,12 @@ class OpenAIJudge:
             usage.calls += 1
             retry_after: float | None = None
             try:
-                # `post` with the plain-JSON body skips the SDK re-walking every message and the schema per call
-                # (about a third of the client's CPU per request at 64 in flight).
-                resp = await self._client.post(
-                    "/chat/completions", body=self._request(messages, max_tokens, use_schema), cast_to=ChatCompletion
+                # `post` with a plain-JSON body and the raw text back skips the SDK re-walking every message and
+                # the schema, and building response models: most of the client's CPU per call at 64 in flight.
+                text = await next(self._next_client).post(
+                    "/chat/completions", body=self._request(messages, max_tokens, use_schema), cast_to=str
                 )
+                content, finish_reason, prompt_tokens, completion_tokens = _read_completion(text)
             except openai.APIStatusError as e:
                 if use_schema and e.status_code in (400, 422) and _mentions_response_format(e):
                     self.structured_output = False
@@ -234,15 +246,33 @@ class OpenAIJudge:
             except Exception as e:  # noqa: BLE001 - an item error, never an exception that kills the run
                 raise _Failure(f"{type(e).__name__}: {redact(str(e), self._api_key)}", "permanent") from None
             else:
-                if resp.usage is not None:
-                    usage.prompt_tokens += resp.usage.prompt_tokens or 0
-                    usage.completion_tokens += resp.usage.completion_tokens or 0
-                if not resp.choices:
+                usage.prompt_tokens += prompt_tokens
+                usage.completion_tokens += completion_tokens
+                if content is None:
                     raise _Failure("answer without choices", "permanent")
-                choice = resp.choices[0]
-                return _Answer(choice.message.content or "", choice.finish_reason)
+                return _Answer(content, finish_reason)
             attempt += 1
             if attempt > self.backoff.max_retries:
                 raise _Failure(f"gave up after {attempt} attempts; last: {detail}", "transient")
             usage.retries += 1
             await self._sleep(self.backoff.delay(attempt, retry_after, self._rng))
+
+
+def _read_completion(text: str) -> tuple[str | None, str | None, int, int]:
+    """(content, finish_reason, prompt_tokens, completion_tokens) of a chat-completions body; content is None
+    when there is no choice. Raises ValueError on a body that is not a JSON object."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("chat completion body is not a JSON object")
+    usage = data.get("usage") or {}
+    choices = data.get("choices") or []
+    if not choices:
+        return None, None, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    choice = choices[0] or {}
+    message = choice.get("message") or {}
+    return (
+        message.get("content") or "",
+        choice.get("finish_reason"),
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+    )
