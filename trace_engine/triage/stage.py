@@ -61,7 +61,8 @@ def run_triage_stage(
     batch: BatchSend | None = None,
     extra_summary: dict[str, Any] | None = None,
 ) -> StageOutcome:
-    """Triage and write outputs. An aborted run writes only `summary.json` (status "aborted"): re-run to resume."""
+    """Triage and write outputs. An aborted run writes only `summary.json` (status "aborted") and removes any stale
+    `triaged.jsonl`: re-run to resume."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store_path = Path(cache_path) if cache_path else out / CACHE_FILE
@@ -94,7 +95,10 @@ def run_triage_stage(
         oracle=oracle,
     )
     summary.update(extra_summary or {})
-    if not result.aborted:
+    if result.aborted:
+        # A triaged.jsonl from an earlier run would no longer match this summary: never leave it to be read.
+        (out / TRIAGED_FILE).unlink(missing_ok=True)
+    else:
         write_jsonl(out / TRIAGED_FILE, result.rows)
     write_json(out / SUMMARY_FILE, summary)
     return StageOutcome(summary, result)

@@ -176,6 +176,7 @@ def test_consecutive_failures_abort_cleanly_and_resume(
     assert "re-run the same command to resume" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "aborted" and summary["cache_hits"] == 10
+    assert not (out / "triaged.jsonl").exists()  # the first run's 5-row output is stale: removed
     assert 4 <= fake.stats()["calls_total"] <= 4 + 2 - 1  # no new request after the 4th failure in a row
     fake.reset()
     assert main(_triage_args(pairs, policy, fake.base_url, out, *extra)) == 0
