@@ -1,0 +1,76 @@
+"""`create_app(settings, enqueue)`: the FastAPI service. Storage and queue are injected so tests, the embedded
+mode and production differ only in what they pass here. Never imports torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import Engine
+
+from api.auth import PrincipalCache
+from api.db import access
+from api.db.engine import make_engine, make_session_factory, upgrade_head
+from api.deps import BrokerCheck, Enqueuer
+from api.errors import install_error_handlers
+from api.limits import BodyLimitMiddleware
+from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.openapi import install_openapi
+from api.routes import files, health, jobs
+from api.settings import Settings
+
+
+def _no_broker_check() -> None:
+    """Embedded mode: the in-process broker is always there."""
+
+
+def create_app(
+    settings: Settings,
+    enqueue: Enqueuer,
+    *,
+    broker_check: BrokerCheck = _no_broker_check,
+    engine: Engine | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """Build the app; runs `alembic upgrade head` first unless `settings.run_migrations` is off. `routers` are
+    mounted as they are (e.g. the OpenAI-compatible gateway, `api.gateway.make_gateway_router`)."""
+    if engine is None:
+        pool = {} if settings.sqlalchemy_url.startswith("sqlite") else {
+            "pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_size}
+        engine = make_engine(settings.sqlalchemy_url, **pool)
+    if settings.run_migrations:
+        upgrade_head(engine)
+    for directory in (settings.data_dir, settings.files_dir, settings.datasets_root):
+        directory.mkdir(parents=True, exist_ok=True)
+    sessions = make_session_factory(engine)
+
+    def count_by_state() -> dict[str, int]:
+        with sessions() as session:
+            return access.count_jobs_by_state(session)
+
+    metrics = ServiceMetrics(count_by_state)
+    app = FastAPI(
+        title="realign",
+        version="0.1.0",
+        description="Re-align a deployed LLM to a changed policy (TRACE) as queued jobs.",
+        responses={401: {"description": "Missing or invalid API key", "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.enqueue = enqueue
+    app.state.broker_check = broker_check
+    app.state.metrics = metrics
+    app.state.principal_cache = PrincipalCache(settings.auth_cache_ttl_s)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(files.router)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_openapi(app)
+    return app

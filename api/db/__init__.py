@@ -1,0 +1,1 @@
+"""The service's system of record: SQLAlchemy 2 models, the job state machine, and keyword-only data access."""

@@ -1,0 +1,93 @@
+"""Job states, stages and the one table of allowed transitions (design.md §7). Pure: no database here."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    VALIDATING = "validating"
+    TRIAGING = "triaging"
+    SCORING = "scoring"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+class Stage(str, Enum):
+    """A unit of queued work; a Celery message carries only (job id, stage)."""
+
+    VALIDATE = "validate"
+    TRIAGE = "triage"
+    SCORE = "score"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+STAGE_ORDER: tuple[Stage, ...] = (Stage.VALIDATE, Stage.TRIAGE, Stage.SCORE, Stage.TRAIN, Stage.EVALUATE)
+STAGE_STATE: dict[Stage, JobState] = {
+    Stage.VALIDATE: JobState.VALIDATING,
+    Stage.TRIAGE: JobState.TRIAGING,
+    Stage.SCORE: JobState.SCORING,
+    Stage.TRAIN: JobState.TRAINING,
+    Stage.EVALUATE: JobState.EVALUATING,
+}
+STATE_STAGE: dict[JobState, Stage] = {state: stage for stage, state in STAGE_STATE.items()}
+RUNNING_STATES: tuple[JobState, ...] = tuple(STAGE_STATE[s] for s in STAGE_ORDER)
+TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+def _allowed() -> dict[JobState, frozenset[JobState]]:
+    """Forward only: a running stage may hand over to any later stage (variants skip stages, e.g. `dpo` has no
+    triage), the last stages may succeed, anything live may fail, and cancel goes through `cancelling` unless
+    the job never started."""
+    table: dict[JobState, set[JobState]] = {
+        JobState.QUEUED: {JobState.VALIDATING, JobState.CANCELLED, JobState.FAILED},
+        JobState.CANCELLING: {JobState.CANCELLED, JobState.FAILED},
+    }
+    for index, state in enumerate(RUNNING_STATES):
+        later = set(RUNNING_STATES[index + 1:])
+        table[state] = later | {JobState.FAILED, JobState.CANCELLING}
+        if state in (JobState.TRAINING, JobState.EVALUATING):
+            table[state].add(JobState.SUCCEEDED)
+    for state in TERMINAL_STATES:
+        table[state] = set()
+    return {state: frozenset(targets) for state, targets in table.items()}
+
+
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = _allowed()
+
+
+class InvalidTransition(ValueError):
+    """A state change the machine does not allow (e.g. succeeded -> training)."""
+
+    def __init__(self, job_id: str, current: JobState, target: JobState):
+        self.job_id, self.current, self.target = job_id, current, target
+        super().__init__(f"job {job_id}: cannot go from {current.value} to {target.value}")
+
+
+def check_transition(job_id: str, current: JobState, target: JobState) -> None:
+    """Raise `InvalidTransition` unless `current -> target` is allowed."""
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise InvalidTransition(job_id, current, target)
+
+
+def is_terminal(state: JobState | str) -> bool:
+    return JobState(state) in TERMINAL_STATES
+
+
+class EventType(str, Enum):
+    """Typed job events (GET /v1/jobs/{id}/events)."""
+
+    STATE_CHANGED = "state_changed"
+    STAGE_STARTED = "stage_started"
+    PROGRESS = "progress"
+    STAGE_COMPLETED = "stage_completed"
+    WARNING = "warning"
+    ERROR = "error"
+    CANCEL_REQUESTED = "cancel_requested"
+    ARTIFACT = "artifact"

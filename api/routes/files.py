@@ -1,0 +1,137 @@
+"""Uploaded pair files: size-limited, validated row by row on upload, stored under a path derived from the id."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import File as FormFile
+
+from api.db import access
+from api.db.models import File, new_id
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.errors import ProblemError
+from api.routes import problems
+from api.schemas import FileList, FileOut
+from api.settings import Settings
+from trace_engine.data.io import DatasetError
+from trace_engine.data.load import load_pairs
+
+router = APIRouter(prefix="/v1", tags=["files"])
+FORMATS_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
+CHUNK_BYTES = 1024 * 1024
+MAX_ERRORS_IN_PROBLEM = 100
+
+
+def stored_path(settings: Settings, file_id: str, fmt: str) -> Path:
+    """Where a file lives: derived from its id and format only, never from the client's filename."""
+    return settings.files_dir / f"{file_id}.{fmt}"
+
+
+def file_out(record: File) -> FileOut:
+    return FileOut(id=record.id, filename=record.filename, format=record.format, size_bytes=record.size_bytes,
+                   sha256=record.sha256, rows=record.rows, pairs=record.pairs, report=record.report,
+                   created_at=record.created_at)
+
+
+def _format_of(filename: str) -> str:
+    fmt = FORMATS_BY_SUFFIX.get(Path(filename).suffix.lower())
+    if fmt is None:
+        raise ProblemError(422, f"cannot tell the format of {filename!r}: name it .jsonl, .json or .parquet",
+                           slug="unsupported-format",
+                           errors=[{"loc": ["body", "file"], "field": "file", "kind": "unsupported_format",
+                                    "message": "file name must end in .jsonl, .ndjson, .json or .parquet"}])
+    return fmt
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(413, f"upload is larger than the limit of {limit} bytes", slug="upload-too-large",
+                        max_bytes=limit)
+
+
+def _copy_limited(upload: UploadFile, target: Path, limit: int) -> tuple[int, str]:
+    """Copy at most `limit` bytes; returns (size, sha256). Raises 413 (and removes `target`) past the limit."""
+    digest, size = hashlib.sha256(), 0
+    with open(target, "wb") as out:
+        while chunk := upload.file.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                out.close()
+                target.unlink(missing_ok=True)
+                raise _too_large(limit)
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+@router.post("/files", status_code=201, response_model=FileOut, responses=problems(401, 413, 422),
+             summary="Upload a pair file (JSONL, JSON or Parquet)")
+def upload_file(
+    request: Request,
+    file: Annotated[UploadFile, FormFile(description="rows of {prompt, chosen, rejected[, id, ...]}")],
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+) -> FileOut:
+    """Every row is validated now; any row error rejects the upload with each error's row and field (422)."""
+    filename = Path(file.filename or "upload").name[:255]
+    fmt = _format_of(filename)
+    file_id = new_id("file")
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    partial = settings.files_dir / f".{file_id}.partial"
+    final = stored_path(settings, file_id, fmt)
+    try:
+        size, sha256 = _copy_limited(file, partial, settings.max_upload_bytes)
+        try:
+            _pairs, report = load_pairs(partial, fmt=fmt)
+        except (DatasetError, ValueError, OSError) as exc:  # pyarrow errors are ValueErrors
+            raise ProblemError(422, f"unreadable {fmt} file: {exc}", slug="invalid-file") from None
+        report.source = filename
+        summary = report.to_dict()
+        if not report.ok:
+            errors = [{"row": i.row, "field": i.field, "kind": i.kind, "message": i.message}
+                      for i in report.issues if i.severity == "error"][:MAX_ERRORS_IN_PROBLEM]
+            raise ProblemError(422, f"{report.error_count} row error(s) in {filename}; first: {report.issues[0]}",
+                               slug="invalid-rows", title="File has invalid rows", errors=errors, report=summary)
+        if report.pairs_kept == 0:
+            raise ProblemError(422, f"{filename} holds no preference pairs", slug="empty-file", report=summary)
+        os.replace(partial, final)
+        record = access.create_file(session, file_id=file_id, tenant_id=principal.tenant_id, filename=filename,
+                                    fmt=fmt, size_bytes=size, sha256=sha256, rows=report.rows_read,
+                                    pairs=report.pairs_kept, report=summary)
+        session.commit()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        raise
+    request.app.state.metrics.files_uploaded.inc()
+    return file_out(record)
+
+
+@router.get("/files", response_model=FileList, responses=problems(400, 401, 422), summary="List files, newest first")
+def list_files(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> FileList:
+    page_size = min(limit or settings.default_page_size, settings.max_page_size)
+    try:
+        page = access.list_files(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor)
+    except access.BadCursor as exc:
+        raise ProblemError(400, f"{exc}; pass back the next_cursor of a previous page", slug="bad-cursor") from None
+    return FileList(data=[file_out(f) for f in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/files/{file_id}", response_model=FileOut, responses=problems(401, 404), summary="One file")
+def get_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> FileOut:
+    try:
+        return file_out(access.get_file(session, tenant_id=principal.tenant_id, file_id=file_id))
+    except access.NotFound as exc:
+        raise ProblemError(404, str(exc), slug="not-found") from None

@@ -1,0 +1,349 @@
+"""Jobs: submit (POST /v1/realign), read, list, events (JSON or SSE), cancel, triage results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from api.db import access
+from api.db.models import Job, JobEvent, StageProgress
+from api.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.errors import ProblemError
+from api.paths import PathEscapesRoot, resolve_under_root
+from api.routes import problems
+from api.schemas import (
+    CATEGORIES,
+    EventList,
+    EventOut,
+    FileDataset,
+    JobList,
+    JobOut,
+    PathDataset,
+    RealignRequest,
+    StageProgressOut,
+    TriageItemOut,
+    TriageList,
+)
+from api.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+log = logging.getLogger("realign.api")
+SSE_MEDIA_TYPE = "text/event-stream"
+SSE_KEEPALIVE_S = 15.0
+
+
+# ---------------------------------------------------------------- shaping
+
+
+def progress_out(progress: StageProgress) -> StageProgressOut:
+    """Rate over the stage's life so far; ETA from that rate (None until there is a rate)."""
+    end = progress.completed_at or progress.updated_at
+    elapsed = (end - progress.started_at).total_seconds()
+    rate = progress.done / elapsed if progress.done > 0 and elapsed > 0 else None
+    if progress.completed_at is not None:
+        eta: float | None = 0.0
+    elif rate and progress.total is not None:
+        eta = max(progress.total - progress.done, 0) / rate
+    else:
+        eta = None
+    return StageProgressOut(stage=progress.stage, done=progress.done, total=progress.total, rate_per_s=rate,
+                            eta_s=eta, started_at=progress.started_at, updated_at=progress.updated_at,
+                            completed_at=progress.completed_at)
+
+
+def jobs_out(session: Session, jobs: list[Job], progress: dict[str, list[StageProgress]] | None = None) -> list[JobOut]:
+    """Shape jobs with at most two extra queries in all, not per job. Category counts are the stored ones
+    (the worker sets them when triage completes); only a job still triaging has them counted live."""
+    ids = [job.id for job in jobs]
+    if progress is None:
+        progress = access.stage_progress_by_job(session, job_ids=ids)
+    live = [job.id for job in jobs if not job.category_counts and job.state == JobState.TRIAGING.value]
+    live_counts = access.triage_counts_by_job(session, job_ids=live) if live else {}
+    return [_job_out(job, progress[job.id], job.category_counts or live_counts.get(job.id, {})) for job in jobs]
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    return jobs_out(session, [job])[0]
+
+
+def json_response(model: JobOut, status_code: int = 200) -> Response:
+    """Serialise once (FastAPI would validate the model again against `response_model`)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+_STAGE_ORDER = {stage.value: index for index, stage in enumerate(Stage)}
+
+
+def _job_out(job: Job, progress: list[StageProgress], counts: dict[str, int]) -> JobOut:
+    rows = sorted(progress, key=lambda p: _STAGE_ORDER.get(p.stage, 99))
+    return JobOut(id=job.id, state=job.state, stage=job.stage, cancel_requested=job.cancel_requested,
+                  progress=[progress_out(p) for p in rows], category_counts=counts, metrics=job.metrics or {},
+                  artifacts=job.artifacts or {}, error=job.error, request=job.request, created_at=job.created_at,
+                  updated_at=job.updated_at, finished_at=job.finished_at)
+
+
+def event_out(event: JobEvent) -> EventOut:
+    return EventOut(id=event.id, job_id=event.job_id, type=event.type, stage=event.stage, data=event.data or {},
+                    created_at=event.created_at)
+
+
+def body_hash(body: RealignRequest) -> str:
+    """Hash of the validated body (defaults filled, keys sorted): key order and omitted defaults do not matter."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _field_problem(loc: list[str | int], message: str, kind: str) -> ProblemError:
+    field = ".".join(str(p) for p in loc[1:])
+    return ProblemError(422, f"invalid {field}: {message}", slug="validation-error", title="Request validation failed",
+                        errors=[{"loc": loc, "field": field, "kind": kind, "message": message}])
+
+
+def _checked_path(root: Any, relative: str, loc: list[str | int]) -> None:
+    try:
+        target = resolve_under_root(root, relative)
+    except PathEscapesRoot as exc:
+        raise _field_problem(loc, str(exc), "path_escapes_root") from None
+    if not target.exists():
+        raise _field_problem(loc, f"{relative!r} does not exist under the dataset root", "not_found")
+
+
+def check_references(session: Session, settings: Settings, tenant_id: str, body: RealignRequest) -> None:
+    """Validation that needs no GPU and no network: referenced files and paths exist and are allowed."""
+    dataset = body.dataset
+    if isinstance(dataset, FileDataset):
+        try:
+            access.get_file(session, tenant_id=tenant_id, file_id=dataset.file_id)
+        except access.NotFound:
+            raise _field_problem(["body", "dataset", "file_id"], f"no file {dataset.file_id!r} (upload it with "
+                                 "POST /v1/files)", "not_found") from None
+    elif isinstance(dataset, PathDataset):
+        _checked_path(settings.datasets_root, dataset.path, ["body", "dataset", "path"])
+    if body.judge.rules_path is not None:
+        _checked_path(settings.datasets_root, body.judge.rules_path, ["body", "judge", "rules_path"])
+
+
+def _not_found(exc: access.NotFound) -> ProblemError:
+    return ProblemError(404, str(exc), slug="not-found")
+
+
+def _owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    try:
+        return access.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    except access.NotFound as exc:
+        raise _not_found(exc) from None
+
+
+def _bad_cursor(exc: access.BadCursor) -> ProblemError:
+    return ProblemError(400, f"{exc}; pass back the next_cursor of a previous page", slug="bad-cursor")
+
+
+# ---------------------------------------------------------------- routes
+
+
+@router.post("/realign", status_code=202, response_model=JobOut, responses=problems(401, 422),
+             summary="Submit a re-alignment job")
+def submit_job(
+    body: RealignRequest,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+) -> JobOut:
+    """Queue a job (202). With `Idempotency-Key`: the same key and body return the same job; the same key with a
+    different body is a 422."""
+    check_references(session, settings, principal.tenant_id, body)
+    try:
+        job, created = access.create_job(session, tenant_id=principal.tenant_id, request=body.model_dump(mode="json"),
+                                         body_hash=body_hash(body), idempotency_key=idempotency_key)
+    except access.IdempotencyConflict as exc:
+        raise ProblemError(422, f"{exc}; use a new key for a new request", slug="idempotency-key-reused",
+                           errors=[{"loc": ["header", "Idempotency-Key"], "field": "Idempotency-Key",
+                                    "kind": "idempotency_key_reused", "message": str(exc)}],
+                           job_id=exc.job_id) from None
+    session.commit()
+    if created:
+        request.app.state.metrics.jobs_submitted.inc()
+        _enqueue_first_stage(request, session, job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_out(session, job)
+
+
+def _enqueue_first_stage(request: Request, session: Session, job_id: str) -> None:
+    """The job is already committed; if the broker refuses, it stays queued and the reaper enqueues it later."""
+    try:
+        request.app.state.enqueue(job_id, Stage.VALIDATE.value)
+    except Exception as exc:
+        log.warning("enqueue of job %s failed: %s", job_id, type(exc).__name__)
+        request.app.state.metrics.enqueue_failures.inc()
+        access.add_event(session, job_id=job_id, type=EventType.WARNING,
+                         data={"message": f"enqueue failed ({type(exc).__name__}); the job stays queued and "
+                                          "will be enqueued again"})
+        session.commit()
+
+
+@router.get("/jobs", response_model=JobList, responses=problems(400, 401, 422), summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    state: Annotated[list[JobState] | None, Query(description="repeat to match any of several states")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="page size (server caps it)")] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+) -> JobList:
+    page_size = min(limit or settings.default_page_size, settings.max_page_size)
+    try:
+        page = access.list_jobs(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor, states=state)
+    except access.BadCursor as exc:
+        raise _bad_cursor(exc) from None
+    return JobList(data=jobs_out(session, page.items), next_cursor=page.next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 404), summary="A job's state")
+async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Response:
+    """The hot polling path: one query and one thread hop."""
+
+    def load() -> JobOut:
+        with request.app.state.sessions() as session:
+            try:
+                job, progress = access.get_job_with_progress(session, tenant_id=principal.tenant_id, job_id=job_id)
+            except access.NotFound as exc:
+                raise _not_found(exc) from None
+            return jobs_out(session, [job], {job.id: progress})[0]
+
+    return json_response(await anyio.to_thread.run_sync(load))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, responses=problems(401, 404, 409),
+             summary="Cancel a job")
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
+    """A queued job is cancelled at once; a running one goes to `cancelling` and its worker stops it."""
+    try:
+        job = access.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
+    except access.NotFound as exc:
+        raise _not_found(exc) from None
+    except InvalidTransition as exc:
+        raise ProblemError(409, f"job {job_id} is already {exc.current.value}; nothing to cancel",
+                           slug="job-finished") from None
+    session.commit()
+    return job_out(session, job)
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventList, responses={
+    **problems(400, 401, 404),
+    200: {"description": f"Events as JSON, or as a stream when `Accept: {SSE_MEDIA_TYPE}`",
+          "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
+    summary="A job's typed events (list, or server-sent events)")
+async def job_events(
+    job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+) -> Any:
+    """JSON pages by default. With `Accept: text/event-stream`: past events after `Last-Event-ID`, then new ones
+    as they happen, until the job is finished."""
+    settings: Settings = request.app.state.settings
+    sessions = request.app.state.sessions
+
+    def load_first_page() -> EventList | None:
+        with sessions() as session:
+            _owned_job(session, principal.tenant_id, job_id)
+            if _wants_sse(request):
+                return None
+            page_size = min(limit or settings.default_page_size, settings.max_page_size)
+            try:
+                page = access.page_events(session, job_id=job_id, limit=page_size, cursor=cursor)
+            except access.BadCursor as exc:
+                raise _bad_cursor(exc) from None
+            return EventList(data=[event_out(e) for e in page.items], next_cursor=page.next_cursor)
+
+    result = await anyio.to_thread.run_sync(load_first_page)
+    if result is not None:
+        return result
+    after = _parse_last_event_id(last_event_id)
+    return StreamingResponse(_sse_stream(request, job_id, after), media_type=SSE_MEDIA_TYPE,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _wants_sse(request: Request) -> bool:
+    return SSE_MEDIA_TYPE in request.headers.get("accept", "")
+
+
+def _parse_last_event_id(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    if not value.strip().isdigit():
+        raise ProblemError(400, f"Last-Event-ID must be an event id (an integer), not {value!r}",
+                           slug="bad-last-event-id")
+    return int(value.strip())
+
+
+def sse_frame(event: EventOut) -> str:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
+
+
+async def _sse_stream(request: Request, job_id: str, after: int | None) -> AsyncIterator[str]:
+    """Poll the database; stop once the job is terminal and every event up to then was sent."""
+    settings: Settings = request.app.state.settings
+    sessions = request.app.state.sessions
+
+    def poll(after_id: int | None) -> tuple[list[EventOut], bool]:
+        with sessions() as session:
+            terminal = is_terminal(access.load_job(session, job_id=job_id).state)  # read state BEFORE events
+            events = access.list_events(session, job_id=job_id, limit=500, after_id=after_id)
+            return [event_out(e) for e in events], terminal
+
+    started = last_sent = time.monotonic()
+    yield f"retry: {int(settings.sse_poll_interval_s * 2000)}\n\n"
+    while True:
+        events, terminal = await anyio.to_thread.run_sync(poll, after)
+        for event in events:
+            yield sse_frame(event)
+            after, last_sent = event.id, time.monotonic()
+        if terminal and len(events) < 500:
+            return
+        if await request.is_disconnected() or time.monotonic() - started > settings.sse_max_duration_s:
+            return
+        if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await anyio.sleep(settings.sse_poll_interval_s)
+
+
+@router.get("/jobs/{job_id}/triage", response_model=TriageList, responses=problems(400, 401, 404, 422),
+            summary="Triaged pairs with their verdicts")
+def job_triage(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    category: Annotated[str | None, Query(pattern="^(" + "|".join(CATEGORIES) + ")$")] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> TriageList:
+    _owned_job(session, principal.tenant_id, job_id)
+    page_size = min(limit or settings.default_page_size, settings.max_page_size)
+    try:
+        page = access.list_triage_items(session, job_id=job_id, limit=page_size, cursor=cursor, category=category)
+    except access.BadCursor as exc:
+        raise _bad_cursor(exc) from None
+    items = [TriageItemOut(pair_id=i.pair_id, position=i.position, category=i.category, verdicts=i.verdicts)
+             for i in page.items]
+    return TriageList(data=items, next_cursor=page.next_cursor,
+                      category_counts=access.triage_category_counts(session, job_id=job_id))

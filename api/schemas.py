@@ -1,0 +1,306 @@
+"""Request and response models of the HTTP API (the OpenAPI schema is generated from these).
+
+The worker re-reads a job's stored request with `RealignRequest.model_validate(job.request)`. Nothing here imports
+torch: variant names come from `trace_engine.variants` (stdlib only); suite names are listed here and a test checks
+they match `trace_engine.evaluation.runner.SUITES` (which does import torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trace_engine.data.presets import PRESETS
+from trace_engine.policy import Policy, parse_clauses
+from trace_engine.variants import VARIANTS
+
+EVAL_SUITES: tuple[str, ...] = ("tpa", "asr", "over_refusal", "capability")
+CATEGORIES: tuple[str, ...] = ("INVERT", "PUNISH", "RETAIN")
+MAX_METADATA_BYTES = 16 * 1024
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_KEY_PREFIXES = ("sk-", "sk_", "rk_", "pk-", "xoxb-", "ghp_", "hf_", "bearer ", "key-", "aiza")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- request
+
+
+class ClauseIn(StrictModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=64)
+    title: str = Field(default="", max_length=200)
+    body: str = Field(min_length=1, max_length=20_000)
+
+
+class PolicyIn(StrictModel):
+    text: str = Field(min_length=1, max_length=200_000, description="policy markdown; `## [ID] Title` starts a clause")
+    name: str = Field(default="policy", min_length=1, max_length=200)
+    clauses: list[ClauseIn] | None = Field(default=None, description="named clauses appended to the text")
+
+    @model_validator(mode="after")
+    def _clauses_parse(self) -> PolicyIn:
+        if not self.text.strip():
+            raise ValueError("policy text is blank")
+        parse_clauses(self.full_text())  # duplicate clause ids -> ValueError -> 422
+        return self
+
+    def full_text(self) -> str:
+        """The text with `clauses` rendered as clause headings (the form `trace_engine.policy` parses)."""
+        parts = [self.text.rstrip()]
+        parts += [f"## [{c.id}] {c.title}".rstrip() + f"\n{c.body.strip()}" for c in self.clauses or []]
+        return "\n\n".join(parts) + "\n"
+
+    def to_policy(self) -> Policy:
+        return Policy(text=self.full_text(), name=self.name)
+
+
+class HfDataset(StrictModel):
+    type: Literal["hf"]
+    repo: str = Field(min_length=1, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)?$")
+    revision: str = Field(min_length=1, max_length=100, description="commit sha or tag; always pinned")
+    split: str = Field(default="train", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-\[\]:%+]+$")
+    preset: str | None = Field(default=None, description="column mapping, e.g. pku_saferlhf")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
+        return value
+
+
+class FileDataset(StrictModel):
+    type: Literal["file"]
+    file_id: str = Field(min_length=1, max_length=64, description="id from POST /v1/files")
+
+
+class PathDataset(StrictModel):
+    type: Literal["path"]
+    path: str = Field(min_length=1, max_length=1000, description="relative to the server's dataset root")
+
+
+class SyntheticDataset(StrictModel):
+    type: Literal["synthetic"]
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    n: int = Field(default=64, ge=1, le=100_000, description="training pairs to generate")
+
+
+DatasetRef = Annotated[HfDataset | FileDataset | PathDataset | SyntheticDataset, Field(discriminator="type")]
+
+
+class BaseModelIn(StrictModel):
+    name_or_path: str = Field(min_length=1, max_length=500)
+    revision: str | None = Field(default=None, max_length=100)
+
+
+def looks_like_secret(value: str) -> bool:
+    """A key pasted where the NAME of its environment variable belongs."""
+    lowered = value.strip().lower()
+    if lowered.startswith(_KEY_PREFIXES):
+        return True
+    has_digit, has_lower = any(c.isdigit() for c in value), any(c.islower() for c in value)
+    return len(value) >= 32 and has_digit and has_lower
+
+
+class JudgeIn(StrictModel):
+    provider: Literal["openai", "rules", "synthetic"] = Field(
+        description="openai: any OpenAI-compatible endpoint; rules: a clause-rules file; synthetic: the "
+                    "synthetic world's rule judge")
+    model: str | None = Field(default=None, max_length=200)
+    base_url: AnyHttpUrl | None = None
+    api_key_secret: str | None = Field(
+        default=None, description="NAME of the environment variable / secret holding the key, never the key")
+    rules_path: str | None = Field(default=None, max_length=1000, description="rules file, relative to the root")
+
+    @field_validator("api_key_secret")
+    @classmethod
+    def _secret_name_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if looks_like_secret(value):
+            raise ValueError("api_key_secret looks like an API key; give the NAME of the environment variable "
+                             "or secret that holds it (e.g. OPENAI_API_KEY), never the key itself")
+        if not _SECRET_NAME.match(value):
+            raise ValueError("api_key_secret must be an environment variable name (letters, digits, underscore)")
+        return value
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> JudgeIn:
+        if self.provider == "openai" and not self.model:
+            raise ValueError("judge.model is required for provider 'openai'")
+        if self.provider == "rules" and not self.rules_path:
+            raise ValueError("judge.rules_path is required for provider 'rules'")
+        if self.provider != "openai" and (self.base_url or self.api_key_secret):
+            raise ValueError(f"provider {self.provider!r} makes no network calls: drop base_url/api_key_secret")
+        return self
+
+
+class Hyperparameters(StrictModel):
+    """Training knobs (defaults = trace_engine.train.TrainConfig / LoraSettings defaults)."""
+
+    beta: float = Field(default=0.3, gt=0, le=100)
+    alpha_kl: float = Field(default=0.1, ge=0, le=100)
+    pref_loss: Literal["dpo", "ipo", "rdpo"] = "dpo"
+    lr: float = Field(default=1e-4, gt=0, le=1)
+    epochs: int = Field(default=1, ge=1, le=100)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    grad_accum: int = Field(default=1, ge=1, le=1024)
+    seed: int = Field(default=0, ge=0)
+    max_prompt_len: int = Field(default=512, ge=8, le=131072)
+    max_len: int = Field(default=1024, ge=16, le=131072)
+    lora_r: int = Field(default=32, ge=1, le=1024)
+    lora_alpha: int = Field(default=16, ge=1, le=4096)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+
+
+class MethodIn(StrictModel):
+    variant: str = Field(default="trace", description="one of trace_engine.variants.VARIANTS")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        if value not in VARIANTS:
+            raise ValueError(f"unknown variant {value!r}; known: {', '.join(sorted(VARIANTS))}")
+        return value
+
+
+class EvalIn(StrictModel):
+    suites: list[Literal["tpa", "asr", "over_refusal", "capability"]] = Field(
+        default_factory=list, description="suites to run at the end; empty = no evaluation stage")
+
+
+class RealignRequest(StrictModel):
+    policy: PolicyIn
+    dataset: DatasetRef
+    base_model: BaseModelIn
+    judge: JudgeIn
+    method: MethodIn = Field(default_factory=MethodIn)
+    eval: EvalIn = Field(default_factory=EvalIn)
+    metadata: dict[str, Any] = Field(default_factory=dict, description=f"free-form, at most {MAX_METADATA_BYTES} "
+                                     "bytes of JSON")
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
+        return value
+
+
+# ---------------------------------------------------------------- responses
+
+
+class StageProgressOut(BaseModel):
+    stage: str
+    done: int
+    total: int | None
+    rate_per_s: float | None = Field(description="items per second since the stage started")
+    eta_s: float | None = Field(description="seconds left at the current rate")
+    started_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    state: str
+    stage: str | None
+    cancel_requested: bool
+    progress: list[StageProgressOut]
+    category_counts: dict[str, int]
+    metrics: dict[str, Any]
+    artifacts: dict[str, Any]
+    error: dict[str, Any] | None
+    request: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    job_id: str
+    type: str
+    stage: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    next_cursor: str | None
+
+
+class TriageItemOut(BaseModel):
+    pair_id: str
+    position: int
+    category: str
+    verdicts: dict[str, Any]
+
+
+class TriageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TriageItemOut]
+    next_cursor: str | None
+    category_counts: dict[str, int]
+
+
+class FileOut(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    filename: str
+    format: str
+    size_bytes: int
+    sha256: str
+    rows: int
+    pairs: int
+    report: dict[str, Any]
+    created_at: datetime
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    next_cursor: str | None
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] | None = None
+    row: int | None = None
+    field: str | None = None
+    kind: str | None = None
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

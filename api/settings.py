@@ -1,0 +1,60 @@
+"""Service configuration: one `Settings` read from `REALIGN_*` environment variables (or passed in by tests/CLI).
+
+With no database configured the service runs embedded on SQLite under the data dir (design.md §7).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path.home() / ".realign"
+
+
+class Settings(BaseSettings):
+    """Everything the API (and the worker) needs to find its state; secrets are never stored here."""
+
+    model_config = SettingsConfigDict(env_prefix="REALIGN_", extra="ignore")
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="root of all local state (SQLite, files, artifacts)")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; None = SQLite under data_dir")
+    broker_url: str | None = Field(default=None, description="Celery broker URL; None = embedded broker")
+    dataset_root: Path | None = Field(default=None, description="root for `path` datasets; None = data_dir/datasets")
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="POST /v1/files size limit")
+    max_json_bytes: int = Field(default=2 * 1024 * 1024, gt=0, description="size limit of every other request body")
+    sse_poll_interval_s: float = Field(default=0.5, gt=0)
+    sse_max_duration_s: float = Field(default=3600.0, gt=0, description="an SSE stream closes after this long")
+    default_page_size: int = Field(default=50, ge=1)
+    max_page_size: int = Field(default=500, ge=1)
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0, description="how long a checked API key is trusted without "
+                                    "a database read (a revoked key stops working within this time)")
+    db_pool_size: int = Field(default=20, ge=1, description="Postgres connections per API process")
+    run_migrations: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{self.data_dir / 'realign.db'}"
+
+    @property
+    def datasets_root(self) -> Path:
+        return self.dataset_root if self.dataset_root is not None else self.data_dir / "datasets"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+def normalise_database_url(url: str) -> str:
+    """`postgres://` and `postgresql://` (no driver) mean psycopg 3, the driver we ship."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

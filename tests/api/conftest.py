@@ -1,0 +1,70 @@
+"""Fixtures for the service tests: a real Postgres database per session (and SQLite per test), a recording
+enqueuer, and an app + TestClient + API key per test. Each test runs on both backends."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.db import access
+from api.db.engine import session_scope
+from api.settings import Settings
+
+from .support import Harness, RecordingEnqueuer, realign_body
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    try:
+        admin = _pg_admin()
+    except Exception as exc:  # no Postgres on this machine
+        pytest.skip(f"Postgres at 127.0.0.1:5432 unreachable: {exc}")
+    name = f"realign_test_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    database_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return Settings(data_dir=tmp_path / "state", database_url=database_url, sse_poll_interval_s=0.05,
+                    max_upload_bytes=64 * 1024)
+
+
+@pytest.fixture
+def harness(settings: Settings) -> Iterator[Harness]:
+    enqueuer = RecordingEnqueuer()
+    app = create_app(settings, enqueuer)
+
+    def new_headers(tenant: str) -> dict[str, str]:
+        with session_scope(app.state.sessions) as session:
+            key = access.create_api_key(session, tenant_name=f"{tenant}-{secrets.token_hex(4)}")
+        return {"Authorization": f"Bearer {key}"}
+
+    with TestClient(app) as client:
+        yield Harness(app, client, settings, enqueuer, new_headers("acme"), new_headers)
+    app.state.engine.dispose()
+
+
+@pytest.fixture
+def body() -> dict[str, Any]:
+    return realign_body()
