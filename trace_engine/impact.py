@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from trace_engine.ghost import GhostDot
 from trace_engine.logprobs import SequenceBatch
 from trace_engine.losses import chunked_sequence_logps, dpo_loss, ipo_loss, length_normalise, npo_loss
+from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
 
 
 class SampleKind(str, Enum):
@@ -203,32 +204,6 @@ def adapter_is_identity(model: nn.Module) -> bool:
     return found
 
 
-def seed_lora_(model: nn.Module, seed: int) -> int:
-    """Re-draw every LoRA pair as PEFT's default init (A ~ kaiming-uniform(a=√5), B = 0) from a private generator.
-
-    Why: at θ_ref (B = 0) A-gradients are zero, so impact scores live in the B-space that A projects into; a seeded
-    A makes θ_ref, and so the scores, reproducible. Draws on CPU in fp32 (same numbers on any device); the global
-    RNG is untouched. Returns the number of LoRA pairs re-initialised.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    count = 0
-    for _, module in model.named_modules():
-        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
-            continue
-        for key in sorted(lora_a.keys()):
-            a, b = lora_a[key].weight, lora_b[key].weight
-            fresh = torch.empty(a.shape, dtype=torch.float32)
-            nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
-            with torch.no_grad():
-                a.copy_(fresh.to(a.device, a.dtype))
-                b.zero_()
-                if getattr(lora_b[key], "bias", None) is not None:
-                    lora_b[key].bias.zero_()
-            count += 1
-    return count
-
-
 @contextmanager
 def eval_mode(model: nn.Module):
     """Dropout off for exact, deterministic gradients; the previous mode is restored."""
@@ -268,15 +243,21 @@ def reference_logps(
 
 
 def gold_gradient(
-    model: nn.Module, gold_batches: Sequence[ScoringBatch], beta: float, checkpoint: bool = False
+    model: nn.Module,
+    gold_batches: Sequence[ScoringBatch],
+    beta: float,
+    checkpoint: bool = False,
+    total: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """g_J = ∇_θ (1/B) Σ_b ℓ_DPO(b) over the gold pairs, trainable parameters only, fp32 on the model's device.
 
     Each batch's samples are preference pairs (rows = (chosen, rejected)); batches are processed one at a time
     and their gradients summed, so memory is bounded by the largest batch. Call at θ_ref (fresh adapter).
     checkpoint: recompute each decoder layer in the backward (see `checkpointed_layers`).
+    total: gold pairs over ALL shards when `gold_batches` is one rank's shard (the ranks' results are then summed);
+    default: the pairs in `gold_batches`.
     """
-    total = sum(len(b.sample_ids) for b in gold_batches)
+    total = sum(len(b.sample_ids) for b in gold_batches) if total is None else total
     if total == 0:
         raise ValueError("the gold batch is empty: cannot compute g_J")
     params = trainable_parameters(model)

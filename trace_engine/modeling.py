@@ -7,6 +7,7 @@ Safety rules (design.md §7): a Hub id must come with a pinned commit revision, 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -148,8 +149,23 @@ def validate_target_modules(model: torch.nn.Module, targets: Sequence[str]) -> N
         )
 
 
-def attach_lora(model: torch.nn.Module, settings: LoraSettings):
-    """Wrap `model` in a peft LoRA model; only adapter weights are trainable. B starts at 0, so it equals the base."""
+def validate_target_modules_of(source: ModelSource, targets: Sequence[str]) -> None:
+    """`validate_target_modules` on the model's architecture alone (built on the meta device: no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source.validate()
+    config = AutoConfig.from_pretrained(source.name_or_path, revision=source.revision, trust_remote_code=False)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    validate_target_modules(skeleton, targets)
+
+
+def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int | None = None):
+    """Wrap `model` in a peft LoRA model; only adapter weights are trainable. B starts at 0, so it equals the base.
+
+    seed: draw A from a private generator (`seed_lora_`), so scoring (at θ_ref) and training start from the very
+    same adapter on any device and any number of processes; None leaves peft's draw from the global RNG.
+    """
     from peft import LoraConfig, get_peft_model
 
     validate_target_modules(model, settings.target_modules)
@@ -161,7 +177,36 @@ def attach_lora(model: torch.nn.Module, settings: LoraSettings):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if seed is not None:
+        seed_lora_(peft_model, seed)
+    return peft_model
+
+
+def seed_lora_(model: torch.nn.Module, seed: int) -> int:
+    """Re-draw every LoRA pair as PEFT's default init (A ~ kaiming-uniform(a=√5), B = 0) from a private generator.
+
+    Why: at θ_ref (B = 0) A-gradients are zero, so impact scores live in the B-space that A projects into; a seeded
+    A makes θ_ref, and so the scores, reproducible, and lets training start from the A the scores were taken at.
+    Draws on CPU in fp32 (same numbers on any device); the global RNG is untouched. Returns the number of pairs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    for _, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(lora_b, torch.nn.ModuleDict):
+            continue
+        for key in sorted(lora_a.keys()):
+            a, b = lora_a[key].weight, lora_b[key].weight
+            fresh = torch.empty(a.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
+            with torch.no_grad():
+                a.copy_(fresh.to(a.device, a.dtype))
+                b.zero_()
+                if getattr(lora_b[key], "bias", None) is not None:
+                    lora_b[key].bias.zero_()
+            count += 1
+    return count
 
 
 def is_adapter_model(model: torch.nn.Module) -> bool:

@@ -8,8 +8,11 @@ returns everything the next stage needs: raw scores, normalised weights, a summa
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,6 +32,7 @@ from trace_engine.impact import (
     score_batches,
     summarize_scores,
 )
+from trace_engine.runtime import Runtime
 from trace_engine.tokenization import LengthLimits, TruncationReport, collate, encode_sequences, pad_id_of
 
 SCORING_VARIANTS = ("trace", "trace_oracle", "no_triage")
@@ -160,11 +164,13 @@ def score_conflicts(
     rows_per_batch: int = 16,
     limits: LengthLimits | None = None,
     checkpoint: bool = False,
+    runtime: Runtime | None = None,
 ) -> ImpactResult:
     """Gold batch -> g_J at the model's current adapter (θ_ref when fresh) -> raw scores -> normalised weights.
 
-    For sharding, call `pack_batches` yourself, give each rank a slice, `score_batches` it, gather the
-    ScoredSamples, then `normalise_scores` once.
+    runtime: with several processes (accelerate launch), each rank takes the gradient of a contiguous shard of the
+    gold batches (summed over ranks: the same g_J everywhere) and scores every world_size-th conflict batch; the
+    scores are gathered so every rank returns the same, complete result in input order.
     """
     settings = settings or LossSettings()
     gold, gold_report = build_gold_batch(rows, gold_size, seed)
@@ -173,14 +179,24 @@ def score_conflicts(
             "the gold batch is empty (no RETAIN/INVERT pairs, and no PUNISH pair with a compliant response): "
             "impact scores need at least one gold pair; use uniform weights (no_impact) instead"
         )
-    gold_batches, _ = pack_batches(tokenizer, gold_samples(gold), rows_per_batch, limits)
-    g_j = gold_gradient(model, gold_batches, settings.beta, checkpoint)
     samples = conflict_samples(rows, variant)
+    if not samples:
+        raise ValueError(f"no conflicting samples to score for variant {variant!r} (empty conflict set)")
     ids = [s.sample_id for s in samples]
     if len(set(ids)) != len(ids):
         raise ValueError("row ids must be unique to attach scores to rows")
+    gold_batches, _ = pack_batches(tokenizer, gold_samples(gold), rows_per_batch, limits)
     batches, truncation = pack_batches(tokenizer, samples, rows_per_batch, limits)
-    by_id = {s.sample_id: s for s in score_batches(model, batches, g_j, settings, checkpoint)}
+    if runtime is None or runtime.world_size == 1:
+        g_j = gold_gradient(model, gold_batches, settings.beta, checkpoint)
+        results = score_batches(model, batches, g_j, settings, checkpoint)
+    else:
+        g_j = gold_gradient(model, runtime.shard(gold_batches), settings.beta, checkpoint, total=len(gold))
+        runtime.all_reduce_sum_(list(g_j.values()))
+        mine = batches[runtime.rank :: runtime.world_size]  # batches are sorted by length: strided balances work
+        results = [s for part in runtime.gather_objects(score_batches(model, mine, g_j, settings, checkpoint))
+                   for s in part]
+    by_id = {s.sample_id: s for s in results}
     scored = [by_id[s.sample_id] for s in samples]  # input order
     weights = normalise_scores([s.raw_score for s in scored], mode)
     ref: dict[str, float] = {}
@@ -194,3 +210,35 @@ def score_conflicts(
         "truncation": truncation.to_dict(),
     }
     return ImpactResult(scored, weights, summary, gold_report, truncation, ref)
+
+
+# ---------------------------------------------------------------- reference log-prob cache on disk
+
+
+def save_reference_cache(path: str | Path, cache: Mapping[str, float], meta: Mapping[str, Any]) -> Path:
+    """Compact safetensors file: `keys` uint8 [n, 32] (raw sha256 of `sequence_key`), `values` fp64 [n].
+
+    `meta` (JSON in the header) says what the values are valid for: base model, length limits, dtype. Atomic.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = sorted(cache.items())
+    keys = torch.tensor([list(bytes.fromhex(k)) for k, _ in items], dtype=torch.uint8).reshape(len(items), 32)
+    values = torch.tensor([float(v) for _, v in items], dtype=torch.float64)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({"keys": keys, "values": values}, str(tmp), metadata={"realign": json.dumps(dict(meta))})
+    os.replace(tmp, path)
+    return path
+
+
+def load_reference_cache(path: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """(sequence_key -> s_ref, meta) from `save_reference_cache`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("realign", "{}"))
+        keys, values = f.get_tensor("keys"), f.get_tensor("values")
+    return {bytes(k.tolist()).hex(): float(v) for k, v in zip(keys, values.tolist(), strict=True)}, meta

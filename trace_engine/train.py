@@ -4,7 +4,10 @@ Read `train` top to bottom. Each step is ONE batched forward over [preferred row
 example in the micro-batch; each example's loss is picked by its kind mask (variants.LossKind), weighted, summed.
 Reference sequence log-probs are computed once up front (adapter disabled) or taken from scoring; the KL anchor's
 reference logits come from a second no-grad forward of only the RETAIN rows with the adapter disabled.
-All device placement lives in `Runtime`, so an accelerate.Accelerator can take it over later.
+All device placement lives in `Runtime` (trace_engine.runtime). Under `accelerate launch` every rank runs this
+same function: each micro-batch is split into contiguous per-rank shards, every rank back-propagates
+Σ_{its shard} w_i ℓ_i / (examples in the GLOBAL step), and the gradients are summed over ranks once per optimizer
+step, so N processes take exactly the step one process takes on the same global batch. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -39,14 +42,13 @@ from trace_engine.modeling import (
     ModelLoadError,
     ModelSource,
     attach_lora,
-    default_dtype,
     is_adapter_model,
     load_causal_lm,
     load_tokenizer,
-    pick_device,
     reference_mode,
 )
 from trace_engine.modeling import merge as merge  # re-exported: `train.merge(adapter_dir, out_dir)`
+from trace_engine.runtime import Runtime
 from trace_engine.tokenization import (
     EncodedPair,
     LengthLimits,
@@ -159,17 +161,6 @@ def sequence_key(prompt: Prompt, response: str) -> str:
 # ---------------------------------------------------------------- device handling (one place)
 
 
-@dataclass
-class Runtime:
-    device: torch.device
-    dtype: torch.dtype
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
-            return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -189,6 +180,7 @@ def train(
     progress: ProgressFn | None = None,
     resume: bool = True,
     device: str | torch.device | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Train one adapter on triaged rows; resume from the latest complete checkpoint in `output_dir` if any.
 
@@ -196,7 +188,9 @@ def train(
     impact. reference_logps: precomputed reference s(y) keyed by `sequence_key(prompt, response)` (e.g. from
     scoring, with the same tokenizer and length limits); missing ones are computed. resume=False refuses a directory
     that already holds checkpoints. Writes `<output_dir>/adapter` (or `/model` for a full fine-tune),
-    `metrics.jsonl` and `checkpoints/`.
+    `metrics.jsonl` and `checkpoints/` (rank 0 only). runtime: device/process handling; default
+    `Runtime.create(device, config.dtype)`, which joins the process group when launched with several processes.
+    The adapter starts from LoRA A seeded with `config.seed` (modeling.seed_lora_), the θ_ref scoring uses.
     """
     # ---- setup: every check that can fail runs before the model is loaded
     config.validate()
@@ -211,8 +205,8 @@ def train(
     base.validate()
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rt = Runtime(pick_device(device), default_dtype(pick_device(device), config.dtype))
-    seed_everything(config.seed)
+    rt = runtime or Runtime.create(device, config.dtype)
+    seed_everything(config.seed + rt.rank)  # dropout masks differ per rank; the LoRA init does not use this RNG
 
     tokenizer = load_tokenizer(base)
     pad_id = pad_id_of(tokenizer)
@@ -228,7 +222,7 @@ def train(
     if config.full_finetune:
         model.requires_grad_(True)
     else:
-        model = attach_lora(model, config.lora)  # validates target modules first
+        model = attach_lora(model, config.lora, seed=config.seed)  # validates target modules first
     if config.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
         if enable is not None:
@@ -267,9 +261,11 @@ def train(
         load_weights(model, latest)  # after the reference pass: a full fine-tune's reference is the base
         rng_tensors = ckpt.load_trainer_state(latest, optimizer, scheduler)
         ckpt.restore_rng(state["rng"], rng_tensors)
-        _truncate_metrics(metrics_path, position.step)
-    elif metrics_path.exists():
+        if rt.is_main:
+            _truncate_metrics(metrics_path, position.step)
+    elif metrics_path.exists() and rt.is_main:
         metrics_path.unlink()  # a fresh run starts a fresh log
+    rt.barrier()
 
     kinds = torch.tensor([int(e.kind) for e in data.examples])
     weights = torch.tensor([e.weight for e in data.examples], dtype=torch.float32)
@@ -278,7 +274,7 @@ def train(
     # ---- train
     model.train()
     last: dict[str, float | None] = _last_metrics(metrics_path)  # non-empty only when resuming
-    with open(metrics_path, "a", encoding="utf-8") as log:
+    with open(metrics_path, "a", encoding="utf-8") if rt.is_main else contextlib.nullcontext() as log:
         while position.step < total_steps:
             order = epoch_order(n, config.seed, position.epoch)
             micro = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
@@ -295,13 +291,16 @@ def train(
                     if after < len(micro)
                     else ckpt.Position(position.step + 1, position.epoch + 1, 0)
                 )
-                log.write(json.dumps(last) + "\n")
-                log.flush()
+                if log is not None:
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
                 if config.checkpoint_every and position.step % config.checkpoint_every == 0:
-                    ckpt.save_checkpoint(
-                        run_dir, position, lambda d: save_weights(model, d), optimizer, scheduler, fingerprint
-                    )
-                if progress is not None:
+                    if rt.is_main:
+                        ckpt.save_checkpoint(
+                            run_dir, position, lambda d: save_weights(model, d), optimizer, scheduler, fingerprint
+                        )
+                    rt.barrier()
+                if progress is not None and rt.is_main:
                     progress(position.step, total_steps, last)
 
     # ---- save: adapter (or full model) + tokenizer + provenance, atomically
@@ -316,6 +315,7 @@ def train(
         "counts": {**data.counts, "examples": n},
         "truncation": truncation.to_dict(),
         "steps": position.step,
+        "world_size": rt.world_size,
         "final_metrics": last,
         "versions": _versions(),
         **{k: v for k, v in data.provenance.items()},
@@ -326,7 +326,10 @@ def train(
         tokenizer.save_pretrained(d)
         (d / "realign.json").write_text(json.dumps(provenance, indent=1, ensure_ascii=False))
 
-    out = ckpt.write_atomic_dir(run_dir / ("model" if config.full_finetune else "adapter"), fill)
+    out = run_dir / ("model" if config.full_finetune else "adapter")
+    if rt.is_main:
+        ckpt.write_atomic_dir(out, fill)
+    rt.barrier()
     return TrainResult(out, metrics_path, position.step, last, provenance)
 
 
@@ -346,32 +349,54 @@ class StepInputs:
 
 
 def train_step(model, optimizer, scheduler, group: list[list[int]], inputs: StepInputs, rt: Runtime, cfg):
-    """Forward/backward each micro-batch of the group, then one optimizer update. Returns detached sums."""
+    """Forward/backward this rank's shard of each micro-batch of the group, sum gradients over ranks, then one
+    optimizer update. `group` holds GLOBAL micro-batches (the same on every rank). Returns global detached sums."""
     n_examples = sum(len(mb) for mb in group)
-    sums: dict[str, torch.Tensor] = {}
+    sums = {name: torch.zeros((), device=rt.device) for name in PART_NAMES}
     counts = {"n_pref": 0, "n_npo": 0, "n_kl": 0}
     tokens = torch.zeros((), device=rt.device)
     for mb in group:
-        loss, parts, batch_tokens = micro_batch_loss(model, mb, inputs, rt, cfg)
-        (loss / n_examples).backward()
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0) + v
-        tokens = tokens + batch_tokens
+        local = rt.shard(mb)
+        if local:
+            loss, parts, batch_tokens = micro_batch_loss(model, local, inputs, rt, cfg)
+            (loss / n_examples).backward()
+            for k, v in parts.items():
+                sums[k] = sums[k] + v
+            tokens = tokens + batch_tokens
         kinds = inputs.kinds[mb].tolist()  # CPU tensor: no device sync
         counts["n_pref"] += kinds.count(LossKind.PREF)
         counts["n_npo"] += kinds.count(LossKind.DUAL_NPO) + kinds.count(LossKind.NPO_DISPREFERRED)
         counts["n_kl"] += kinds.count(LossKind.KL)
     params = [p for p in model.parameters() if p.requires_grad]
+    if rt.world_size > 1:  # one coalesced all-reduce per optimizer step (accumulation needs no sync in between)
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # this rank had no rows in the step
+        rt.all_reduce_sum_([p.grad for p in params])
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    names = sorted(sums)
-    values = torch.stack([sums[k].float() for k in names] + [grad_norm.float().to(rt.device), tokens]).tolist()
-    out = dict(zip([*names, "grad_norm", "tokens"], values, strict=True))  # the one sync per step
+    summed = torch.stack([sums[k].float() for k in PART_NAMES] + [tokens.float()])
+    rt.all_reduce_sum_([summed])
+    values = torch.cat([summed, grad_norm.float().to(rt.device).reshape(1)]).tolist()  # the one sync per step
+    out = dict(zip([*PART_NAMES, "tokens", "grad_norm"], values, strict=True))
     return {**out, **counts, "examples": n_examples, "lr": lr}
+
+
+PART_NAMES = (
+    "loss_sum",
+    "pref_loss_sum",
+    "npo_loss_sum",
+    "kl_sum",
+    "reward_chosen_sum",
+    "reward_rejected_sum",
+    "accuracy_sum",
+    "npo_reward_sum",
+    "npo_responses",
+)
 
 
 def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg: TrainConfig):
@@ -511,6 +536,7 @@ def reference_sequence_logps(
     """
     cache = cache or {}
     out = torch.zeros(len(examples), 2)
+    computed = torch.zeros(len(examples), 2)  # filled by the rank that computed each value, then summed
     todo: list[tuple[int, int]] = []  # (example, 0 = preferred / 1 = dispreferred)
     for i, e in enumerate(examples):
         if e.kind is LossKind.KL:
@@ -525,6 +551,7 @@ def reference_sequence_logps(
         return out
     seqs = [encoded[i].preferred if side == 0 else encoded[i].dispreferred for i, side in todo]
     order = sorted(range(len(todo)), key=lambda j: len(seqs[j]), reverse=True)  # less padding
+    order = order[rt.rank :: rt.world_size]  # this rank's share (strided over lengths: balanced)
     rows_per_batch = 2 * cfg.ref_batch_size
     was_training = model.training
     model.eval()
@@ -538,9 +565,10 @@ def reference_sequence_logps(
             values = chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, cfg.chunk_tokens).cpu()
             for j, v in zip(chunk, values.tolist(), strict=True):
                 i, side = todo[j]
-                out[i, side] = v
+                computed[i, side] = v
     model.train(was_training)
-    return out
+    rt.all_reduce_sum_([computed])
+    return out + computed
 
 
 # ---------------------------------------------------------------- schedule, order, weights I/O

@@ -102,3 +102,18 @@ def test_score_conflicts_refuses_an_empty_gold_batch(tokenizer):
         r.pop("oracle_response")
     with pytest.raises(ValueError, match="gold batch is empty"):
         score_conflicts(model, tokenizer, rows, gold_size=4)
+
+
+def test_score_conflicts_refuses_an_empty_conflict_set_before_touching_the_model(tokenizer):
+    rows = [r for r in triaged() if r["category"] == "RETAIN"]
+    with pytest.raises(ValueError, match="empty conflict set"):
+        score_conflicts(None, tokenizer, rows, variant="trace", gold_size=3)
+
+
+def test_reference_cache_round_trips_through_safetensors(tmp_path):
+    from trace_engine.scoring import load_reference_cache, save_reference_cache
+
+    cache = {sequence_key("p", "a"): -12.5, sequence_key([{"role": "user", "content": "q"}], "b"): -0.125}
+    path = save_reference_cache(tmp_path / "ref.safetensors", cache, {"max_len": 96})
+    loaded, meta = load_reference_cache(path)
+    assert loaded == cache and meta == {"max_len": 96}

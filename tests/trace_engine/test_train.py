@@ -261,3 +261,25 @@ def test_warmup_then_cosine_schedule():
         sched.step()
     assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # 2 warmup steps, then the peak
     assert lrs[2:] == sorted(lrs[2:], reverse=True) and lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_training_starts_from_the_seeded_adapter_scoring_uses(llama, tmp_path):
+    """Scoring takes g_J at attach_lora(seed=s); training with seed s starts from that very adapter.
+
+    At step 0 B = 0, so A's gradient is exactly 0 and (weight decay 0) Adam leaves A unchanged by step 1: the saved
+    A is the step-0 A.
+    """
+    from peft import get_peft_model_state_dict
+
+    from trace_engine.modeling import attach_lora
+
+    config = small(max_steps=1, weight_decay=0.0, seed=7)
+    result = train(triaged_rows(6), config, base=llama, output_dir=tmp_path)
+    trained = load_file(result.output_dir / "adapter_model.safetensors")
+    scoring_state = get_peft_model_state_dict(attach_lora(load_causal_lm(llama, device="cpu"), config.lora, seed=7))
+    other_seed = get_peft_model_state_dict(attach_lora(load_causal_lm(llama, device="cpu"), config.lora, seed=8))
+    a_keys = [k for k in trained if "lora_A" in k]
+    assert a_keys and set(a_keys) <= set(scoring_state)
+    assert all(torch.equal(trained[k], scoring_state[k]) for k in a_keys)
+    assert not any(torch.equal(trained[k], other_seed[k]) for k in a_keys)
+    assert any(trained[k].abs().max() > 0 for k in trained if "lora_B" in k)  # the step did train B
