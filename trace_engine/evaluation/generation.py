@@ -62,7 +62,7 @@ class LocalBackend:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.pad_id = pad_id_of(tokenizer)
-        self.eos_ids = _stop_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self._info = dict(info or {})
 
     @classmethod
@@ -185,7 +185,7 @@ def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return list(tokens)
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+def eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     """The tokenizer's EOS plus any the model's generation config names (e.g. Llama 3's <|eot_id|>)."""
     ids: list[int] = []
     if tokenizer.eos_token_id is not None:

@@ -1,0 +1,156 @@
+"""OpenAI-compatible routes on the service: POST /v1/chat/completions, POST /v1/completions, GET /v1/models.
+
+Everything the routes need is injected: `auth_dependency(request) -> principal` (sync or async; a 401/403
+exception it raises is answered OpenAI-style), `resolve_model(principal, model) -> AdapterRef | BASE_MODEL | None`
+(the tenant's adapter registry) and optionally `list_models(principal) -> list[str]`. These routes answer errors
+as `{"error": {"message", "type", "param", "code"}}` (what OpenAI SDKs parse), not problem+json, so they catch
+their own errors instead of relying on the app's exception handlers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.gateway.backend import CHAT_PATH, COMPLETIONS_PATH, AdapterRef, GatewayError, ServingBackend
+from trace_engine.serving.protocol import ServingError
+
+
+class BaseModelTarget:
+    """`resolve_model` returns BASE_MODEL when the name means the backend's base model (no adapter)."""
+
+    def __repr__(self) -> str:
+        return "BASE_MODEL"
+
+
+BASE_MODEL = BaseModelTarget()
+Resolved = AdapterRef | tuple[str, str] | BaseModelTarget | None
+ResolveModel = Callable[[Any, str], Resolved | Awaitable[Resolved]]
+ListModels = Callable[[Any], list[str] | Awaitable[list[str]]]
+
+_REQUEST_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": ["model"], "additionalProperties": True,
+            "properties": {"model": {"type": "string", "description": "an adapter name or the base model"},
+                           "stream": {"type": "boolean", "default": False}}}}},
+    }
+}
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Await an async callable; run a sync one (auth and registry look-ups hit the database) in the threadpool
+    so it never blocks the event loop that relays streams."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await run_in_threadpool(fn, *args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _error_response(exc: ServingError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _openai_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    @wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServingError as exc:
+            return _error_response(exc)
+
+    return wrapped
+
+
+async def _authenticate(auth_dependency: Callable[[Request], Any], request: Request) -> Any:
+    """Run the injected auth; its 401/403 (ProblemError `.status` or HTTPException `.status_code`) becomes an
+    OpenAI-style error."""
+    try:
+        return await _call(auth_dependency, request)
+    except Exception as exc:
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        if status in (401, 403):
+            detail = getattr(exc, "detail", None) or str(exc) or "unauthenticated"
+            code = "invalid_api_key" if status == 401 else "permission_denied"
+            raise GatewayError(status, str(detail), code=code) from exc
+        raise
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise GatewayError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the request body must be a JSON object", code="invalid_request")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(400, "`model` is required: the name of one of your adapters or of the base model",
+                           param="model", code="missing_required_parameter")
+    return body
+
+
+def _as_target(resolved: Resolved, model: str) -> AdapterRef | None:
+    if resolved is None:
+        raise GatewayError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+    if isinstance(resolved, BaseModelTarget):
+        return None
+    if isinstance(resolved, AdapterRef):
+        return resolved
+    name, path = resolved
+    return AdapterRef(name, path)
+
+
+def make_gateway_router(resolve_model: ResolveModel, backend: ServingBackend,
+                        auth_dependency: Callable[[Request], Any], *,
+                        list_models: ListModels | None = None) -> APIRouter:
+    """The gateway's routes (mount with `app.include_router(router)`; paths already start with /v1)."""
+    router = APIRouter(tags=["gateway"])
+
+    async def generate(request: Request, path: str) -> Response:
+        principal = await _authenticate(auth_dependency, request)
+        body = await _json_object(request)
+        model = body["model"]
+        adapter = _as_target(await _call(resolve_model, principal, model), model)
+        result = await backend.forward(path, body, adapter, client_model=model)
+        if isinstance(result, dict):
+            return JSONResponse(result)
+        return StreamingResponse(result, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @router.post("/v1/chat/completions", openapi_extra=_REQUEST_SCHEMA,
+                 summary="OpenAI-compatible chat completions with one of your adapters (or the base model)")
+    @_openai_errors
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, CHAT_PATH)
+
+    @router.post("/v1/completions", openapi_extra=_REQUEST_SCHEMA,
+                 summary="OpenAI-compatible text completions with one of your adapters (or the base model)")
+    @_openai_errors
+    async def completions(request: Request) -> Response:
+        return await generate(request, COMPLETIONS_PATH)
+
+    @router.get("/v1/models", summary="The models you can name: your adapters and the base model")
+    @_openai_errors
+    async def models(request: Request) -> Response:
+        principal = await _authenticate(auth_dependency, request)
+        if list_models is not None:
+            names = list(await _call(list_models, principal))
+        else:
+            names = [await backend.base_model()]
+        created = int(time.time())
+        cards = [{"id": n, "object": "model", "created": created, "owned_by": "realign"} for n in names]
+        return JSONResponse({"object": "list", "data": cards})
+
+    return router
