@@ -32,6 +32,23 @@ class Settings(BaseSettings):
                                     "a database read (a revoked key stops working within this time)")
     db_pool_size: int = Field(default=20, ge=1, description="Postgres connections per API process")
     run_migrations: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
+    # ---- worker (worker/): leases, reaper, engine knobs
+    model_root: Path | None = Field(default=None, description="root for local base models; None = data_dir/models")
+    lease_ttl_s: float = Field(default=30.0, gt=0, description="a stage owner that stops heart-beating for this "
+                               "long loses the stage; the reaper re-queues it")
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, description="lease renewal and cancel check period")
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    requeue_after_s: float = Field(default=120.0, gt=0, description="a queued (or between-stages) job that no "
+                                   "worker picked up for this long is enqueued again")
+    progress_interval_s: float = Field(default=0.5, ge=0, description="at most one progress write per interval")
+    judge_concurrency: int = Field(default=32, ge=1, description="judge calls in flight per triage stage")
+    checkpoint_every: int = Field(default=25, ge=0, description="training checkpoint period in optimizer steps")
+    train_device: str | None = Field(default=None, description="torch device for scoring/training/eval; None = "
+                                     "CUDA when available")
+    eval_size: int = Field(default=40, ge=1, description="evaluation prompts per suite")
+    queue_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.\-]*$", description="prefix of the queue names "
+                              "(`judge`, `gpu`), to share one broker between deployments or test sessions")
+    broker_poll_interval_s: float = Field(default=0.05, gt=0, description="embedded (filesystem) broker polling")
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -42,6 +59,14 @@ class Settings(BaseSettings):
     @property
     def datasets_root(self) -> Path:
         return self.dataset_root if self.dataset_root is not None else self.data_dir / "datasets"
+
+    @property
+    def models_root(self) -> Path:
+        return self.model_root if self.model_root is not None else self.data_dir / "models"
+
+    @property
+    def embedded_broker_dir(self) -> Path:
+        return self.data_dir / "broker"
 
     @property
     def files_dir(self) -> Path:

@@ -554,3 +554,44 @@ def stale_queued_jobs(session: Session, *, older_than_s: float, limit: int = 100
 def ping(session: Session) -> None:
     """Raises if the database is unreachable."""
     session.execute(text("SELECT 1"))
+
+
+@dataclass(frozen=True)
+class Requeue:
+    job_id: str
+    stage: Stage | None  # None: the job was cancelling with nobody working on it; finish the cancel instead
+    reason: str
+
+
+def claim_requeues(session: Session, *, older_than_s: float, limit: int = 100) -> list[Requeue]:
+    """Live jobs nobody works on: an expired lease (the owner died), or no lease and no change for
+    `older_than_s` (an enqueue that was lost, or a message a dead worker took with it). Each one is claimed by a
+    compare-and-set that clears the lease and bumps `updated_at`, so concurrent reapers re-queue it once per
+    period."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    live = [s.value for s in JobState if not is_terminal(s)]
+    rows = session.execute(
+        select(Job.id, Job.state, Job.lease_owner, Job.lease_expires_at, Job.updated_at)
+        .where(Job.state.in_(live),
+               or_(Job.lease_expires_at < now, (Job.lease_owner.is_(None)) & (Job.updated_at < cutoff)))
+        .order_by(Job.id).limit(limit)
+    ).all()
+    claimed = []
+    for job_id, state, owner, _expires, updated in rows:
+        condition = [Job.id == job_id, Job.state == state]
+        condition.append(Job.lease_owner == owner if owner is not None else Job.lease_owner.is_(None))
+        condition.append(Job.updated_at == updated)
+        result = session.execute(update(Job).where(*condition)
+                                 .values(lease_owner=None, lease_expires_at=None, updated_at=now)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            continue  # another reaper (or the owner) got there first
+        job_state = JobState(state)
+        reason = "lease expired" if owner is not None else "not picked up"
+        stage = (None if job_state == JobState.CANCELLING
+                 else Stage.VALIDATE if job_state == JobState.QUEUED else STATE_STAGE[job_state])
+        add_event(session, job_id=job_id, type=EventType.WARNING, stage=stage,
+                  data={"message": f"re-queued: {reason}", "previous_owner": owner})
+        claimed.append(Requeue(job_id, stage, reason))
+    return claimed

@@ -1,0 +1,98 @@
+"""Integration fixtures: the machine's real Postgres (a fresh database per session) and Redis (a dedicated db
+number and per-stack queue names), real Celery worker processes, the API app."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.db import access
+from api.db.engine import session_scope
+from api.service import build_app
+from api.settings import Settings
+
+from .support import Stack
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_DB = 11
+
+
+@pytest.fixture(scope="session")
+def integration_postgres_url() -> Iterator[str]:
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        pytest.skip(f"Postgres at 127.0.0.1:5432 unreachable: {exc}")
+    name = f"realign_it_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_base_model() -> Path:
+    """Build (or find) the cached tiny base model once, before any worker needs it and any wait starts."""
+    from trace_engine.synthetic.base_model import ensure_base_model
+
+    return ensure_base_model().path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        pytest.skip(f"Redis at 127.0.0.1:6379 unreachable: {exc}")
+    return url
+
+
+def make_stack(root: Path, database_url: str, broker_url: str, **overrides: object) -> Stack:
+    values: dict[str, object] = dict(
+        data_dir=root, database_url=database_url, broker_url=broker_url, queue_prefix=f"it{secrets.token_hex(4)}.",
+        lease_ttl_s=3.0, heartbeat_interval_s=0.3, reaper_interval_s=0.5, requeue_after_s=30.0,
+        progress_interval_s=0.2, checkpoint_every=1, eval_size=8, judge_concurrency=4, train_device="cpu",
+        sse_poll_interval_s=0.05,
+    )
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    app = build_app(settings)
+    with session_scope(app.state.sessions) as session:
+        key = access.create_api_key(session, tenant_name=f"it-{secrets.token_hex(4)}")
+    return Stack(settings, TestClient(app), {"Authorization": f"Bearer {key}"})
+
+
+def _close(stack: Stack) -> None:
+    for worker in stack.workers:
+        worker.stop()
+    stack.client.close()
+    stack.client.app.state.engine.dispose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory, integration_postgres_url: str,
+                 redis_url: str) -> Iterator[Stack]:
+    """One stack with one running worker, shared by the tests that do not kill workers."""
+    stack = make_stack(tmp_path_factory.mktemp("shared"), integration_postgres_url, redis_url)
+    stack.start_worker()
+    yield stack
+    _close(stack)
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path, integration_postgres_url: str, redis_url: str) -> Iterator[Stack]:
+    """A stack with its own queues and no worker yet (the test starts and kills workers)."""
+    stack = make_stack(tmp_path / "state", integration_postgres_url, redis_url)
+    yield stack
+    _close(stack)

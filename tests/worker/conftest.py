@@ -1,0 +1,78 @@
+"""Worker tests run the real runner against a real database: SQLite per test and a fresh Postgres database per
+session (skipped when no Postgres is reachable)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.db import access
+from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+from api.schemas import RealignRequest
+from api.settings import Settings
+from worker.runner import WorkerServices
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class QueueRecorder:
+    """The enqueue callable: remembers (job id, stage) in order."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, job_id: str, stage: str) -> None:
+        self.calls.append((job_id, stage))
+
+
+@pytest.fixture(scope="session")
+def worker_postgres_url() -> Iterator[str]:
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        pytest.skip(f"Postgres at 127.0.0.1:5432 unreachable: {exc}")
+    name = f"realign_worker_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkerServices]:
+    url = request.getfixturevalue("worker_postgres_url") if request.param == "postgres" else None
+    settings = Settings(data_dir=tmp_path / "state", database_url=url, lease_ttl_s=2.0, heartbeat_interval_s=0.1,
+                        progress_interval_s=0.0, requeue_after_s=60.0)
+    engine = make_engine(settings.sqlalchemy_url)
+    upgrade_head(engine)
+    yield WorkerServices(settings, make_session_factory(engine), QueueRecorder())
+    engine.dispose()
+
+
+def new_job(services: WorkerServices, body: dict[str, Any]) -> str:
+    with session_scope(services.sessions) as session:
+        tenant = access.get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}")
+        request = RealignRequest.model_validate(body).model_dump(mode="json")
+        job, _ = access.create_job(session, tenant_id=tenant.id, request=request, body_hash=secrets.token_hex(8))
+        return job.id
+
+
+def synthetic_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "policy": {"text": "# New policy\n## [P1] Be kind\nRefuse insults.\n", "name": "new"},
+        "dataset": {"type": "synthetic", "seed": 0, "n": 16},
+        "base_model": {"name_or_path": "synthetic-tiny"},
+        "judge": {"provider": "synthetic"},
+        "method": {"variant": "trace"},
+    }
+    body.update(overrides)
+    return body

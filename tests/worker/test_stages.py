@@ -1,0 +1,56 @@
+"""Stage glue that needs no model: which stages a variant runs, id-derived paths, secrets by name only."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.db.states import Stage
+from api.schemas import RealignRequest
+from api.settings import Settings
+from worker import stages
+
+from .conftest import synthetic_body
+
+
+def request_for(variant: str, suites: list[str] | None = None) -> RealignRequest:
+    return RealignRequest.model_validate(synthetic_body(method={"variant": variant}, eval={"suites": suites or []}))
+
+
+def chain(request: RealignRequest) -> list[str]:
+    out, stage = [Stage.VALIDATE.value], Stage.VALIDATE
+    while (stage := stages.next_stage(request, stage)) is not None:  # type: ignore[assignment]
+        out.append(stage.value)
+    return out
+
+
+def test_stage_chains_follow_the_variant() -> None:
+    assert chain(request_for("trace", ["tpa"])) == ["validate", "triage", "score", "train", "evaluate"]
+    assert chain(request_for("no_impact")) == ["validate", "triage", "train"]
+    assert chain(request_for("dpo")) == ["validate", "train"]  # original pairs: no triage, no scores
+    assert chain(request_for("no_triage", ["tpa"])) == ["validate", "train", "evaluate"]
+
+
+def test_job_dir_is_derived_from_well_formed_ids_only(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert stages.job_dir(settings, "job_0123456789abcdef0123") == tmp_path / "jobs" / "job_0123456789abcdef0123"
+    for bad in ("../etc", "job_../../x", "job_ABC", "", "job_0123456789ab/.."):
+        with pytest.raises(ValueError):
+            stages.job_dir(settings, bad)
+
+
+def test_openai_judge_key_comes_from_the_named_variable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = synthetic_body(judge={"provider": "openai", "model": "gpt-x", "api_key_secret": "MY_JUDGE_KEY"})
+    request = RealignRequest.model_validate(body)
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    with pytest.raises(stages.StageFailed, match="MY_JUDGE_KEY"):  # default OpenAI URL needs a key
+        stages.build_judge(request, Settings(data_dir=tmp_path))
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-test-123")
+    judge, oracle = stages.build_judge(request, Settings(data_dir=tmp_path))
+    assert judge.judge_id and oracle is False
+    assert "sk-test-123" not in request.model_dump_json()
+
+
+def test_local_models_must_live_under_the_model_root(tmp_path) -> None:
+    request = RealignRequest.model_validate(synthetic_body(base_model={"name_or_path": "/etc"}))
+    with pytest.raises(stages.StageFailed, match="model root"):
+        stages.resolve_base_model(request, Settings(data_dir=tmp_path))

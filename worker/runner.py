@@ -1,0 +1,250 @@
+"""Running one stage of one job: lease + heartbeat, state transitions, throttled progress, results, hand-over.
+
+Framework-free (Celery calls `run_stage` from `worker.tasks`; tests may call it directly). The rules:
+- A stage runs only while its owner holds the job's lease; a heartbeat thread renews it and watches
+  `cancel_requested`. A lost lease or a cancel makes the next progress callback raise `Cancelled`.
+- The stage's work is ONE engine call (`worker.stages`); everything it writes is keyed by the job id, and a
+  re-run resumes (triage verdicts are stored item by item; training resumes from its last checkpoint).
+- At the end, one transaction stores the results, completes the stage, moves the job to the next stage's
+  state (or `succeeded`) and releases the lease; only then is the next stage enqueued. If that enqueue is lost,
+  the reaper finds the job (live, no lease, unchanged for a while) and enqueues it again.
+- Duplicate or stale messages are harmless: a stage whose job is not in that stage's state is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import access
+from api.db.engine import session_scope
+from api.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, Stage, is_terminal
+from api.schemas import FileDataset, RealignRequest
+from api.settings import Settings
+from worker.stages import STAGE_FUNCTIONS, Cancelled, StageContext, StageFailed, StageResult, next_stage
+
+log = logging.getLogger(__name__)
+Enqueue = Callable[[str, str], None]
+
+SKIPPED, DONE, CANCELLED, FAILED, LEASE_LOST, BUSY = "skipped", "done", "cancelled", "failed", "lease_lost", "busy"
+
+
+@dataclass
+class WorkerServices:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    enqueue: Enqueue
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every `interval` and raises the flags the stage's progress callback checks."""
+
+    def __init__(self, services: WorkerServices, job_id: str, owner: str) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.services, self.job_id, self.owner = services, job_id, owner
+        self.stop_event = threading.Event()
+        self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+
+    def beat(self) -> None:
+        settings = self.services.settings
+        with session_scope(self.services.sessions) as session:
+            state = access.heartbeat(session, job_id=self.job_id, owner=self.owner, ttl_s=settings.lease_ttl_s)
+        if not state.held:
+            self.lease_lost.set()
+        if state.cancel_requested:
+            self.cancel_requested.set()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.services.settings.heartbeat_interval_s):
+            try:
+                self.beat()
+            except Exception:  # a database blip: try again next period (the lease TTL is several periods)
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+            if self.lease_lost.is_set():
+                return
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested.is_set() or self.lease_lost.is_set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=10)
+
+
+class ProgressWriter:
+    """The stage's `tick(done, total)`: raises `Cancelled` when asked to stop; writes progress at most once per
+    `interval` (the first item and the last always), each write with an event."""
+
+    def __init__(self, services: WorkerServices, job_id: str, stage: Stage, heartbeat: Heartbeat) -> None:
+        self.services, self.job_id, self.stage, self.heartbeat = services, job_id, stage, heartbeat
+        self.last_write = 0.0
+        self.last_done: int | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.heartbeat.should_stop():
+            raise Cancelled("lease lost" if self.heartbeat.lease_lost.is_set() else "cancel requested")
+        now = time.monotonic()
+        first = self.last_done in (None, 0) and done > 0
+        final = total is not None and done >= total
+        if not (first or final or now - self.last_write >= self.services.settings.progress_interval_s):
+            return
+        if done == self.last_done and not final:
+            return
+        with session_scope(self.services.sessions) as session:
+            access.record_progress(session, job_id=self.job_id, stage=self.stage, done=done, total=total)
+        self.last_write, self.last_done = now, done
+
+
+def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -> str:
+    """Run `stage` of `job_id` as `owner`; returns what happened (SKIPPED, DONE, CANCELLED, FAILED, LEASE_LOST,
+    BUSY). Never raises for a stage's own failure: that is recorded on the job."""
+    settings = services.settings
+    with session_scope(services.sessions) as session:
+        job = access.load_job(session, job_id=job_id)
+        if is_terminal(job.state):
+            return SKIPPED
+        if not access.acquire_lease(session, job_id=job_id, owner=owner, ttl_s=settings.lease_ttl_s):
+            return BUSY  # a live owner is on it; if it dies, the reaper re-queues
+    with session_scope(services.sessions) as session:
+        job = access.load_job(session, job_id=job_id)
+        state = JobState(job.state)
+        if state == JobState.CANCELLING:
+            _finish_cancel(session, job_id, owner)
+            return CANCELLED
+        expected = {STAGE_STATE[stage]} | ({JobState.QUEUED} if stage == Stage.VALIDATE else set())
+        if state not in expected:  # a duplicate or stale message: the job has moved on
+            access.release_lease(session, job_id=job_id, owner=owner)
+            return SKIPPED
+        request = RealignRequest.model_validate(job.request)
+        tenant_id = job.tenant_id
+        file_format = _file_format(session, tenant_id, request)
+        access.start_stage(session, job_id=job_id, stage=stage)
+
+    heartbeat = Heartbeat(services, job_id, owner)
+    heartbeat.start()
+    ctx = StageContext(job_id=job_id, tenant_id=tenant_id, request=request, settings=settings,
+                       tick=ProgressWriter(services, job_id, stage, heartbeat), file_format=file_format,
+                       warn=lambda message: _event(services, job_id, stage, EventType.WARNING, {"message": message}))
+    try:
+        result = STAGE_FUNCTIONS[stage](ctx)
+        if heartbeat.should_stop():
+            raise Cancelled("stop requested at the end of the stage")
+    except Cancelled:
+        heartbeat.stop()
+        if heartbeat.lease_lost.is_set():
+            log.warning("job %s stage %s: lease lost; leaving the job to its new owner", job_id, stage.value)
+            return LEASE_LOST
+        with session_scope(services.sessions) as session:
+            _finish_cancel(session, job_id, owner)
+        return CANCELLED
+    except BaseException as exc:
+        heartbeat.stop()
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt / SystemExit: the lease expires and the reaper re-queues
+        _fail(services, job_id, stage, owner, exc)
+        return FAILED
+    heartbeat.stop()
+    return _finish_stage(services, job_id, stage, owner, request, result)
+
+
+def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str, request: RealignRequest,
+                  result: StageResult) -> str:
+    following = next_stage(request, stage)
+    with session_scope(services.sessions) as session:
+        if not access.heartbeat(session, job_id=job_id, owner=owner, ttl_s=services.settings.lease_ttl_s).held:
+            return LEASE_LOST
+        if result.triage_items:
+            access.add_triage_items(session, job_id=job_id, items=result.triage_items)
+        access.set_job_results(session, job_id=job_id, metrics=result.metrics, artifacts=result.artifacts,
+                               category_counts=result.category_counts)
+        access.complete_stage(session, job_id=job_id, stage=stage, summary=result.summary)
+        target = STAGE_STATE[following] if following else JobState.SUCCEEDED
+        try:
+            access.transition_job(session, job_id=job_id, to_state=target)
+        except InvalidTransition:  # cancel arrived between the last heartbeat and now
+            _finish_cancel(session, job_id, owner)
+            return CANCELLED
+        access.release_lease(session, job_id=job_id, owner=owner)
+    if following is not None:
+        try:
+            services.enqueue(job_id, following.value)
+        except Exception:  # the reaper will enqueue it (the job is live, unleased, and stops changing)
+            log.warning("enqueue of job %s stage %s failed", job_id, following.value, exc_info=True)
+    return DONE
+
+
+def _finish_cancel(session: Session, job_id: str, owner: str) -> None:
+    with contextlib.suppress(InvalidTransition):  # already terminal
+        access.transition_job(session, job_id=job_id, to_state=JobState.CANCELLED)
+    access.release_lease(session, job_id=job_id, owner=owner)
+
+
+def _fail(services: WorkerServices, job_id: str, stage: Stage, owner: str, exc: Exception) -> None:
+    if isinstance(exc, StageFailed):
+        error: dict[str, Any] = {"stage": stage.value, "kind": exc.kind, "message": str(exc), **exc.details}
+    else:
+        log.error("job %s stage %s crashed:\n%s", job_id, stage.value, traceback.format_exc())
+        error = {"stage": stage.value, "kind": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+    with session_scope(services.sessions) as session:
+        access.add_event(session, job_id=job_id, type=EventType.ERROR, stage=stage, data=error)
+        with contextlib.suppress(InvalidTransition):
+            access.transition_job(session, job_id=job_id, to_state=JobState.FAILED, error=error)
+        access.release_lease(session, job_id=job_id, owner=owner)
+
+
+def _event(services: WorkerServices, job_id: str, stage: Stage, type: EventType, data: dict[str, Any]) -> None:
+    with session_scope(services.sessions) as session:
+        access.add_event(session, job_id=job_id, type=type, stage=stage, data=data)
+
+
+def _file_format(session: Session, tenant_id: str, request: RealignRequest) -> str | None:
+    if not isinstance(request.dataset, FileDataset):
+        return None
+    try:
+        return access.get_file(session, tenant_id=tenant_id, file_id=request.dataset.file_id).format
+    except access.NotFound:
+        return None
+
+
+def reap_once(services: WorkerServices) -> int:
+    """Re-queue every live job nobody works on (see `access.claim_requeues`); returns how many."""
+    with session_scope(services.sessions) as session:
+        claimed = access.claim_requeues(session, older_than_s=services.settings.requeue_after_s)
+        for item in claimed:
+            if item.stage is None:
+                _finish_cancel(session, item.job_id, owner="")
+    for item in claimed:
+        if item.stage is not None:
+            try:
+                services.enqueue(item.job_id, item.stage.value)
+            except Exception:
+                log.warning("re-enqueue of job %s failed; next reaper pass retries", item.job_id, exc_info=True)
+    if claimed:
+        log.info("reaper re-queued %s", [(c.job_id, c.stage and c.stage.value, c.reason) for c in claimed])
+    return len(claimed)
+
+
+class Reaper(threading.Thread):
+    """Runs `reap_once` every `reaper_interval_s` until stopped (one per worker process; they do not collide)."""
+
+    def __init__(self, services: WorkerServices) -> None:
+        super().__init__(name="realign-reaper", daemon=True)
+        self.services = services
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.services.settings.reaper_interval_s):
+            try:
+                reap_once(self.services)
+            except Exception:
+                log.warning("reaper pass failed", exc_info=True)

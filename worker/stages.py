@@ -1,0 +1,467 @@
+"""Engine glue for the service's stages: each function turns a stored request into ONE engine call.
+
+No Celery and no database here: a stage gets a `StageContext` (ids, the validated request, the job's artifact
+folder, a progress callback that raises `Cancelled`) and returns a `StageResult`; `worker.runner` does the
+bookkeeping. Every path is derived from ids (`job_dir`); secrets are read from the environment variable whose
+NAME the request gives and are never written anywhere.
+
+Layout of `<data_dir>/jobs/<job_id>/`: `data/pairs.jsonl` (the dataset snapshot taken at validation),
+`triage/` (triaged.jsonl, summary.json, verdicts.sqlite: the crash-safe verdict store), `score/`
+(scored.jsonl, reference_logps.json), `train/` (checkpoints/, adapter/, metrics.jsonl), `eval/report.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api.db.states import Stage
+from api.paths import PathEscapesRoot, resolve_under_root
+from api.schemas import (
+    FileDataset,
+    HfDataset,
+    PathDataset,
+    RealignRequest,
+    SyntheticDataset,
+)
+from api.settings import Settings
+from trace_engine.data.io import write_json, write_jsonl
+from trace_engine.data.pairs import PreferencePair
+from trace_engine.judge.base import Judge
+from trace_engine.variants import get_variant
+
+SYNTHETIC_BASE_NAMES = frozenset({"synthetic-tiny", "synthetic"})
+ORACLE_VARIANTS = frozenset({"trace_oracle", "dpo_gold"})
+_JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
+PROBE_PROMPT = "What is the capital of France?"
+PROBE_RESPONSE = "The capital of France is Paris."
+
+ProgressTick = Callable[[int, "int | None"], None]
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback when the job's cancel was requested (or its lease was lost)."""
+
+
+class StageFailed(Exception):
+    """A clear, user-facing reason the stage cannot succeed (bad dataset, unreachable model, judge down)."""
+
+    def __init__(self, message: str, *, kind: str = "stage_failed", details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.details = details or {}
+
+
+@dataclass
+class StageContext:
+    job_id: str
+    tenant_id: str
+    request: RealignRequest
+    settings: Settings
+    tick: ProgressTick  # (done, total): throttled progress; raises Cancelled when cancel was requested
+    file_format: str | None = None  # for `file` datasets: the uploaded file's format (from its record)
+    warn: Callable[[str], None] = lambda message: None
+
+    @property
+    def dir(self) -> Path:
+        return job_dir(self.settings, self.job_id)
+
+
+@dataclass
+class StageResult:
+    summary: dict[str, Any] = field(default_factory=dict)  # stage_completed event data
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    category_counts: dict[str, int] | None = None
+    triage_items: list[dict[str, Any]] | None = None
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    """`<data_dir>/jobs/<job_id>`: only a well-formed job id ever becomes a path."""
+    if not _JOB_ID.match(job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return settings.data_dir / "jobs" / job_id
+
+
+# ---------------------------------------------------------------- which stages a request runs
+
+
+def needs_triage(request: RealignRequest) -> bool:
+    return get_variant(request.method.variant).pairs != "original"
+
+
+def needs_scoring(request: RealignRequest) -> bool:
+    return get_variant(request.method.variant).weights == "impact"
+
+
+def next_stage(request: RealignRequest, finished: Stage) -> Stage | None:
+    """The stage after `finished` for this request (variants skip stages); None = the job is done."""
+    wanted = [Stage.VALIDATE]
+    if needs_triage(request):
+        wanted.append(Stage.TRIAGE)
+    if needs_scoring(request):
+        wanted.append(Stage.SCORE)
+    wanted.append(Stage.TRAIN)
+    if request.eval.suites:
+        wanted.append(Stage.EVALUATE)
+    index = wanted.index(finished) if finished in wanted else -1
+    return wanted[index + 1] if 0 <= index < len(wanted) - 1 else None
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def is_synthetic_base(request: RealignRequest) -> bool:
+    return request.base_model.name_or_path in SYNTHETIC_BASE_NAMES
+
+
+def synthetic_world_seed(request: RealignRequest) -> int:
+    return request.dataset.seed if isinstance(request.dataset, SyntheticDataset) else 0
+
+
+def resolve_base_model(request: RealignRequest, settings: Settings, *, check_hub: bool = True) -> Any:
+    """A `ModelSource` for the request's base model: the synthetic world's cached tiny model, a folder under the
+    model root, or a Hub id pinned to a commit (checked against the local cache or the Hub, never downloaded)."""
+    from trace_engine.modeling import ModelLoadError, ModelSource
+
+    ref = request.base_model
+    if ref.name_or_path in SYNTHETIC_BASE_NAMES:
+        from trace_engine.synthetic.base_model import ensure_base_model
+
+        return ModelSource(str(ensure_base_model().path))
+    try:
+        local = resolve_under_root(settings.models_root, ref.name_or_path)
+    except PathEscapesRoot as exc:
+        raise StageFailed(f"base_model.name_or_path: {exc} (local models live under the model root)",
+                          kind="model_unreachable") from exc
+    source = ModelSource(str(local)) if local.is_dir() else ModelSource(ref.name_or_path, ref.revision)
+    try:
+        source.validate()
+    except ModelLoadError as exc:
+        raise StageFailed(f"base model: {exc}", kind="model_unreachable") from exc
+    if not source.is_local and check_hub:
+        _check_hub_model(ref.name_or_path, str(ref.revision))
+    return source
+
+
+def _check_hub_model(repo: str, revision: str) -> None:
+    """The pinned model is in the local Hub cache, or the Hub answers for it (metadata only)."""
+    import os
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE"):
+        raise StageFailed(f"base model {repo}@{revision} is not in the local Hub cache and HF_HUB_OFFLINE is set",
+                          kind="model_unreachable")
+    try:
+        HfApi().model_info(repo, revision=revision, timeout=10)
+    except Exception as exc:  # any Hub error means: we cannot run this job
+        raise StageFailed(f"base model {repo}@{revision} is not reachable on the Hub: {type(exc).__name__}: {exc}",
+                          kind="model_unreachable") from exc
+
+
+def build_judge(request: RealignRequest, settings: Settings) -> tuple[Judge, bool]:
+    """(judge, oracle): the judge the request names and whether triage also asks it for rewrites. The API key
+    comes from the environment variable NAMED in the request; it is never stored."""
+    spec = request.judge
+    oracle = request.method.variant in ORACLE_VARIANTS
+    if spec.provider == "synthetic":
+        from trace_engine.pipeline import SyntheticOracleJudge
+        from trace_engine.synthetic.world import make_world
+
+        return SyntheticOracleJudge(make_world(synthetic_world_seed(request))), True
+    from trace_engine.judge.factory import make_judge
+
+    if spec.provider == "rules":
+        try:
+            path = resolve_under_root(settings.datasets_root, str(spec.rules_path))
+        except PathEscapesRoot as exc:
+            raise StageFailed(f"judge.rules_path: {exc}", kind="judge_unreachable") from exc
+        if not path.is_file():
+            raise StageFailed(f"judge.rules_path {spec.rules_path!r} does not exist under the dataset root",
+                              kind="judge_unreachable")
+        return make_judge(f"rules:{path}"), oracle
+    try:
+        judge = make_judge(f"openai:{spec.model}", base_url=str(spec.base_url) if spec.base_url else None,
+                           api_key_env=spec.api_key_secret or "OPENAI_API_KEY", max_retries=3, timeout=30.0)
+    except ValueError as exc:
+        raise StageFailed(f"judge: {exc}", kind="judge_unreachable") from exc
+    return judge, oracle
+
+
+def probe_judge(judge: Judge, request: RealignRequest) -> None:
+    """One real judge call before any GPU time: a judge that cannot answer fails the job now."""
+    policy = request.policy.to_policy()
+
+    async def ask() -> Any:
+        try:
+            return await judge.judge(policy, PROBE_PROMPT, PROBE_RESPONSE)
+        finally:
+            await judge.aclose()
+
+    try:
+        outcome = asyncio.run(ask())
+    except Exception as exc:
+        raise StageFailed(f"judge probe call failed: {type(exc).__name__}: {exc}", kind="judge_unreachable") from exc
+    if outcome.error is not None or outcome.verdict is None:
+        raise StageFailed(f"judge probe call failed: {outcome.error or 'no verdict'}", kind="judge_unreachable")
+
+
+def load_dataset(ctx: StageContext) -> tuple[list[PreferencePair], dict[str, Any]]:
+    """(pairs, validation report) from the request's typed dataset reference."""
+    from trace_engine.data.io import DatasetError
+    from trace_engine.data.load import load_pairs
+
+    ref = ctx.request.dataset
+    if isinstance(ref, SyntheticDataset):
+        from trace_engine.synthetic.world import make_world
+
+        pairs = make_world(ref.seed).train_pairs(ref.n)
+        return pairs, {"source": f"synthetic(seed={ref.seed}, n={ref.n})", "pairs_kept": len(pairs)}
+    preset = None
+    try:
+        if isinstance(ref, FileDataset):
+            if ctx.file_format is None:
+                raise StageFailed(f"file {ref.file_id} not found", kind="dataset_invalid")
+            source: Any = ctx.settings.files_dir / f"{ref.file_id}.{ctx.file_format}"
+        elif isinstance(ref, PathDataset):
+            source = resolve_under_root(ctx.settings.datasets_root, ref.path)
+            if not source.exists():
+                raise StageFailed(f"dataset path {ref.path!r} does not exist under the dataset root",
+                                  kind="dataset_invalid")
+        else:
+            assert isinstance(ref, HfDataset)
+            from trace_engine.data.hub import HubRef
+
+            source, preset = HubRef(repo=ref.repo, revision=ref.revision, split=ref.split), ref.preset
+        pairs, report = load_pairs(source, preset=preset)
+    except (DatasetError, PathEscapesRoot, OSError, ValueError) as exc:
+        raise StageFailed(f"dataset unreadable: {exc}", kind="dataset_invalid") from exc
+    summary = report.to_dict()
+    if not pairs:
+        first = [i.get("message") for i in summary.get("issues", [])[:5]]
+        raise StageFailed(f"dataset has no usable preference pairs ({report.rows_read} rows read, "
+                          f"{report.rows_skipped} skipped); first problems: {first}", kind="dataset_invalid",
+                          details={"report": {k: summary[k] for k in ("rows_read", "rows_skipped", "error_count")
+                                              if k in summary}})
+    if report.rows_skipped:
+        ctx.warn(f"{report.rows_skipped} of {report.rows_read} dataset rows were skipped (see the report)")
+    return pairs, summary
+
+
+def hyper_to_train_config(request: RealignRequest, settings: Settings) -> Any:
+    from trace_engine.modeling import LoraSettings
+    from trace_engine.train import TrainConfig
+
+    h = request.method.hyperparameters
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") \
+        if is_synthetic_base(request) else LoraSettings().target_modules
+    return TrainConfig(
+        variant=request.method.variant, beta=h.beta, alpha_kl=h.alpha_kl, pref_loss=h.pref_loss, lr=h.lr,
+        epochs=h.epochs, max_steps=h.max_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, seed=h.seed,
+        max_prompt_len=h.max_prompt_len, max_len=h.max_len,
+        lora=LoraSettings(r=h.lora_r, alpha=h.lora_alpha, dropout=h.lora_dropout, target_modules=targets),
+        checkpoint_every=settings.checkpoint_every,
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def training_rows(ctx: StageContext) -> list[dict[str, Any]]:
+    """The rows the last completed data stage wrote: scored > triaged > the raw snapshot."""
+    for relative in ("score/scored.jsonl", "triage/triaged.jsonl", "data/pairs.jsonl"):
+        path = ctx.dir / relative
+        if path.is_file() and (relative != "score/scored.jsonl" or needs_scoring(ctx.request)):
+            return _read_jsonl(path)
+    raise StageFailed("no training data found for this job (did validation run?)", kind="missing_input")
+
+
+def snapshot_pairs(ctx: StageContext) -> list[PreferencePair]:
+    path = ctx.dir / "data" / "pairs.jsonl"
+    if not path.is_file():
+        raise StageFailed("the dataset snapshot is missing (did validation run?)", kind="missing_input")
+    return [PreferencePair.from_row(row) for row in _read_jsonl(path)]
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def run_validate(ctx: StageContext) -> StageResult:
+    """Fail fast, before any GPU time: dataset readable, model reachable, judge answering a probe call."""
+    pairs, report = load_dataset(ctx)
+    ctx.tick(1, 3)
+    source = resolve_base_model(ctx.request, ctx.settings)
+    ctx.tick(2, 3)
+    if needs_triage(ctx.request):
+        judge, _ = build_judge(ctx.request, ctx.settings)
+        probe_judge(judge, ctx.request)
+    try:
+        hyper_to_train_config(ctx.request, ctx.settings).validate()
+    except ValueError as exc:  # trace_engine.train.ConfigError
+        raise StageFailed(f"method: {exc}", kind="config_invalid") from exc
+    write_jsonl(ctx.dir / "data" / "pairs.jsonl", [p.to_row() for p in pairs])
+    ctx.tick(3, 3)
+    return StageResult(summary={"pairs": len(pairs), "base_model": source.to_dict()},
+                       metrics={"pairs": len(pairs)},
+                       artifacts={"dataset_snapshot": str(ctx.dir / "data" / "pairs.jsonl"),
+                                  "dataset_report": {k: v for k, v in report.items() if k != "issues"}})
+
+
+def run_triage(ctx: StageContext) -> StageResult:
+    """Triage under the request's policy; verdicts persist item by item in the job's store, so a re-run (after a
+    crash or a re-queue) only judges what is missing."""
+    from trace_engine.triage.stage import STATUS_ABORTED, run_triage_stage
+
+    pairs = snapshot_pairs(ctx)
+    judge, oracle = build_judge(ctx.request, ctx.settings)
+    policy = ctx.request.policy.to_policy()
+
+    def on_progress(progress: Any) -> None:
+        if progress.phase == "verdict":
+            ctx.tick(progress.done, progress.total)
+
+    outcome = run_triage_stage(pairs, policy, judge, ctx.dir / "triage", oracle=oracle,
+                               concurrency=ctx.settings.judge_concurrency, progress=on_progress)
+    if outcome.status == STATUS_ABORTED:
+        raise StageFailed(f"triage aborted: {outcome.summary.get('message')}", kind="judge_failed")
+    rows = outcome.result.rows
+    items = [{"pair_id": row["id"], "position": index, "category": row.get("category", "ERROR"),
+              "verdicts": {k: row[k] for k in ("swapped", "chosen_verdict", "rejected_verdict", "error",
+                                                "oracle_response") if k in row}}
+             for index, row in enumerate(rows)]
+    counts = {k: int(v) for k, v in outcome.summary["counts"].items()}
+    summary = {k: outcome.summary[k] for k in ("status", "pairs", "counts", "judge_calls", "cache_hits", "wall_s")}
+    return StageResult(summary=summary, metrics={"triage": summary}, category_counts=counts, triage_items=items,
+                       artifacts={"triaged": str(ctx.dir / "triage" / "triaged.jsonl"),
+                                  "triage_summary": str(ctx.dir / "triage" / "summary.json")})
+
+
+def run_score(ctx: StageContext) -> StageResult:
+    """Impact weights of the conflicting rows and the reference log-prob cache training reuses."""
+    from trace_engine.pipeline import score_rows
+
+    rows = training_rows(ctx)
+    source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
+    config = hyper_to_train_config(ctx.request, ctx.settings)
+    ctx.tick(0, 1)
+    gold = max(1, min(48, len(rows) // 4))
+    scored = score_rows(Path(source.name_or_path), rows, ctx.request.method.variant, config, normalise="mean",
+                        gold_size=gold, seed=config.seed)
+    write_json(ctx.dir / "score" / "reference_logps.json", scored.reference_logps)
+    write_json(ctx.dir / "score" / "summary.json", scored.summary)
+    write_jsonl(ctx.dir / "score" / "scored.jsonl", scored.rows)  # last: its presence means "scored"
+    ctx.tick(1, 1)
+    return StageResult(summary={"rows": len(scored.rows)}, metrics={"score": _jsonable({k: v for k, v in scored.summary.items() if k != "top"})},
+                       artifacts={"scored": str(ctx.dir / "score" / "scored.jsonl")})
+
+
+def run_train(ctx: StageContext) -> StageResult:
+    """One LoRA with the request's variant; resumes from the last checkpoint in `train/`."""
+    from trace_engine.train import train
+
+    rows = training_rows(ctx)
+    source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
+    config = hyper_to_train_config(ctx.request, ctx.settings)
+    ref_path = ctx.dir / "score" / "reference_logps.json"
+    reference = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+
+    def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+        ctx.tick(step, total)
+
+    result = train(rows, config, base=source, output_dir=ctx.dir / "train", reference_logps=reference,
+                   progress=on_step, resume=True, device=ctx.settings.train_device)
+    return StageResult(summary={"steps": result.steps}, metrics={"train": _jsonable(result.final_metrics),
+                                                                   "train_steps": result.steps},
+                       artifacts={"adapter": str(result.output_dir), "train_metrics": str(result.metrics_path)})
+
+
+def run_evaluate(ctx: StageContext) -> StageResult:
+    """The requested suites on the trained adapter. The synthetic world brings its own held-out sets (and the
+    base model is evaluated too, for before/after); other datasets get TPA on their prompts only."""
+    adapter = ctx.dir / "train" / "adapter"
+    if not adapter.is_dir():
+        raise StageFailed("no trained adapter found (did training run?)", kind="missing_input")
+    source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
+    if ctx.request.judge.provider == "synthetic" and is_synthetic_base(ctx.request):
+        report = _evaluate_synthetic(ctx, Path(source.name_or_path), adapter)
+    else:
+        report = _evaluate_generic(ctx, source, adapter)
+    write_json(ctx.dir / "eval" / "report.json", report)
+    return StageResult(summary={"suites": list(ctx.request.eval.suites)}, metrics={"eval": report.get("summary",
+                                                                                                     report)},
+                       artifacts={"eval_report": str(ctx.dir / "eval" / "report.json")})
+
+
+def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> dict[str, Any]:
+    from trace_engine.pipeline import PipelineConfig, eval_sets, evaluate_model_dir, summary_json
+    from trace_engine.synthetic.world import make_world
+
+    world = make_world(synthetic_world_seed(ctx.request))
+    cfg = PipelineConfig(n_test=ctx.settings.eval_size, n_retention=max(10, ctx.settings.eval_size // 2),
+                         n_asr=max(2, ctx.settings.eval_size // 10), n_over_refusal=max(5, ctx.settings.eval_size // 4),
+                         resamples=1000, max_new_tokens=48)
+    held_out = [t.to_row() for t in world.test_prompts(cfg.n_test)]  # never in the training pairs
+    sets = eval_sets(world, cfg, held_out)
+    ctx.tick(0, 2)
+    before = evaluate_model_dir(base_path, None, world, sets, cfg)
+    ctx.tick(1, 2)
+    after = evaluate_model_dir(base_path, adapter, world, sets, cfg)
+    ctx.tick(2, 2)
+    summary = summary_json(before, after, wall_s=0.0, variant=ctx.request.method.variant, eval_on="test")
+    summary.pop("wall_s", None)
+    return {"summary": summary, "before": before, "after": after}
+
+
+def _evaluate_generic(ctx: StageContext, source: Any, adapter: Path) -> dict[str, Any]:
+    from trace_engine.evaluation.generation import LocalBackend
+    from trace_engine.evaluation.prompts import EvalPrompt
+    from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval
+
+    suites = [s for s in ctx.request.eval.suites if s == "tpa"]
+    for skipped in sorted(set(ctx.request.eval.suites) - set(suites)):
+        ctx.warn(f"eval suite {skipped!r} needs its own data set, which this job does not have; skipped")
+    if not suites:
+        return {"summary": {}, "skipped": list(ctx.request.eval.suites)}
+    seen: set[str] = set()
+    prompts = []
+    for pair in snapshot_pairs(ctx):
+        key = json.dumps(pair.prompt, sort_keys=True)
+        if key not in seen and len(prompts) < ctx.settings.eval_size:
+            seen.add(key)
+            prompts.append(EvalPrompt(pair.id, pair.prompt, "all"))
+    judge, _ = build_judge(ctx.request, ctx.settings)
+    backend = LocalBackend.from_pretrained(source.name_or_path, revision=source.revision, adapter_dir=adapter,
+                                           device=ctx.settings.train_device)
+    ctx.tick(0, 1)
+    report = run_eval(backend, tuple(suites), judge, EvalData(tpa_prompts=prompts),
+                      policy=ctx.request.policy.to_policy(), settings=EvalSettings(resamples=1000))
+    ctx.tick(1, 1)
+    tpa = report.suites["tpa"].metrics["overall"].to_dict()
+    ctx.warn("TPA was measured on prompts of the training dataset (no held-out set was given)")
+    return {"summary": {"tpa_after": tpa["value"], "tpa_after_ci": [tpa["ci_low"], tpa["ci_high"]]},
+            "tpa": tpa}
+
+
+STAGE_FUNCTIONS: dict[Stage, Callable[[StageContext], StageResult]] = {
+    Stage.VALIDATE: run_validate,
+    Stage.TRIAGE: run_triage,
+    Stage.SCORE: run_score,
+    Stage.TRAIN: run_train,
+    Stage.EVALUATE: run_evaluate,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON (drops numpy/tensor types by stringifying them) for the JSON columns."""
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,91 @@
+"""One thin Celery task per stage: take the job id, run the stage under its lease (`worker.runner`).
+
+The worker process builds its database engine once (`services()`), and runs the reaper thread while it is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready, worker_shutdown
+
+from api.db.engine import make_engine, make_session_factory, upgrade_head
+from api.db.states import Stage
+from api.settings import Settings
+from worker.celery_app import CeleryEnqueuer, make_celery, owner_id, task_name
+from worker.runner import Reaper, WorkerServices, run_stage
+
+log = logging.getLogger(__name__)
+app = make_celery(Settings())  # `celery -A worker.tasks worker ...` loads this app, configured from REALIGN_*
+_lock = threading.Lock()
+_services: WorkerServices | None = None
+_reaper: Reaper | None = None
+
+
+def services() -> WorkerServices:
+    """This process's engine, session factory and enqueuer (created on first use)."""
+    global _services
+    with _lock:
+        if _services is None:
+            settings: Settings = app.conf.realign_settings
+            url = settings.sqlalchemy_url
+            engine = make_engine(url) if url.startswith("sqlite") else make_engine(url, pool_size=4, max_overflow=8)
+            if settings.run_migrations:
+                upgrade_head(engine)
+            _services = WorkerServices(settings, make_session_factory(engine), CeleryEnqueuer(app))
+        return _services
+
+
+def _run(task: Task, job_id: str, stage: Stage) -> str:
+    outcome = run_stage(services(), job_id, stage, owner_id(task.request.id))
+    log.info("job %s stage %s: %s", job_id, stage.value, outcome)
+    return outcome
+
+
+@app.task(name=task_name(Stage.VALIDATE), bind=True)
+def validate(self: Task, job_id: str) -> str:
+    return _run(self, job_id, Stage.VALIDATE)
+
+
+@app.task(name=task_name(Stage.TRIAGE), bind=True)
+def triage(self: Task, job_id: str) -> str:
+    return _run(self, job_id, Stage.TRIAGE)
+
+
+@app.task(name=task_name(Stage.SCORE), bind=True)
+def score(self: Task, job_id: str) -> str:
+    return _run(self, job_id, Stage.SCORE)
+
+
+@app.task(name=task_name(Stage.TRAIN), bind=True)
+def train(self: Task, job_id: str) -> str:
+    return _run(self, job_id, Stage.TRAIN)
+
+
+@app.task(name=task_name(Stage.EVALUATE), bind=True)
+def evaluate(self: Task, job_id: str) -> str:
+    return _run(self, job_id, Stage.EVALUATE)
+
+
+def warm_imports() -> None:
+    """Import the engine before the first message, so a job's first stage does not pay for torch's import."""
+    import trace_engine.pipeline  # noqa: F401
+    import trace_engine.triage.stage  # noqa: F401
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    warm_imports()
+    if _reaper is None:
+        _reaper = Reaper(services())
+        _reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop_event.set()
