@@ -3,7 +3,8 @@ mode and production differ only in what they pass here. Never imports torch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine
@@ -16,12 +17,21 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
-from api.routes import files, health, jobs
+from api.routes import adapters, evals, files, health, jobs
+from api.serving import make_serving
 from api.settings import Settings
 
 
 def _no_broker_check() -> None:
     """Embedded mode: the in-process broker is always there."""
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    serving = getattr(app.state, "serving", None)
+    if serving is not None:  # the gateway's connections to the serving backend
+        await serving.backend.aclose()
 
 
 def create_app(
@@ -33,7 +43,8 @@ def create_app(
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """Build the app; runs `alembic upgrade head` first unless `settings.run_migrations` is off. `routers` are
-    mounted as they are (e.g. the OpenAI-compatible gateway, `api.gateway.make_gateway_router`)."""
+    mounted as they are. With `settings.serving_url` the OpenAI-compatible gateway over the adapter registry is
+    mounted too (`api.serving`)."""
     if engine is None:
         pool = {} if settings.sqlalchemy_url.startswith("sqlite") else {
             "pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_size}
@@ -51,6 +62,7 @@ def create_app(
     metrics = ServiceMetrics(count_by_state)
     app = FastAPI(
         title="realign",
+        lifespan=_lifespan,
         version="0.1.0",
         description="Re-align a deployed LLM to a changed policy (TRACE) as queued jobs.",
         responses={401: {"description": "Missing or invalid API key", "content": {
@@ -67,6 +79,12 @@ def create_app(
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(files.router)
+    app.include_router(adapters.router)
+    app.include_router(evals.router)
+    serving = make_serving(settings, sessions)  # the OpenAI-compatible gateway, when a backend is configured
+    app.state.serving = serving[0] if serving else None
+    if serving is not None:
+        app.include_router(serving[1])
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,

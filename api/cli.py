@@ -65,7 +65,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from api.embedded import serve
 
     return serve(settings_from_args(args), host=args.host, port=args.port, start_worker=not args.no_worker,
-                 worker_concurrency=args.worker_concurrency, demo_file=args.example if args.demo else None)
+                 worker_concurrency=args.worker_concurrency, demo_file=args.example if args.demo else None,
+                 start_serving=not args.no_serving)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -91,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--no-worker", action="store_true", help="do not start a worker (one runs elsewhere)")
+    serve.add_argument("--no-serving", action="store_true", help="do not start the local serving backend (no "
+                       "OpenAI-compatible gateway unless REALIGN_SERVING_URL names one)")
     serve.add_argument("--worker-concurrency", type=int, default=4, help="threads of the embedded worker")
     serve.add_argument("--demo", action="store_true", help="submit --example over HTTP, show progress, print "
                        "the result, then stop")

@@ -8,6 +8,7 @@ dir, so one command runs the whole service on a laptop. The local API key is cre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """The child worker reads the same settings from REALIGN_* variables."""
     env = dict(os.environ)
     env["REALIGN_DATA_DIR"] = str(settings.data_dir)
-    for name, value in (("REALIGN_DATABASE_URL", settings.database_url), ("REALIGN_BROKER_URL", settings.broker_url)):
+    for name, value in (("REALIGN_DATABASE_URL", settings.database_url), ("REALIGN_BROKER_URL", settings.broker_url),
+                        ("REALIGN_SERVING_URL", settings.serving_url)):
         if value:
             env[name] = value
         else:
@@ -118,16 +121,57 @@ def free_port(host: str) -> int:
 # ---------------------------------------------------------------- serve
 
 
+def serving_model_path(settings: Settings) -> str:
+    """The local backend's model: the synthetic world's cached base (built in a child process: this process never
+    imports torch), a folder under the model root, or a Hub id as given."""
+    from api.paths import PathEscapesRoot, resolve_under_root
+
+    name = settings.serving_base_model
+    if name in ("synthetic-tiny", "synthetic"):
+        code = "from trace_engine.synthetic.base_model import ensure_base_model; print(ensure_base_model().path)"
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                             env=worker_env(settings))
+        return out.stdout.strip().splitlines()[-1]
+    try:
+        local = resolve_under_root(settings.models_root, name)
+    except PathEscapesRoot:
+        return name
+    return str(local) if local.is_dir() else name
+
+
+@contextlib.contextmanager
+def local_serving(settings: Settings, enabled: bool) -> Iterator[Settings]:
+    """Start the local serving backend (transformers + peft, vLLM's protocol) unless disabled or a serving URL is
+    configured; yields the settings with `serving_url` pointing at it."""
+    if not enabled or settings.serving_url:
+        yield settings
+        return
+    from trace_engine.serving.launcher import spawn_local_server
+
+    args = ["--served-model-name", settings.serving_base_model, "--max-loras", str(settings.serving_max_adapters),
+            "--num-threads", "1"]
+    with spawn_local_server(serving_model_path(settings), extra_args=args, startup_timeout_s=180) as server:
+        print(f"local serving backend on {server.base_url} (model {settings.serving_base_model})", flush=True)
+        yield settings.model_copy(update={"serving_url": server.base_url})
+
+
 def serve(settings: Settings, *, host: str, port: int, start_worker: bool = True, worker_concurrency: int = 4,
-          demo_file: str | None = None) -> int:
+          demo_file: str | None = None, start_serving: bool = True) -> int:
+    # uvicorn re-raises SIGTERM after its shutdown; make that an exception so `finally` stops the children.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    with local_serving(settings, start_serving) as served:
+        return _serve(served, host=host, port=port, start_worker=start_worker, worker_concurrency=worker_concurrency,
+                      demo_file=demo_file)
+
+
+def _serve(settings: Settings, *, host: str, port: int, start_worker: bool, worker_concurrency: int,
+           demo_file: str | None) -> int:
     import uvicorn
 
     from api.service import build_app
 
     embedded = settings.database_url is None and settings.broker_url is None
     port = port or free_port(host)
-    # uvicorn re-raises SIGTERM after its shutdown; make that an exception so `finally` stops the worker.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
     app = build_app(settings)  # migrates the database first
     key = local_api_key(settings) if embedded else None
     worker = _start_worker(settings, worker_concurrency) if start_worker else None
@@ -234,6 +278,9 @@ def format_result(job: dict[str, Any]) -> str:
         lines.append(format_summary(eval_summary))
     if job.get("artifacts", {}).get("adapter"):
         lines.append(f"adapter: {job['artifacts']['adapter']}")
+    if job.get("artifacts", {}).get("adapter_id"):
+        lines.append(f"registered adapter: {job['artifacts'].get('adapter_name')} ({job['artifacts']['adapter_id']}); "
+                     "use it as `model` on /v1/chat/completions")
     result = {k: job.get(k) for k in ("id", "state", "category_counts", "error")}
     result["metrics"] = {k: v for k, v in (job.get("metrics") or {}).items() if k in ("pairs", "train_steps", "eval")}
     lines.append(json.dumps(result, sort_keys=True))

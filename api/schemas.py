@@ -184,15 +184,43 @@ class RealignRequest(StrictModel):
     judge: JudgeIn
     method: MethodIn = Field(default_factory=MethodIn)
     eval: EvalIn = Field(default_factory=EvalIn)
+    parent_adapter: str | None = Field(default=None, max_length=200, description="id or name of the adapter this "
+                                       "one succeeds (recorded as provenance; evaluations compare against it)")
+    adapter_name: str | None = Field(default=None, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                                     description="name of the registered adapter (default: policy name + job id)")
     metadata: dict[str, Any] = Field(default_factory=dict, description=f"free-form, at most {MAX_METADATA_BYTES} "
                                      "bytes of JSON")
 
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
-        return value
+        return _small(value)
+
+
+def _small(value: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+class EvalRequest(StrictModel):
+    """POST /v1/evals: evaluate one model (an adapter of yours, or the base model) against a policy."""
+
+    model: str = Field(min_length=1, max_length=500, description="adapter id or name, or the base model's name")
+    suites: list[Literal["tpa", "asr", "over_refusal", "capability"]] = Field(min_length=1)
+    policy: PolicyIn
+    judge: JudgeIn
+    dataset: DatasetRef = Field(description="where the evaluation prompts come from (synthetic: the world's "
+                                "held-out test, attack and benign sets; otherwise the dataset's prompts, TPA only)")
+    n: int = Field(default=40, ge=1, le=100_000, description="prompts per suite (at most)")
+    max_new_tokens: int = Field(default=48, ge=1, le=8192)
+    compare: bool = Field(default=True, description="also evaluate the base model and the parent adapter")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _small(value)
 
 
 # ---------------------------------------------------------------- responses
@@ -212,6 +240,7 @@ class StageProgressOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     object: Literal["job"] = "job"
+    kind: str = Field(default="realign", description="realign | eval")
     state: str
     stage: str | None
     cancel_requested: bool
@@ -229,6 +258,31 @@ class JobOut(BaseModel):
 class JobList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobOut]
+    next_cursor: str | None
+
+
+class EvalJobOut(JobOut):
+    report: dict[str, Any] | None = Field(default=None, description="the evaluation report once succeeded: per "
+                                          "model (target, base, parent) metrics with confidence intervals, and "
+                                          "the comparisons")
+
+
+class AdapterOut(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    name: str
+    job_id: str | None
+    sha256: str = Field(description="sha256 of adapter_model.safetensors")
+    size_bytes: int
+    provenance: dict[str, Any]
+    eval_report: dict[str, Any] | None
+    deploy_gate: dict[str, Any] | None = Field(description="the deploy gate's cached result (None: not served yet)")
+    created_at: datetime
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterOut]
     next_cursor: str | None
 
 

@@ -49,12 +49,35 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.\-]*$", description="prefix of the queue names "
                               "(`judge`, `gpu`), to share one broker between deployments or test sessions")
     broker_poll_interval_s: float = Field(default=0.05, gt=0, description="embedded (filesystem) broker polling")
+    # ---- serving (api/gateway, evaluation jobs)
+    serving_url: str | None = Field(default=None, description="the vLLM-protocol serving backend (vLLM in "
+                                    "production, e.g. http://vllm:8000/v1; `realign serve` starts a local one); "
+                                    "None = no gateway, and evaluation jobs generate in-process")
+    serving_base_model: str = Field(default="synthetic-tiny", description="the base model the serving backend "
+                                    "serves (a name clients may put in `model`; `realign serve` starts the local "
+                                    "backend on it)")
+    serving_adapter_root: Path | None = Field(default=None, description="where the serving backend sees the data "
+                                              "dir (adapters are under it); None = the same path as data_dir")
+    serving_max_adapters: int = Field(default=8, ge=1, description="adapters loaded on the backend at once (LRU)")
+    deploy_gate_max_tokens: int = Field(default=16, ge=1, description="greedy tokens per deploy-gate probe")
 
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return normalise_database_url(self.database_url)
         return f"sqlite:///{self.data_dir / 'realign.db'}"
+
+    @property
+    def serving_api_url(self) -> str | None:
+        """`serving_url` without a trailing `/v1` (the backend client adds the `/v1/...` paths itself)."""
+        if not self.serving_url:
+            return None
+        url = self.serving_url.rstrip("/")
+        return url[: -len("/v1")] if url.endswith("/v1") else url
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "jobs"
 
     @property
     def datasets_root(self) -> Path:

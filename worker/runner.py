@@ -27,9 +27,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db import access
 from api.db.engine import session_scope
 from api.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, Stage, is_terminal
-from api.schemas import FileDataset, RealignRequest
+from api.schemas import EvalRequest, FileDataset, RealignRequest
 from api.settings import Settings
-from worker.stages import STAGE_FUNCTIONS, Cancelled, StageContext, StageFailed, StageResult, next_stage
+from worker.stages import (  # noqa: F401 - STAGE_FUNCTIONS: tests patch stages through it
+    STAGE_FUNCTIONS,
+    Cancelled,
+    StageContext,
+    StageFailed,
+    StageResult,
+    next_stage,
+    stage_function,
+)
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[str, str], None]
@@ -125,7 +133,8 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
         if state not in expected:  # a duplicate or stale message: the job has moved on
             access.release_lease(session, job_id=job_id, owner=owner)
             return SKIPPED
-        request = RealignRequest.model_validate(job.request)
+        kind = job.kind
+        request = parse_request(kind, job.request)
         tenant_id = job.tenant_id
         file_format = _file_format(session, tenant_id, request)
         access.start_stage(session, job_id=job_id, stage=stage)
@@ -134,9 +143,10 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
     heartbeat.start()
     ctx = StageContext(job_id=job_id, tenant_id=tenant_id, request=request, settings=settings,
                        tick=ProgressWriter(services, job_id, stage, heartbeat), file_format=file_format,
-                       warn=lambda message: _event(services, job_id, stage, EventType.WARNING, {"message": message}))
+                       warn=lambda message: _event(services, job_id, stage, EventType.WARNING, {"message": message}),
+                       lookup_adapter=lambda id_or_name: _lookup_adapter(services, tenant_id, id_or_name))
     try:
-        result = STAGE_FUNCTIONS[stage](ctx)
+        result = stage_function(kind, stage)(ctx)
         if heartbeat.should_stop():
             raise Cancelled("stop requested at the end of the stage")
     except Cancelled:
@@ -154,11 +164,19 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
         _fail(services, job_id, stage, owner, exc)
         return FAILED
     heartbeat.stop()
-    return _finish_stage(services, job_id, stage, owner, request, result)
+    try:
+        return _finish_stage(services, job_id, stage, owner, request, result, kind)
+    except StageFailed as exc:  # registration refused the result (e.g. weights missing)
+        _fail(services, job_id, stage, owner, exc)
+        return FAILED
 
 
-def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str, request: RealignRequest,
-                  result: StageResult) -> str:
+def parse_request(kind: str, stored: dict[str, Any]) -> RealignRequest | EvalRequest:
+    return EvalRequest.model_validate(stored) if kind == "eval" else RealignRequest.model_validate(stored)
+
+
+def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str,
+                  request: RealignRequest | EvalRequest, result: StageResult, kind: str = "realign") -> str:
     following = next_stage(request, stage)
     with session_scope(services.sessions) as session:
         if not access.heartbeat(session, job_id=job_id, owner=owner, ttl_s=services.settings.lease_ttl_s).held:
@@ -169,9 +187,16 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
                                category_counts=result.category_counts)
         access.complete_stage(session, job_id=job_id, stage=stage, summary=result.summary)
         target = STAGE_STATE[following] if following else JobState.SUCCEEDED
+        if target == JobState.SUCCEEDED and kind == "realign":
+            from worker.registration import register_job_adapter
+
+            adapter = register_job_adapter(session, services.settings, job_id)
+            access.set_job_results(session, job_id=job_id, artifacts={"adapter_id": adapter.id,
+                                                                      "adapter_name": adapter.name})
         try:
             access.transition_job(session, job_id=job_id, to_state=target)
         except InvalidTransition:  # cancel arrived between the last heartbeat and now
+            session.rollback()
             _finish_cancel(session, job_id, owner)
             return CANCELLED
         access.release_lease(session, job_id=job_id, owner=owner)
@@ -205,6 +230,15 @@ def _fail(services: WorkerServices, job_id: str, stage: Stage, owner: str, exc: 
 def _event(services: WorkerServices, job_id: str, stage: Stage, type: EventType, data: dict[str, Any]) -> None:
     with session_scope(services.sessions) as session:
         access.add_event(session, job_id=job_id, type=type, stage=stage, data=data)
+
+
+def _lookup_adapter(services: WorkerServices, tenant_id: str, id_or_name: str) -> dict[str, Any] | None:
+    with session_scope(services.sessions) as session:
+        adapter = access.find_adapter(session, tenant_id=tenant_id, id_or_name=id_or_name)
+        if adapter is None:
+            return None
+        return {"id": adapter.id, "name": adapter.name, "path": adapter.path, "sha256": adapter.sha256,
+                "provenance": dict(adapter.provenance or {})}
 
 
 def _file_format(session: Session, tenant_id: str, request: RealignRequest) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 from api.db.states import Stage
 from api.paths import PathEscapesRoot, resolve_under_root
 from api.schemas import (
+    EvalRequest,
     FileDataset,
     HfDataset,
     PathDataset,
@@ -61,11 +62,13 @@ class StageFailed(Exception):
 class StageContext:
     job_id: str
     tenant_id: str
-    request: RealignRequest
+    request: RealignRequest | EvalRequest  # EvalRequest for `eval` jobs (worker.eval_stages)
     settings: Settings
     tick: ProgressTick  # (done, total): throttled progress; raises Cancelled when cancel was requested
     file_format: str | None = None  # for `file` datasets: the uploaded file's format (from its record)
     warn: Callable[[str], None] = lambda message: None
+    # the tenant's adapter (by id or name) as a dict {id, name, path, sha256, provenance}, or None (eval jobs)
+    lookup_adapter: Callable[[str], dict[str, Any] | None] | None = None
 
     @property
     def dir(self) -> Path:
@@ -99,8 +102,10 @@ def needs_scoring(request: RealignRequest) -> bool:
     return get_variant(request.method.variant).weights == "impact"
 
 
-def next_stage(request: RealignRequest, finished: Stage) -> Stage | None:
+def next_stage(request: RealignRequest | EvalRequest, finished: Stage) -> Stage | None:
     """The stage after `finished` for this request (variants skip stages); None = the job is done."""
+    if isinstance(request, EvalRequest):
+        return Stage.EVALUATE if finished == Stage.VALIDATE else None
     wanted = [Stage.VALIDATE]
     if needs_triage(request):
         wanted.append(Stage.TRIAGE)
@@ -120,7 +125,7 @@ def is_synthetic_base(request: RealignRequest) -> bool:
     return request.base_model.name_or_path in SYNTHETIC_BASE_NAMES
 
 
-def synthetic_world_seed(request: RealignRequest) -> int:
+def synthetic_world_seed(request: RealignRequest | EvalRequest) -> int:
     return request.dataset.seed if isinstance(request.dataset, SyntheticDataset) else 0
 
 
@@ -168,11 +173,11 @@ def _check_hub_model(repo: str, revision: str) -> None:
                           kind="model_unreachable") from exc
 
 
-def build_judge(request: RealignRequest, settings: Settings) -> tuple[Judge, bool]:
+def build_judge(request: RealignRequest | EvalRequest, settings: Settings) -> tuple[Judge, bool]:
     """(judge, oracle): the judge the request names and whether triage also asks it for rewrites. The API key
     comes from the environment variable NAMED in the request; it is never stored."""
     spec = request.judge
-    oracle = request.method.variant in ORACLE_VARIANTS
+    oracle = isinstance(request, RealignRequest) and request.method.variant in ORACLE_VARIANTS
     if spec.provider == "synthetic":
         from trace_engine.pipeline import SyntheticOracleJudge
         from trace_engine.synthetic.world import make_world
@@ -197,7 +202,7 @@ def build_judge(request: RealignRequest, settings: Settings) -> tuple[Judge, boo
     return judge, oracle
 
 
-def probe_judge(judge: Judge, request: RealignRequest) -> None:
+def probe_judge(judge: Judge, request: RealignRequest | EvalRequest) -> None:
     """One real judge call before any GPU time: a judge that cannot answer fails the job now."""
     policy = request.policy.to_policy()
 
@@ -460,6 +465,17 @@ STAGE_FUNCTIONS: dict[Stage, Callable[[StageContext], StageResult]] = {
     Stage.TRAIN: run_train,
     Stage.EVALUATE: run_evaluate,
 }
+
+
+def stage_function(kind: str, stage: Stage) -> Callable[[StageContext], StageResult]:
+    """The engine call for `stage` of a job of this kind (`realign` or `eval`)."""
+    if kind == "eval":
+        from worker.eval_stages import EVAL_STAGE_FUNCTIONS
+
+        if stage not in EVAL_STAGE_FUNCTIONS:
+            raise StageFailed(f"an evaluation job has no {stage.value} stage", kind="internal_error")
+        return EVAL_STAGE_FUNCTIONS[stage]
+    return STAGE_FUNCTIONS[stage]
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,7 +21,18 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from api.db.models import ApiKey, File, Job, JobEvent, StageProgress, Tenant, TriageItem, new_id, utcnow
+from api.db.models import (
+    Adapter,
+    ApiKey,
+    File,
+    Job,
+    JobEvent,
+    StageProgress,
+    Tenant,
+    TriageItem,
+    new_id,
+    utcnow,
+)
 from api.db.states import (
     STAGE_STATE,
     STATE_STAGE,
@@ -163,7 +174,7 @@ def list_files(session: Session, *, tenant_id: str, limit: int, cursor: str | No
 
 def create_job(
     session: Session, *, tenant_id: str, request: dict[str, Any], body_hash: str,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, kind: str = "realign",
 ) -> tuple[Job, bool]:
     """Insert a queued job; returns (job, created). With an idempotency key already used: the same body returns
     the existing job (created=False), a different body raises `IdempotencyConflict`."""
@@ -172,7 +183,7 @@ def create_job(
         if existing is not None:
             return _replay(existing, body_hash), False
     now = utcnow()
-    values = {"id": new_id("job"), "tenant_id": tenant_id, "state": JobState.QUEUED.value, "stage": None,
+    values = {"id": new_id("job"), "tenant_id": tenant_id, "kind": kind, "state": JobState.QUEUED.value, "stage": None,
               "request": request, "idempotency_key": idempotency_key, "body_hash": body_hash, "metrics": {},
               "artifacts": {}, "category_counts": {}, "cancel_requested": False, "attempts": 0,
               "created_at": now, "updated_at": now}
@@ -205,7 +216,7 @@ def _job_by_idempotency_key(session: Session, *, tenant_id: str, idempotency_key
 
 
 def _replay(existing: Job, body_hash: str) -> Job:
-    if existing.body_hash != body_hash:
+    if existing.body_hash != body_hash:  # the kind is part of the hash (see api.routes)
         raise IdempotencyConflict(existing.id)
     return existing
 
@@ -595,3 +606,67 @@ def claim_requeues(session: Session, *, older_than_s: float, limit: int = 100) -
                   data={"message": f"re-queued: {reason}", "previous_owner": owner})
         claimed.append(Requeue(job_id, stage, reason))
     return claimed
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def create_adapter(
+    session: Session, *, tenant_id: str, job_id: str | None, name: str, path: str, sha256: str, size_bytes: int,
+    provenance: dict[str, Any], eval_report: dict[str, Any] | None = None,
+) -> Adapter:
+    """Register an adapter; a job registers at most one (a repeated call for the same job returns the first)."""
+    if job_id is not None:
+        existing = session.scalar(select(Adapter).where(Adapter.job_id == job_id))
+        if existing is not None:
+            return existing
+    adapter = Adapter(id=new_id("ada"), tenant_id=tenant_id, job_id=job_id, name=name, path=path, sha256=sha256,
+                      size_bytes=size_bytes, provenance=provenance, eval_report=eval_report)
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
+def get_adapter(session: Session, *, tenant_id: str, adapter_id: str) -> Adapter:
+    adapter = session.scalar(select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id))
+    if adapter is None:
+        raise NotFound(f"adapter {adapter_id} not found")
+    return adapter
+
+
+def find_adapter(session: Session, *, tenant_id: str, id_or_name: str) -> Adapter | None:
+    """The tenant's adapter with this id, else with this name (what a client puts in `model`)."""
+    return session.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id,
+                                                or_(Adapter.id == id_or_name, Adapter.name == id_or_name))
+                          .order_by((Adapter.id == id_or_name).desc()).limit(1))
+
+
+def adapter_of_job(session: Session, *, job_id: str) -> Adapter | None:
+    return session.scalar(select(Adapter).where(Adapter.job_id == job_id))
+
+
+def list_adapters(session: Session, *, tenant_id: str, limit: int, cursor: str | None = None) -> Page[Adapter]:
+    """Newest first, cursor = last id seen (as jobs)."""
+    query = select(Adapter).where(Adapter.tenant_id == tenant_id)
+    if cursor:
+        query = query.where(Adapter.id < decode_cursor(cursor, kind=str))
+    rows = session.scalars(query.order_by(Adapter.id.desc()).limit(limit + 1)).all()
+    return _page(rows, limit, lambda a: a.id)
+
+
+def delete_adapter(session: Session, *, tenant_id: str, adapter_id: str) -> Adapter:
+    """Remove the row (the caller removes the files after the commit); returns the removed row."""
+    adapter = get_adapter(session, tenant_id=tenant_id, adapter_id=adapter_id)
+    session.delete(adapter)
+    session.flush()
+    return adapter
+
+
+def set_adapter_gate(session: Session, *, adapter_id: str, result: dict[str, Any]) -> None:
+    session.execute(update(Adapter).where(Adapter.id == adapter_id).values(deploy_gate=result)
+                    .execution_options(synchronize_session=False))
+
+
+def set_adapter_eval_report(session: Session, *, adapter_id: str, report: dict[str, Any]) -> None:
+    session.execute(update(Adapter).where(Adapter.id == adapter_id).values(eval_report=report)
+                    .execution_options(synchronize_session=False))

@@ -111,6 +111,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), default="realign", server_default="realign")  # realign | eval
     state: Mapped[str] = mapped_column(String(16))
     stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     request: Mapped[dict[str, Any]] = mapped_column(JsonType)  # validated body; holds secret NAMES only
@@ -168,4 +169,28 @@ class TriageItem(Base):
     position: Mapped[int] = mapped_column(Integer)
     category: Mapped[str] = mapped_column(String(16))
     verdicts: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Adapter(Base):
+    """A trained LoRA adapter: `path` is relative to the data dir and derived from ids (`jobs/<job>/train/adapter`);
+    `sha256` is of its `adapter_model.safetensors`; `deploy_gate` caches the gate's result for that hash."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_adapters_tenant_name"),
+        UniqueConstraint("job_id", name="uq_adapters_job_id"),
+        Index("ix_adapters_tenant_id_id", "tenant_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    eval_report: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    deploy_gate: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

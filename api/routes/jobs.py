@@ -23,6 +23,7 @@ from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
 from api.schemas import (
     CATEGORIES,
+    EvalRequest,
     EventList,
     EventOut,
     FileDataset,
@@ -86,7 +87,7 @@ _STAGE_ORDER = {stage.value: index for index, stage in enumerate(Stage)}
 
 def _job_out(job: Job, progress: list[StageProgress], counts: dict[str, int]) -> JobOut:
     rows = sorted(progress, key=lambda p: _STAGE_ORDER.get(p.stage, 99))
-    return JobOut(id=job.id, state=job.state, stage=job.stage, cancel_requested=job.cancel_requested,
+    return JobOut(id=job.id, kind=job.kind or "realign", state=job.state, stage=job.stage, cancel_requested=job.cancel_requested,
                   progress=[progress_out(p) for p in rows], category_counts=counts, metrics=job.metrics or {},
                   artifacts=job.artifacts or {}, error=job.error, request=job.request, created_at=job.created_at,
                   updated_at=job.updated_at, finished_at=job.finished_at)
@@ -97,13 +98,13 @@ def event_out(event: JobEvent) -> EventOut:
                     created_at=event.created_at)
 
 
-def body_hash(body: RealignRequest) -> str:
+def body_hash(body: RealignRequest | EvalRequest) -> str:
     """Hash of the validated body (defaults filled, keys sorted): key order and omitted defaults do not matter."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _field_problem(loc: list[str | int], message: str, kind: str) -> ProblemError:
+def field_problem(loc: list[str | int], message: str, kind: str) -> ProblemError:
     field = ".".join(str(p) for p in loc[1:])
     return ProblemError(422, f"invalid {field}: {message}", slug="validation-error", title="Request validation failed",
                         errors=[{"loc": loc, "field": field, "kind": kind, "message": message}])
@@ -113,27 +114,31 @@ def _checked_path(root: Any, relative: str, loc: list[str | int]) -> None:
     try:
         target = resolve_under_root(root, relative)
     except PathEscapesRoot as exc:
-        raise _field_problem(loc, str(exc), "path_escapes_root") from None
+        raise field_problem(loc, str(exc), "path_escapes_root") from None
     if not target.exists():
-        raise _field_problem(loc, f"{relative!r} does not exist under the dataset root", "not_found")
+        raise field_problem(loc, f"{relative!r} does not exist under the dataset root", "not_found")
 
 
-def check_references(session: Session, settings: Settings, tenant_id: str, body: RealignRequest) -> None:
+def check_references(session: Session, settings: Settings, tenant_id: str,
+                     body: RealignRequest | EvalRequest) -> None:
     """Validation that needs no GPU and no network: referenced files and paths exist and are allowed."""
     dataset = body.dataset
     if isinstance(dataset, FileDataset):
         try:
             access.get_file(session, tenant_id=tenant_id, file_id=dataset.file_id)
         except access.NotFound:
-            raise _field_problem(["body", "dataset", "file_id"], f"no file {dataset.file_id!r} (upload it with "
+            raise field_problem(["body", "dataset", "file_id"], f"no file {dataset.file_id!r} (upload it with "
                                  "POST /v1/files)", "not_found") from None
     elif isinstance(dataset, PathDataset):
         _checked_path(settings.datasets_root, dataset.path, ["body", "dataset", "path"])
     if body.judge.rules_path is not None:
         _checked_path(settings.datasets_root, body.judge.rules_path, ["body", "judge", "rules_path"])
+    if isinstance(body, RealignRequest) and body.parent_adapter is not None and access.find_adapter(session, tenant_id=tenant_id,
+                                                               id_or_name=body.parent_adapter) is None:
+        raise field_problem(["body", "parent_adapter"], f"no adapter {body.parent_adapter!r}", "not_found")
 
 
-def _not_found(exc: access.NotFound) -> ProblemError:
+def not_found(exc: access.NotFound) -> ProblemError:
     return ProblemError(404, str(exc), slug="not-found")
 
 
@@ -141,10 +146,10 @@ def _owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
     try:
         return access.get_job(session, tenant_id=tenant_id, job_id=job_id)
     except access.NotFound as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
 
 
-def _bad_cursor(exc: access.BadCursor) -> ProblemError:
+def bad_cursor(exc: access.BadCursor) -> ProblemError:
     return ProblemError(400, f"{exc}; pass back the next_cursor of a previous page", slug="bad-cursor")
 
 
@@ -176,14 +181,14 @@ def submit_job(
     session.commit()
     if created:
         request.app.state.metrics.jobs_submitted.inc()
-        _enqueue_first_stage(request, session, job.id)
+        enqueue_first_stage(request, session, job.id)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(session, job)
 
 
-def _enqueue_first_stage(request: Request, session: Session, job_id: str) -> None:
+def enqueue_first_stage(request: Request, session: Session, job_id: str) -> None:
     """The job is already committed; if the broker refuses, it stays queued and the reaper enqueues it later."""
     try:
         request.app.state.enqueue(job_id, Stage.VALIDATE.value)
@@ -209,7 +214,7 @@ def list_jobs(
     try:
         page = access.list_jobs(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor, states=state)
     except access.BadCursor as exc:
-        raise _bad_cursor(exc) from None
+        raise bad_cursor(exc) from None
     return JobList(data=jobs_out(session, page.items), next_cursor=page.next_cursor)
 
 
@@ -222,7 +227,7 @@ async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Res
             try:
                 job, progress = access.get_job_with_progress(session, tenant_id=principal.tenant_id, job_id=job_id)
             except access.NotFound as exc:
-                raise _not_found(exc) from None
+                raise not_found(exc) from None
             return jobs_out(session, [job], {job.id: progress})[0]
 
     return json_response(await anyio.to_thread.run_sync(load))
@@ -235,7 +240,7 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     try:
         job = access.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
     except access.NotFound as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
     except InvalidTransition as exc:
         raise ProblemError(409, f"job {job_id} is already {exc.current.value}; nothing to cancel",
                            slug="job-finished") from None
@@ -270,7 +275,7 @@ async def job_events(
             try:
                 page = access.page_events(session, job_id=job_id, limit=page_size, cursor=cursor)
             except access.BadCursor as exc:
-                raise _bad_cursor(exc) from None
+                raise bad_cursor(exc) from None
             return EventList(data=[event_out(e) for e in page.items], next_cursor=page.next_cursor)
 
     result = await anyio.to_thread.run_sync(load_first_page)
@@ -342,7 +347,7 @@ def job_triage(
     try:
         page = access.list_triage_items(session, job_id=job_id, limit=page_size, cursor=cursor, category=category)
     except access.BadCursor as exc:
-        raise _bad_cursor(exc) from None
+        raise bad_cursor(exc) from None
     items = [TriageItemOut(pair_id=i.pair_id, position=i.position, category=i.category, verdicts=i.verdicts)
              for i in page.items]
     return TriageList(data=items, next_cursor=page.next_cursor,

@@ -65,3 +65,35 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
     problem = response.json()
     assert problem["status"] == status and problem["title"] and problem["detail"]
     return problem
+
+
+def tenant_of(sessions: sessionmaker[Session], headers: dict[str, str]) -> str:
+    from api.db import access
+
+    with sessions() as session:
+        tenant = access.authenticate(session, key=headers["Authorization"].removeprefix("Bearer "))
+        assert tenant is not None
+        return tenant.id
+
+
+def register_adapter(sessions: sessionmaker[Session], settings: Settings, tenant_id: str, *,
+                     weights: bytes = b"weights", **request_overrides: Any) -> str:
+    """A job of this tenant whose adapter folder exists, registered as the worker does at success; returns the
+    adapter id. The weights are arbitrary bytes (the registry only hashes and serves them)."""
+    import json
+
+    from api.db import access
+    from api.db.engine import session_scope
+    from api.registry import adapter_relative_path
+    from worker.registration import register_job_adapter
+
+    with session_scope(sessions) as session:
+        job, _ = access.create_job(session, tenant_id=tenant_id, request=realign_body(**request_overrides),
+                                   body_hash="h")
+        job_id = job.id
+    folder = settings.data_dir / adapter_relative_path(job_id)
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
+    with session_scope(sessions) as session:
+        return register_job_adapter(session, settings, job_id).id

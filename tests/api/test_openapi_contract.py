@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
-from api.routes import files, health, jobs
+from api.routes import adapters, evals, files, health, jobs
 
 from .support import Harness, realign_body
 
@@ -66,12 +66,13 @@ def check(spec: dict[str, Any], path: str, method: str, response: Any) -> None:
 def test_every_route_is_documented(harness: Harness) -> None:
     spec = harness.app.openapi()
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
-    routers = (files.router, health.router, jobs.router)
+    routers = (files.router, health.router, jobs.router, adapters.router, evals.router)
     routes = {(r.path, m) for router in routers for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
     assert routes == documented
     assert {"/v1/realign", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
             "/v1/jobs/{job_id}/triage", "/v1/files", "/v1/files/{file_id}", "/healthz", "/readyz",
-            "/metrics"} <= set(spec["paths"])
+            "/metrics", "/v1/adapters", "/v1/adapters/{adapter_id}", "/v1/adapters/{adapter_id}/download",
+            "/v1/evals", "/v1/evals/{job_id}"} <= set(spec["paths"])
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     assert harness.client.get("/docs").status_code == 200
 

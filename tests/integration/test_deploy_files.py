@@ -55,6 +55,26 @@ def test_vllm_serves_lora_and_is_not_published_to_the_host(compose: dict[str, An
         assert "ports" not in compose["services"][name]
 
 
+def test_the_gateway_reaches_vllm_with_runtime_lora_loading_on_the_shared_adapter_volume(
+        compose: dict[str, Any]) -> None:
+    from api.settings import Settings
+
+    services = compose["services"]
+    env = services["api"]["environment"]
+    assert env["REALIGN_SERVING_URL"] == "http://vllm:8000/v1"
+    settings = Settings(serving_url=env["REALIGN_SERVING_URL"], data_dir=env["REALIGN_DATA_DIR"])
+    assert settings.serving_api_url == "http://vllm:8000"  # the setting name the app reads
+    vllm = services["vllm"]
+    command = vllm["command"]
+    assert "--enable-lora" in command and int(command[command.index("--max-lora-rank") + 1]) >= 32
+    assert str(vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]).lower() == "true"
+    api_mount = next(v for v in services["api"]["volumes"] if v.startswith("realign-data:"))
+    vllm_mount = next(v for v in vllm["volumes"] if v.startswith("realign-data:"))
+    assert api_mount.split(":")[1] == vllm_mount.split(":")[1] == env["REALIGN_DATA_DIR"]
+    assert "REALIGN_SERVING_ADAPTER_ROOT" not in env  # same path on both sides: no mapping needed
+    assert "ports" not in vllm
+
+
 def test_services_start_in_order_and_share_one_configuration(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"

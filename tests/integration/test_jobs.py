@@ -34,6 +34,10 @@ def test_synthetic_job_succeeds_with_an_adapter_and_is_idempotent(shared_stack: 
                                      headers=shared_stack.headers).json()
     assert triage["data"] and all(item["category"] == "INVERT" for item in triage["data"])
     assert triage["category_counts"] == {k: v for k, v in done["category_counts"].items() if v}
+    registered = shared_stack.client.get(f"/v1/adapters/{done['artifacts']['adapter_id']}",
+                                         headers=shared_stack.headers).json()  # registered with the success
+    assert registered["job_id"] == job["id"] and registered["provenance"]["dataset"]["sha256"]
+    assert registered["eval_report"]["tpa_after"] == done["metrics"]["eval"]["tpa_after"]  # the job's evaluation
 
 
 def test_unreadable_dataset_fails_in_validating_with_a_clear_error(shared_stack: Stack) -> None:

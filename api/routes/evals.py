@@ -1,0 +1,100 @@
+"""Evaluation jobs: POST /v1/evals queues a job of kind `eval` (validate -> evaluate) on the same queues as
+re-alignment; GET /v1/evals/{id} is the job with its report (also visible as /v1/jobs/{id})."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from sqlalchemy.orm import Session
+
+from api.db import access
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.errors import ProblemError
+from api.paths import PathEscapesRoot, resolve_under_root
+from api.routes import problems
+from api.routes.jobs import (
+    body_hash,
+    check_references,
+    enqueue_first_stage,
+    field_problem,
+    job_out,
+    not_found,
+)
+from api.schemas import EvalJobOut, EvalRequest
+from api.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["evals"])
+SYNTHETIC_BASES = ("synthetic-tiny", "synthetic")
+
+
+def is_base_model_name(settings: Settings, model: str) -> bool:
+    """The serving backend's base model, the synthetic world's, or a folder under the model root."""
+    if model in (settings.serving_base_model, *SYNTHETIC_BASES):
+        return True
+    try:
+        return resolve_under_root(settings.models_root, model).is_dir()
+    except PathEscapesRoot:
+        return False
+
+
+def _check_model(session: Session, settings: Settings, tenant_id: str, model: str) -> None:
+    if access.find_adapter(session, tenant_id=tenant_id, id_or_name=model) is not None:
+        return
+    if not is_base_model_name(settings, model):
+        raise field_problem(["body", "model"], f"no adapter and no base model named {model!r} (GET /v1/adapters "
+                             "lists yours)", "not_found")
+
+
+def _report(settings: Settings, job_id: str, state: str) -> dict[str, Any] | None:
+    path = settings.data_dir / "jobs" / job_id / "eval" / "report.json"
+    if state != "succeeded" or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def eval_job_out(session: Session, settings: Settings, job: Any) -> EvalJobOut:
+    base = job_out(session, job)
+    return EvalJobOut(**base.model_dump(), report=_report(settings, job.id, job.state))
+
+
+@router.post("/evals", status_code=202, response_model=EvalJobOut, responses=problems(401, 422),
+             summary="Evaluate an adapter (or the base model) against a policy")
+def submit_eval(
+    body: EvalRequest,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+) -> EvalJobOut:
+    check_references(session, settings, principal.tenant_id, body)
+    _check_model(session, settings, principal.tenant_id, body.model)
+    try:
+        job, created = access.create_job(session, tenant_id=principal.tenant_id, request=body.model_dump(mode="json"),
+                                         body_hash=body_hash(body), idempotency_key=idempotency_key,
+                                         kind="eval")
+    except access.IdempotencyConflict as exc:
+        raise ProblemError(422, f"{exc}; use a new key for a new request", slug="idempotency-key-reused",
+                           job_id=exc.job_id) from None
+    session.commit()
+    if created:
+        enqueue_first_stage(request, session, job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/evals/{job.id}"
+    return eval_job_out(session, settings, job)
+
+
+@router.get("/evals/{job_id}", response_model=EvalJobOut, responses=problems(401, 404),
+            summary="An evaluation job with its report")
+def get_eval(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> EvalJobOut:
+    try:
+        job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    except access.NotFound as exc:
+        raise not_found(exc) from None
+    if job.kind != "eval":
+        raise ProblemError(404, f"job {job_id} is not an evaluation job (see /v1/jobs/{job_id})", slug="not-found")
+    return eval_job_out(session, settings, job)
