@@ -1,4 +1,4 @@
-"""`realign triage` and `realign demo`.
+"""`realign triage` (the demo lives in `demo_cmd`).
 
 Each row of triaged.jsonl: the input fields plus `category` (INVERT, PUNISH, RETAIN, or ERROR when a verdict is
 missing), `swapped`, `chosen`/`rejected` as used for training (swapped for INVERT), `original_chosen`/
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from trace_engine.triage.stage import (
 )
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_BAD_INPUT, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DEMO_OUT = "runs/demo"
 
 
 def register(subparsers: Any) -> None:
@@ -99,15 +97,6 @@ def register(subparsers: Any) -> None:
     )
     triage.set_defaults(func=run_triage_command)
 
-    demo = subparsers.add_parser(
-        "demo",
-        help="triage the bundled sample with the offline rules judge (no network, no arguments)",
-        description="Triage the bundled sample pairs under the bundled 'policy shift' policy with the offline "
-        "rules judge (oracle rewrites from its clause templates included), and print the category table.",
-    )
-    demo.add_argument("--out", default=DEMO_OUT, help=f"output dir (default: {DEMO_OUT})")
-    demo.set_defaults(func=run_demo_command)
-
 
 def run_triage_command(args: argparse.Namespace) -> int:
     from trace_engine.data.io import DatasetError
@@ -149,7 +138,7 @@ def run_triage_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             _err(f"error: {exc}")
             return EXIT_BAD_INPUT
-    return _run_and_report(
+    return run_and_report(
         pairs,
         policy,
         judge,
@@ -164,28 +153,8 @@ def run_triage_command(args: argparse.Namespace) -> int:
     )
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    """Triage the bundled sample (see `trace_engine/resources/sample/README.md`) with the rules judge."""
-    from trace_engine.data.load import load_pairs
-
-    sample = resources.files("trace_engine") / "resources" / "sample"
-    with resources.as_file(sample) as sample_dir:
-        policy = Policy.from_file(sample_dir / "policy.md", name="sample-policy-v2")
-        pairs, _ = load_pairs(sample_dir / "pairs.jsonl", strict=True)
-        judge = build_judge(f"rules:{sample_dir / 'rules.json'}")
-        print(
-            f"demo: {len(pairs)} sample pairs, policy {policy.name}, judge {judge.judge_id}", file=sys.stderr
-        )
-        code = _run_and_report(
-            pairs, policy, judge, Path(args.out), concurrency=8, oracle=True, extra_summary={"mode": "demo"}
-        )
-    print(format_examples(Path(args.out) / TRIAGED_FILE))
-    print(f"\nOutputs in {args.out}/: {TRIAGED_FILE}, {SUMMARY_FILE}")
-    return code
-
-
 def format_examples(triaged_path: Path, width: int = 70) -> str:
-    """One example pair per category, for people reading the demo output."""
+    """One example pair per category, for people reading the triage demo's output."""
     import json
 
     lines = ["", "Examples:"]
@@ -228,7 +197,7 @@ def _print_batch_status(chunks: list[dict[str, Any]]) -> None:
     _err(f"[batch] {states}")
 
 
-def _run_and_report(
+def run_and_report(
     pairs: list[Any],
     policy: Policy,
     judge: Judge,

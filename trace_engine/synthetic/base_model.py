@@ -32,11 +32,11 @@ from trace_engine.data.pairs import Prompt, sha256_text
 from trace_engine.logprobs import token_logps
 from trace_engine.synthetic import policies as pol
 from trace_engine.synthetic import vocab
-from trace_engine.synthetic.world import PAIR_KINDS, TRAIN_MIX, World, make_world
+from trace_engine.synthetic.world import PAIR_KINDS, TRAIN_MIX, World, make_world, retention_facts
 from trace_engine.tiny_models import build_tiny_model, save_tiny, train_tokenizer
 from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of, tokenize_prompts
 
-CODE_VERSION = "synthetic-base-v1"
+CODE_VERSION = "synthetic-base-v2"
 """Bump whenever the training code changes in a way that changes the model (the world's content is hashed)."""
 
 COMPLETE_MARKER = "COMPLETE"
@@ -49,6 +49,7 @@ class BaseModelRecipe:
     world_seed: int = 0
     sft_pairs: int = 2500  # OLD-preferred (prompt, response) examples from train pairs
     retention_repeats: int = 6  # copies of every retention question in the SFT data
+    rejected_share: float = 0.25  # educational pairs whose OLD-rejected answer (cautious/plain) is also SFT data
     vocab_size: int = 1000
     arch: str = "llama"
     hidden_size: int = 128
@@ -139,10 +140,27 @@ def load_base_model(path: str | Path):
 
 
 def sft_data(world: World, recipe: BaseModelRecipe) -> list[tuple[str, str]]:
-    """(prompt, OLD-preferred response) rows: train pairs' chosen responses + repeated retention answers."""
-    rows = world.sft_examples(recipe.sft_pairs)
-    retention = rows[recipe.sft_pairs:]
-    return rows[: recipe.sft_pairs] + retention * recipe.retention_repeats
+    """(prompt, response) rows: train pairs' OLD-chosen responses, the OLD-rejected answers (cautious or plain) of
+    a seeded `rejected_share` of the educational pairs, and the retention answers repeated.
+
+    Why the rejected rows: a real deployed model can write the answers the new policy wants (it saw such text in
+    pre-training) and merely prefers the old policy's refusal. A base that never saw the cautious style gives it
+    almost zero probability, and preference losses then push the refusal down without pulling the new answer up
+    (degenerate text). With these rows the refusal still wins greedy decoding on educational prompts (about 4:1),
+    so the base follows the old policy, but the new style is reachable. Harmful details and refusals of everyday
+    requests are never added: the base stays safe and helpful under both policies.
+    """
+    if not 0.0 <= recipe.rejected_share <= 1.0:
+        raise ValueError(f"rejected_share must be in [0, 1], got {recipe.rejected_share}")
+    pairs = world.train_pairs(recipe.sft_pairs)
+    chosen = [(str(p.prompt), p.chosen) for p in pairs]
+    answerable = [i for i, p in enumerate(pairs) if p.extra["topic"] in vocab.EDUCATIONAL_TOPICS
+                  and p.extra["rejected_style"] in (pol.CAUTIOUS, pol.PLAIN)]
+    k = round(recipe.rejected_share * len(answerable))
+    picked = sorted(random.Random(recipe.train_seed).sample(answerable, k))
+    rejected = [(str(pairs[i].prompt), pairs[i].rejected) for i in picked]
+    retention = [(f.prompt, f.answer) for f in retention_facts()]
+    return chosen + rejected + retention * recipe.retention_repeats
 
 
 def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None = None):
