@@ -158,6 +158,10 @@ class Hyperparameters(StrictModel):
     lora_r: int = Field(default=32, ge=1, le=1024)
     lora_alpha: int = Field(default=16, ge=1, le=4096)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    normalise: Literal["sum", "mean"] = Field(
+        default="sum", description="impact weights: sum to 1 (chosen on the synthetic validation split) or mean 1"
+    )
+    gold_size: int | None = Field(default=None, ge=3, le=100000, description="gold batch B (default: n/4, ≤ 48)")
 
 
 class MethodIn(StrictModel):

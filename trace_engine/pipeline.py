@@ -187,15 +187,16 @@ class Scored:
 
 
 def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str, config: TrainConfig, *,
-               normalise: str, gold_size: int, seed: int) -> Scored:
-    """Impact weights for the variant's conflicting rows (`impact_score`), plus the reference log-prob cache."""
+               normalise: str, gold_size: int, seed: int, device: str | None = "cpu") -> Scored:
+    """Impact weights for the variant's conflicting rows (`impact_score`), plus the reference log-prob cache.
+    `device=None` picks CUDA when present (bf16 there, fp32 on CPU)."""
     from trace_engine.impact import LossSettings, attach_scores, seed_lora_
     from trace_engine.modeling import attach_lora, load_causal_lm, load_tokenizer
     from trace_engine.scoring import score_conflicts
     from trace_engine.tokenization import LengthLimits
 
     source = ModelSource(str(base_path))
-    model = attach_lora(load_causal_lm(source, "cpu", "fp32"), config.lora)
+    model = attach_lora(load_causal_lm(source, device), config.lora)
     seed_lora_(model, seed)
     settings = LossSettings(beta=config.beta, preference_loss="ipo" if config.pref_loss == "ipo" else "dpo",
                             npo_two_over_beta=config.npo_two_over_beta)
@@ -265,9 +266,9 @@ def evaluate_backend(backend: LocalBackend, world: World, sets: EvalSets, *, max
 
 
 def evaluate_model_dir(base_path: Path, adapter_dir: Path | None, world: World, sets: EvalSets,
-                       cfg: PipelineConfig) -> dict[str, Any]:
-    backend = LocalBackend.from_pretrained(str(base_path), adapter_dir=adapter_dir, device="cpu", dtype="fp32",
-                                           batch_size=64)
+                       cfg: PipelineConfig, device: str | None = "cpu") -> dict[str, Any]:
+    backend = LocalBackend.from_pretrained(str(base_path), adapter_dir=adapter_dir, device=device,
+                                           dtype="fp32" if device == "cpu" else None, batch_size=64)
     return evaluate_backend(backend, world, sets, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                             resamples=cfg.resamples)
 

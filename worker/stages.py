@@ -360,9 +360,11 @@ def run_score(ctx: StageContext) -> StageResult:
     source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
     config = hyper_to_train_config(ctx.request, ctx.settings)
     ctx.tick(0, 1)
-    gold = max(1, min(48, len(rows) // 4))
-    scored = score_rows(Path(source.name_or_path), rows, ctx.request.method.variant, config, normalise="mean",
-                        gold_size=gold, seed=config.seed)
+    hyper = ctx.request.method.hyperparameters
+    gold = hyper.gold_size or max(3, min(48, len(rows) // 4))
+    scored = score_rows(Path(source.name_or_path), rows, ctx.request.method.variant, config,
+                        normalise=hyper.normalise, gold_size=gold, seed=config.seed,
+                        device=ctx.settings.train_device)
     write_json(ctx.dir / "score" / "reference_logps.json", scored.reference_logps)
     write_json(ctx.dir / "score" / "summary.json", scored.summary)
     write_jsonl(ctx.dir / "score" / "scored.jsonl", scored.rows)  # last: its presence means "scored"
@@ -419,9 +421,10 @@ def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> di
     held_out = [t.to_row() for t in world.test_prompts(cfg.n_test)]  # never in the training pairs
     sets = eval_sets(world, cfg, held_out)
     ctx.tick(0, 2)
-    before = evaluate_model_dir(base_path, None, world, sets, cfg)
+    device = ctx.settings.train_device
+    before = evaluate_model_dir(base_path, None, world, sets, cfg, device)
     ctx.tick(1, 2)
-    after = evaluate_model_dir(base_path, adapter, world, sets, cfg)
+    after = evaluate_model_dir(base_path, adapter, world, sets, cfg, device)
     ctx.tick(2, 2)
     summary = summary_json(before, after, wall_s=0.0, variant=ctx.request.method.variant, eval_on="test")
     summary.pop("wall_s", None)
