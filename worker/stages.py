@@ -32,7 +32,7 @@ from api.schemas import (
 )
 from api.settings import Settings
 from trace_engine.data.io import write_json, write_jsonl
-from trace_engine.data.pairs import PreferencePair
+from trace_engine.data.pairs import PreferencePair, prompt_key
 from trace_engine.judge.base import Judge
 from trace_engine.variants import get_variant
 
@@ -410,6 +410,22 @@ def run_evaluate(ctx: StageContext) -> StageResult:
                        artifacts={"eval_report": str(ctx.dir / "eval" / "report.json")})
 
 
+def held_out_synthetic_rows(world: Any, train_rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """`n` prompts of the world's training distribution that the job did NOT train on (prompt-disjoint), each
+    labelled with its expected category under the new policy: the service's analogue of the demo's test split."""
+    seen = {prompt_key(r["prompt"]) for r in train_rows}
+    held: list[dict[str, Any]] = []
+    for pair in world.train_pairs(len(train_rows) + 8 * n):
+        key = prompt_key(pair.prompt)
+        if key in seen:
+            continue
+        seen.add(key)
+        held.append({"id": pair.id, "prompt": pair.prompt, "category": pair.extra["expected_category"]})
+        if len(held) == n:
+            break
+    return held
+
+
 def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> dict[str, Any]:
     from trace_engine.pipeline import PipelineConfig, eval_sets, evaluate_model_dir, summary_json
     from trace_engine.synthetic.world import make_world
@@ -418,8 +434,8 @@ def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> di
     cfg = PipelineConfig(n_test=ctx.settings.eval_size, n_retention=max(10, ctx.settings.eval_size // 2),
                          n_asr=max(2, ctx.settings.eval_size // 10), n_over_refusal=max(5, ctx.settings.eval_size // 4),
                          resamples=1000, max_new_tokens=48)
-    held_out = [t.to_row() for t in world.test_prompts(cfg.n_test)]  # never in the training pairs
-    sets = eval_sets(world, cfg, held_out)
+    held_out = held_out_synthetic_rows(world, training_rows(ctx), cfg.n_test)
+    sets = eval_sets(world, cfg, held_out)  # TPA on held_out; "OOD" = the world's unseen templates
     ctx.tick(0, 2)
     device = ctx.settings.train_device
     before = evaluate_model_dir(base_path, None, world, sets, cfg, device)

@@ -54,3 +54,18 @@ def test_local_models_must_live_under_the_model_root(tmp_path) -> None:
     request = RealignRequest.model_validate(synthetic_body(base_model={"name_or_path": "/etc"}))
     with pytest.raises(stages.StageFailed, match="model root"):
         stages.resolve_base_model(request, Settings(data_dir=tmp_path))
+
+
+def test_synthetic_evaluation_holds_out_prompts_the_job_did_not_train_on() -> None:
+    from trace_engine.data.pairs import prompt_key
+    from trace_engine.synthetic.world import make_world
+    from worker.stages import held_out_synthetic_rows
+
+    world = make_world(0)
+    train = [p.to_row() for p in world.train_pairs(200)]
+    held = held_out_synthetic_rows(world, train, 30)
+    trained = {prompt_key(r["prompt"]) for r in train}
+    assert len(held) == 30
+    assert not {prompt_key(h["prompt"]) for h in held} & trained
+    assert len({prompt_key(h["prompt"]) for h in held}) == 30
+    assert {h["category"] for h in held} <= {"INVERT", "PUNISH", "RETAIN"} and len({h["category"] for h in held}) == 3
