@@ -15,32 +15,16 @@ from api.app import create_app
 from api.db import access
 from api.db.engine import session_scope
 from api.settings import Settings
+from tests.support.postgres import fresh_postgres_database
 
 from .support import Harness, RecordingEnqueuer, realign_body
-
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _pg_admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh database for this test session, dropped at the end."""
-    try:
-        admin = _pg_admin()
-    except Exception as exc:  # no Postgres on this machine
-        pytest.skip(f"Postgres at 127.0.0.1:5432 unreachable: {exc}")
-    name = f"realign_test_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database("realign_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -14,28 +14,18 @@ from api.db import access
 from api.db.engine import session_scope
 from api.service import build_app
 from api.settings import Settings
+from tests.support.postgres import fresh_postgres_database
 
 from .support import Stack
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_DB = 11
 
 
 @pytest.fixture(scope="session")
 def integration_postgres_url() -> Iterator[str]:
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        pytest.skip(f"Postgres at 127.0.0.1:5432 unreachable: {exc}")
-    name = f"realign_it_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh database for this test session, dropped at the end."""
+    with fresh_postgres_database("realign_it") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)

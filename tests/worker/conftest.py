@@ -15,9 +15,8 @@ from api.db import access
 from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
 from api.schemas import RealignRequest
 from api.settings import Settings
+from tests.support.postgres import fresh_postgres_database
 from worker.runner import WorkerServices
-
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @dataclass
@@ -32,19 +31,9 @@ class QueueRecorder:
 
 @pytest.fixture(scope="session")
 def worker_postgres_url() -> Iterator[str]:
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        pytest.skip(f"Postgres at 127.0.0.1:5432 unreachable: {exc}")
-    name = f"realign_worker_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh database for this test session, dropped at the end."""
+    with fresh_postgres_database("realign_worker") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

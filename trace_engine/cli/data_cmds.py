@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from trace_engine.cli.common import non_negative_int, positive_int
 from trace_engine.data.io import FORMATS, DatasetError, write_json, write_jsonl
 from trace_engine.data.load import load_pairs
 from trace_engine.data.presets import PRESETS
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--report", metavar="PATH", help="also write the full JSON report to PATH")
     validate.add_argument("--out", metavar="PATH",
                           help="write the kept pairs as JSONL to PATH (e.g. to convert a preset dataset)")
-    validate.add_argument("--max-issues", type=_non_negative_int, default=20, metavar="N",
+    validate.add_argument("--max-issues", type=non_negative_int, default=20, metavar="N",
                           help="how many issues the text report lists (default 20; the JSON report keeps up to 1000)")
     validate.set_defaults(func=run_validate)
 
@@ -60,10 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--triaged", required=True, metavar="SOURCE",
                        help=f"triaged pairs, each with a category field: {_SOURCE_HELP}")
     split.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    split.add_argument("--train-size", required=True, type=_positive_int, metavar="N", help="pairs in train1")
-    split.add_argument("--train2-size", required=True, type=_non_negative_int, metavar="M",
+    split.add_argument("--train-size", required=True, type=positive_int, metavar="N", help="pairs in train1")
+    split.add_argument("--train2-size", required=True, type=non_negative_int, metavar="M",
                        help="pairs in train2, a stratified subset of train1 (M <= N)")
-    split.add_argument("--val-size", type=_non_negative_int, default=0, metavar="K",
+    split.add_argument("--val-size", type=non_negative_int, default=0, metavar="K",
                        help="pairs in the validation split, taken from prompts not in train (default 0: none)")
     split.add_argument("--seed", type=int, default=0, metavar="S", help="seed for every random choice (default 0)")
     split.add_argument("--noise-rates", type=_rate, nargs="*", default=[], metavar="R",
@@ -173,21 +174,6 @@ def _user_error(error: object) -> int:
     return EXIT_USER_ERROR
 
 
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
 
 
 def _rate(text: str) -> str:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from trace_engine.cli.common import err, positive_int
 from trace_engine.policy import Policy
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -37,11 +37,11 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--out", default=DEMO_OUT, help=f"output dir (default: {DEMO_OUT})")
     demo.add_argument("--variant", default="trace", help="training variant or baseline (default: trace)")
     demo.add_argument("--seed", type=int, default=0, help="split, LoRA init and training-order seed")
-    demo.add_argument("--n-train", type=_positive_int, default=None, help="training pairs (default 320)")
-    demo.add_argument("--n-test", type=_positive_int, default=None, help="held-out test pairs (default 150)")
+    demo.add_argument("--n-train", type=positive_int, default=None, help="training pairs (default 320)")
+    demo.add_argument("--n-test", type=positive_int, default=None, help="held-out test pairs (default 150)")
     demo.add_argument("--cache-dir", default=None, help="base model cache (default: $REALIGN_CACHE_DIR or ~/.cache)")
     demo.add_argument(
-        "--threads", type=_positive_int, default=None,
+        "--threads", type=positive_int, default=None,
         help="torch CPU threads (default: torch's choice; 1 is much faster on a CPU shared with other jobs)",
     )
     demo.add_argument("--quick", action="store_true", help="the CI-sized run (smaller evaluation sets)")
@@ -66,13 +66,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
     try:
         cfg.validate()
     except ValueError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_BAD_INPUT
-    _err(f"demo: synthetic policy shift, variant {cfg.variant}, {cfg.n_train} training pairs, outputs in {cfg.out_dir}")
+    err(f"demo: synthetic policy shift, variant {cfg.variant}, {cfg.n_train} training pairs, outputs in {cfg.out_dir}")
     try:
         result = run_pipeline(cfg, progress=StageLogger())
     except (RuntimeError, ValueError, OSError) as exc:
-        _err(f"error: {type(exc).__name__}: {exc}")
+        err(f"error: {type(exc).__name__}: {exc}")
         return EXIT_FAILED
     print(format_summary(result.summary))
     print(f"\nHeld-out test prompts: {result.summary['n_tpa']}; details in {Path(cfg.out_dir) / 'report.json'}")
@@ -91,12 +91,12 @@ class StageLogger:
         event = info.get("event")
         if event == "start":
             extra = " ".join(f"{k}={v}" for k, v in info.items() if k != "event")
-            _err(f"[{elapsed:6.1f}s] {stage} ...{(' ' + extra) if extra else ''}")
+            err(f"[{elapsed:6.1f}s] {stage} ...{(' ' + extra) if extra else ''}")
         elif event == "done":
-            _err(f"[{elapsed:6.1f}s] {stage} done in {info['seconds']:.1f}s")
+            err(f"[{elapsed:6.1f}s] {stage} done in {info['seconds']:.1f}s")
         elif event == "step":
             loss = info.get("loss")
-            _err(f"[{elapsed:6.1f}s] train step {info['step']}/{info['total']} loss {loss:.4f}"
+            err(f"[{elapsed:6.1f}s] train step {info['step']}/{info['total']} loss {loss:.4f}"
                  if isinstance(loss, float) else f"[{elapsed:6.1f}s] train step {info['step']}/{info['total']}")
 
 
@@ -111,19 +111,10 @@ def run_triage_demo(out: Path) -> int:
         policy = Policy.from_file(sample_dir / "policy.md", name="sample-policy-v2")
         pairs, _ = load_pairs(sample_dir / "pairs.jsonl", strict=True)
         judge = build_judge(f"rules:{sample_dir / 'rules.json'}")
-        _err(f"demo: {len(pairs)} sample pairs, policy {policy.name}, judge {judge.judge_id}")
+        err(f"demo: {len(pairs)} sample pairs, policy {policy.name}, judge {judge.judge_id}")
         code = run_and_report(pairs, policy, judge, out, concurrency=8, oracle=True, extra_summary={"mode": "demo"})
     print(format_examples(out / TRIAGED_FILE))
     print(f"\nOutputs in {out}/: {TRIAGED_FILE}, {SUMMARY_FILE}")
     return code
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

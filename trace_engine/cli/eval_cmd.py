@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from trace_engine.cli.common import err, positive_int
 
 EXIT_OK, EXIT_JUDGE_ERRORS, EXIT_BAD_INPUT = 0, 1, 2
 REPORT_JSON, REPORT_MD, RECORDS_FILE, COMPARISON_MD = (
@@ -46,7 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--adapter", default=None, help="peft LoRA adapter dir to evaluate on top of the model")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bf16 / fp16 / fp32 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="generation batch size")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="generation batch size")
     p.add_argument("--suites", default="tpa,asr,over_refusal,capability", help="comma-separated suites")
     p.add_argument("--policy", default=None, help="the NEW policy text file (needed by tpa and asr)")
     p.add_argument("--judge", default=None, help="evaluation judge: rules:PATH or openai:MODEL")
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--benign", default=None, help="benign but sensitive-looking prompts for over-refusal")
     p.add_argument("--capability", action="append", default=[], metavar="FORMAT=SOURCE", help=CAPABILITY_HELP)
     p.add_argument(
-        "--limit", type=_positive_int, default=None, help="at most N items per prompt file / benchmark"
+        "--limit", type=positive_int, default=None, help="at most N items per prompt file / benchmark"
     )
     p.add_argument(
         "--mc-mode",
@@ -77,15 +78,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--attack-templates", default="", help="comma-separated ASR templates (default: all)")
     p.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         help="tokens per response (tpa, asr, over_refusal)",
     )
-    p.add_argument("--numeric-tokens", type=_positive_int, default=384, help="tokens per GSM8K-style answer")
+    p.add_argument("--numeric-tokens", type=positive_int, default=384, help="tokens per GSM8K-style answer")
     p.add_argument(
-        "--letter-tokens", type=_positive_int, default=16, help="tokens per lettered multiple-choice answer"
+        "--letter-tokens", type=positive_int, default=16, help="tokens per lettered multiple-choice answer"
     )
-    p.add_argument("--concurrency", type=_positive_int, default=16, help="judge requests in flight")
+    p.add_argument("--concurrency", type=positive_int, default=16, help="judge requests in flight")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and option-shuffle seed")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 1000)")
     p.add_argument(
@@ -132,7 +133,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         check_suites(suites, data, judge, policy)
         ModelSource(args.model, args.revision).validate()
     except (DatasetError, ModelLoadError, OSError, ValueError, KeyError) as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_BAD_INPUT
     return _evaluate(args, suites, judge, policy, data, settings, before)
 
@@ -160,7 +161,7 @@ def _evaluate(args, suites, judge, policy, data, settings, before) -> int:
         )
     except (ModelLoadError, OSError, ValueError) as exc:
         asyncio.run(close_judge())
-        _err(f"error: cannot load the model: {exc}")
+        err(f"error: cannot load the model: {exc}")
         return EXIT_BAD_INPUT
 
     out = Path(args.out)
@@ -173,7 +174,7 @@ def _evaluate(args, suites, judge, policy, data, settings, before) -> int:
         with records_path.open("a", encoding="utf-8") as fh:
             for record in result.records:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        _err(f"[{result.name}] " + ", ".join(f"{k}={_fmt(m.value)}" for k, m in result.metrics.items()))
+        err(f"[{result.name}] " + ", ".join(f"{k}={_fmt(m.value)}" for k, m in result.metrics.items()))
 
     async def go():
         try:
@@ -201,10 +202,10 @@ def _evaluate(args, suites, judge, policy, data, settings, before) -> int:
         (out / COMPARISON_MD).write_text(table, encoding="utf-8")
         print(table)
     if report.same_judge_as_triage:
-        _err("warning: the evaluation judge is the triage judge; policy agreement is partly circular")
+        err("warning: the evaluation judge is the triage judge; policy agreement is partly circular")
     judged_errors = sum(1 for s in report.suites.values() for r in s.records if r.get("error"))
     if judged_errors:
-        _err(f"warning: {judged_errors} responses could not be judged (excluded; see {out / RECORDS_FILE})")
+        err(f"warning: {judged_errors} responses could not be judged (excluded; see {out / RECORDS_FILE})")
         return EXIT_JUDGE_ERRORS
     return EXIT_OK
 
@@ -249,7 +250,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     try:
         before, after = EvalReport.load(args.before), EvalReport.load(args.after)
     except (OSError, ValueError, KeyError) as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_BAD_INPUT
     print(render_comparison(compare_reports(before, after)))
     return EXIT_OK
@@ -265,12 +266,3 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -15,11 +15,11 @@ stored: re-run the same command to resume); 130 interrupted (Ctrl-C; resumable t
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from trace_engine.cli.common import err, positive_int
 from trace_engine.data.pairs import prompt_as_text
 from trace_engine.judge.base import Judge
 from trace_engine.policy import Policy
@@ -61,11 +61,11 @@ def register(subparsers: Any) -> None:
         "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key"
     )
     triage.add_argument(
-        "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests in flight"
+        "--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY, help="requests in flight"
     )
     triage.add_argument(
         "--max-consecutive-failures",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_CONSECUTIVE_FAILURES,
         help="stop (resumably) after this many judge failures in a row",
     )
@@ -108,19 +108,19 @@ def run_triage_command(args: argparse.Namespace) -> int:
         pairs, report = load_pairs(args.pairs, fmt=args.fmt, preset=args.preset, strict=args.strict)
         judge = build_judge(args.judge, base_url=args.base_url, api_key_env=args.api_key_env)
     except DatasetValidationError as exc:
-        _err(exc.report.format_text())
-        _err(f"error: {exc} (run without --strict to skip invalid rows)")
+        err(exc.report.format_text())
+        err(f"error: {exc} (run without --strict to skip invalid rows)")
         return EXIT_BAD_INPUT
     except (DatasetError, OSError, ValueError) as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_BAD_INPUT
     if report.rows_skipped or report.duplicates_dropped:
-        _err(
+        err(
             f"dataset: {report.pairs_kept} pairs kept; {report.rows_skipped} invalid rows skipped (--strict fails "
             f"instead), {report.duplicates_dropped} duplicate pairs dropped"
         )
     if not pairs:
-        _err(f"error: no valid pairs in {args.pairs}")
+        err(f"error: no valid pairs in {args.pairs}")
         return EXIT_BAD_INPUT
     batch = None
     if args.mode == "batch":
@@ -136,7 +136,7 @@ def run_triage_command(args: argparse.Namespace) -> int:
                 on_status=_print_batch_status,
             )
         except ValueError as exc:
-            _err(f"error: {exc}")
+            err(f"error: {exc}")
             return EXIT_BAD_INPUT
     return run_and_report(
         pairs,
@@ -194,7 +194,7 @@ def _print_batch_status(chunks: list[dict[str, Any]]) -> None:
     states = ", ".join(
         f"{c.get('batch_id')}: {c.get('status')} {c.get('counts') or ''}".rstrip() for c in chunks
     )
-    _err(f"[batch] {states}")
+    err(f"[batch] {states}")
 
 
 def run_and_report(
@@ -226,23 +226,23 @@ def run_and_report(
             extra_summary=extra_summary,
         )
     except KeyboardInterrupt:
-        _err("interrupted: every verdict received so far is stored; re-run the same command to resume")
+        err("interrupted: every verdict received so far is stored; re-run the same command to resume")
         return EXIT_INTERRUPTED
     summary = outcome.summary
     print(format_category_table(summary["counts"]))
-    _err(
+    err(
         f"{summary['unique_responses']} unique responses: {summary['cache_hits']} from cache, "
         f"{summary['requests_sent']} requests sent, {summary['judge_calls']} judge calls "
         f"({summary['retries']} retries), {summary['prompt_tokens']}+{summary['completion_tokens']} tokens, "
         f"{summary['wall_s']:.1f}s"
     )
     for error in summary["errors"][:10]:
-        _err(f"  {error['kind']} error for {', '.join(error['item_ids'][:5])}: {error['error']}")
+        err(f"  {error['kind']} error for {', '.join(error['item_ids'][:5])}: {error['error']}")
     if outcome.status == STATUS_ABORTED:
-        _err(f"error: {summary['message']}")
+        err(f"error: {summary['message']}")
         return EXIT_ABORTED
     if outcome.status == STATUS_WITH_ERRORS:
-        _err(f"warning: {summary['message']} (details in {out / SUMMARY_FILE})")
+        err(f"warning: {summary['message']} (details in {out / SUMMARY_FILE})")
         return EXIT_ITEM_ERRORS
     return EXIT_OK
 
@@ -261,15 +261,6 @@ class ProgressPrinter:
             return
         self._last = now
         eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
-        _err(f"[{p.phase}] {p.done}/{p.total} done, {p.rate:.1f}/s, ETA {eta}")
+        err(f"[{p.phase}] {p.done}/{p.total} done, {p.rate:.1f}/s, ETA {eta}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
