@@ -437,14 +437,35 @@ def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> di
     held_out = held_out_synthetic_rows(world, training_rows(ctx), cfg.n_test)
     sets = eval_sets(world, cfg, held_out)  # TPA on held_out; "OOD" = the world's unseen templates
     ctx.tick(0, 2)
-    device = ctx.settings.train_device
-    before = evaluate_model_dir(base_path, None, world, sets, cfg, device)
-    ctx.tick(1, 2)
-    after = evaluate_model_dir(base_path, adapter, world, sets, cfg, device)
+    if ctx.settings.serving_api_url:  # generation through the serving backend, as eval jobs and clients do
+        before = _evaluate_served(ctx, None, world, sets, cfg)
+        ctx.tick(1, 2)
+        after = _evaluate_served(ctx, adapter, world, sets, cfg)
+    else:
+        device = ctx.settings.train_device
+        before = evaluate_model_dir(base_path, None, world, sets, cfg, device)
+        ctx.tick(1, 2)
+        after = evaluate_model_dir(base_path, adapter, world, sets, cfg, device)
     ctx.tick(2, 2)
     summary = summary_json(before, after, wall_s=0.0, variant=ctx.request.method.variant, eval_on="test")
     summary.pop("wall_s", None)
     return {"summary": summary, "before": before, "after": after}
+
+
+def _evaluate_served(ctx: StageContext, adapter: Path | None, world: Any, sets: Any, cfg: Any) -> dict[str, Any]:
+    """The synthetic suites with generation by the serving backend (vLLM in production, the local backend in
+    embedded mode); the job's adapter is loaded there under a job-scoped name and unloaded afterwards."""
+    from api.registry import serving_adapter_dir
+    from trace_engine.pipeline import evaluate_backend
+    from worker.http_generation import HttpGenerationBackend
+
+    loaded = None
+    if adapter is not None:
+        relative = adapter.relative_to(ctx.settings.data_dir).as_posix()
+        loaded = (f"eval-{ctx.job_id}", serving_adapter_dir(ctx.settings, relative))
+    with HttpGenerationBackend(ctx.settings.serving_api_url, adapter=loaded) as backend:
+        return evaluate_backend(backend, world, sets, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,  # type: ignore[arg-type]
+                                resamples=cfg.resamples)
 
 
 def _evaluate_generic(ctx: StageContext, source: Any, adapter: Path) -> dict[str, Any]:
