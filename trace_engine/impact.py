@@ -21,7 +21,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
@@ -339,10 +339,12 @@ def score_batches(
     direction: Mapping[str, torch.Tensor],
     settings: LossSettings,
     checkpoint: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[ScoredSample]:
     """Raw scores w_k = ⟨direction, ∇ℓ_k⟩ for every sample of every batch (dropout off during the passes).
 
     checkpoint: recompute each decoder layer in the backward (less activation memory, one extra forward).
+    progress: called with the number of batches queued so far (no device sync); it may raise to stop the pass.
     """
     ghost = GhostDot(model, direction)
     identity, amp = adapter_is_identity(model), autocast_dtype(model)
@@ -350,6 +352,8 @@ def score_batches(
     with eval_mode(model), checkpointed_layers(model, checkpoint):
         for sb in batches:
             pending.append((sb, *directional_pass(model, ghost, sb, identity, amp)))
+            if progress is not None:
+                progress(len(pending))
     out: list[ScoredSample] = []
     for sb, d, policy, ref, n_tok in pending:
         out.extend(combine(sb, d, policy, ref, n_tok, settings).samples)

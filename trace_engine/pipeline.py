@@ -187,7 +187,8 @@ class Scored:
 
 
 def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str, config: TrainConfig, *,
-               normalise: str, gold_size: int, seed: int, device: str | None = "cpu") -> Scored:
+               normalise: str, gold_size: int, seed: int, device: str | None = "cpu",
+               progress: Callable[[int, int], None] | None = None) -> Scored:
     """Impact weights for the variant's conflicting rows (`impact_score`), plus the reference log-prob cache.
     `device=None` picks CUDA when present (bf16 there, fp32 on CPU)."""
     from trace_engine.impact import LossSettings, attach_scores, seed_lora_
@@ -202,7 +203,8 @@ def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str,
                             npo_two_over_beta=config.npo_two_over_beta)
     result = score_conflicts(model, load_tokenizer(source), rows, variant=SCORING_VARIANT[variant],
                              settings=settings, gold_size=gold_size, seed=seed, mode=normalise,  # type: ignore[arg-type]
-                             rows_per_batch=64, limits=LengthLimits(config.max_prompt_len, config.max_len))
+                             rows_per_batch=64, limits=LengthLimits(config.max_prompt_len, config.max_len),
+                             progress=progress)
     return Scored(attach_scores(rows, result.scored, result.weights), result.reference_logps, result.summary)
 
 

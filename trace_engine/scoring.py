@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,12 +165,14 @@ def score_conflicts(
     limits: LengthLimits | None = None,
     checkpoint: bool = False,
     runtime: Runtime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImpactResult:
     """Gold batch -> g_J at the model's current adapter (θ_ref when fresh) -> raw scores -> normalised weights.
 
     runtime: with several processes (accelerate launch), each rank takes the gradient of a contiguous shard of the
     gold batches (summed over ranks: the same g_J everywhere) and scores every world_size-th conflict batch; the
     scores are gathered so every rank returns the same, complete result in input order.
+    progress: (conflict batches done, total) on this rank, after each batch; it may raise to stop scoring.
     """
     settings = settings or LossSettings()
     gold, gold_report = build_gold_batch(rows, gold_size, seed)
@@ -189,13 +191,13 @@ def score_conflicts(
     batches, truncation = pack_batches(tokenizer, samples, rows_per_batch, limits)
     if runtime is None or runtime.world_size == 1:
         g_j = gold_gradient(model, gold_batches, settings.beta, checkpoint)
-        results = score_batches(model, batches, g_j, settings, checkpoint)
+        results = score_batches(model, batches, g_j, settings, checkpoint, _batch_progress(progress, len(batches)))
     else:
         g_j = gold_gradient(model, runtime.shard(gold_batches), settings.beta, checkpoint, total=len(gold))
         runtime.all_reduce_sum_(list(g_j.values()))
         mine = batches[runtime.rank :: runtime.world_size]  # batches are sorted by length: strided balances work
-        results = [s for part in runtime.gather_objects(score_batches(model, mine, g_j, settings, checkpoint))
-                   for s in part]
+        mine_scored = score_batches(model, mine, g_j, settings, checkpoint, _batch_progress(progress, len(mine)))
+        results = [s for part in runtime.gather_objects(mine_scored) for s in part]
     by_id = {s.sample_id: s for s in results}
     scored = [by_id[s.sample_id] for s in samples]  # input order
     weights = normalise_scores([s.raw_score for s in scored], mode)
@@ -210,6 +212,10 @@ def score_conflicts(
         "truncation": truncation.to_dict(),
     }
     return ImpactResult(scored, weights, summary, gold_report, truncation, ref)
+
+
+def _batch_progress(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None] | None:
+    return None if progress is None else (lambda done: progress(done, total))
 
 
 # ---------------------------------------------------------------- reference log-prob cache on disk

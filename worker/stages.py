@@ -359,16 +359,15 @@ def run_score(ctx: StageContext) -> StageResult:
     rows = training_rows(ctx)
     source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
     config = hyper_to_train_config(ctx.request, ctx.settings)
-    ctx.tick(0, 1)
+    ctx.tick(0, 1)  # then (batches scored, batches) while scoring
     hyper = ctx.request.method.hyperparameters
     gold = hyper.gold_size or max(3, min(48, len(rows) // 4))
     scored = score_rows(Path(source.name_or_path), rows, ctx.request.method.variant, config,
                         normalise=hyper.normalise, gold_size=gold, seed=config.seed,
-                        device=ctx.settings.train_device)
+                        device=ctx.settings.train_device, progress=ctx.tick)  # tick raises on cancel
     write_json(ctx.dir / "score" / "reference_logps.json", scored.reference_logps)
     write_json(ctx.dir / "score" / "summary.json", scored.summary)
     write_jsonl(ctx.dir / "score" / "scored.jsonl", scored.rows)  # last: its presence means "scored"
-    ctx.tick(1, 1)
     return StageResult(summary={"rows": len(scored.rows)}, metrics={"score": _jsonable({k: v for k, v in scored.summary.items() if k != "top"})},
                        artifacts={"scored": str(ctx.dir / "score" / "scored.jsonl")})
 

@@ -94,6 +94,25 @@ def test_score_conflicts_end_to_end(tokenizer):
     assert result.reference_logps[key] == pytest.approx(float(direct[0]), rel=1e-5)
 
 
+def test_score_conflicts_reports_progress_per_batch_and_stops_when_it_raises(tokenizer):
+    model = get_peft_model(build_tiny_model(tokenizer, "llama", hidden_size=32, intermediate_size=64),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    seen: list[tuple[int, int]] = []
+    score_conflicts(model, tokenizer, triaged(), gold_size=6, seed=0, rows_per_batch=2,
+                    progress=lambda done, total: seen.append((done, total)))
+    total = seen[-1][1]
+    assert total >= 2 and seen == [(k, total) for k in range(1, total + 1)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done: int, total: int) -> None:
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        score_conflicts(model, tokenizer, triaged(), gold_size=6, seed=0, rows_per_batch=2, progress=cancel)
+
+
 def test_score_conflicts_refuses_an_empty_gold_batch(tokenizer):
     model = get_peft_model(build_tiny_model(tokenizer, "llama", hidden_size=32, intermediate_size=64),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
