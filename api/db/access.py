@@ -45,6 +45,7 @@ from api.db.states import (
 )
 
 T = TypeVar("T")
+_Owned = TypeVar("_Owned", File, Job, Adapter)  # tenant-owned records with `id` and `tenant_id`
 KEY_PREFIX = "rk_"
 _MAX_CAS_TRIES = 5
 _INSERT_CHUNK = 500
@@ -154,11 +155,16 @@ def create_file(
     return record
 
 
-def get_file(session: Session, *, tenant_id: str, file_id: str) -> File:
-    record = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
+def _tenant_owned(session: Session, model: type[_Owned], *, tenant_id: str, object_id: str, label: str) -> _Owned:
+    """The tenant's object with this id; another tenant's object is indistinguishable from a missing one."""
+    record = session.scalar(select(model).where(model.id == object_id, model.tenant_id == tenant_id))
     if record is None:
-        raise NotFound(f"file {file_id} not found")
+        raise NotFound(f"{label} {object_id} not found")
     return record
+
+
+def get_file(session: Session, *, tenant_id: str, file_id: str) -> File:
+    return _tenant_owned(session, File, tenant_id=tenant_id, object_id=file_id, label="file")
 
 
 def list_files(session: Session, *, tenant_id: str, limit: int, cursor: str | None = None) -> Page[File]:
@@ -222,10 +228,7 @@ def _replay(existing: Job, body_hash: str) -> Job:
 
 
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job
+    return _tenant_owned(session, Job, tenant_id=tenant_id, object_id=job_id, label="job")
 
 
 def get_job_with_progress(session: Session, *, tenant_id: str, job_id: str) -> tuple[Job, list[StageProgress]]:
@@ -628,10 +631,7 @@ def create_adapter(
 
 
 def get_adapter(session: Session, *, tenant_id: str, adapter_id: str) -> Adapter:
-    adapter = session.scalar(select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id))
-    if adapter is None:
-        raise NotFound(f"adapter {adapter_id} not found")
-    return adapter
+    return _tenant_owned(session, Adapter, tenant_id=tenant_id, object_id=adapter_id, label="adapter")
 
 
 def find_adapter(session: Session, *, tenant_id: str, id_or_name: str) -> Adapter | None:
