@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,23 +158,18 @@ def rules_text(which: str) -> str:
 
 def write_rules(out_dir: str | Path) -> dict[str, Path]:
     """Write `rules_old.json` and `rules_new.json` (atomically) into `out_dir`; returns {'old': path, 'new': path}."""
-    out = Path(out_dir)
-    paths = {}
-    for which in (OLD, NEW):
-        path = out / f"rules_{which}.json"
-        write_text_atomic(path, rules_text(which))
-        paths[which] = path
-    return paths
+    return _write_both(out_dir, "rules_{}.json", rules_text)
 
 
 def write_policies(out_dir: str | Path) -> dict[str, Path]:
     """Write `policy_old.md` and `policy_new.md` into `out_dir`."""
-    out = Path(out_dir)
-    paths = {}
-    for which in (OLD, NEW):
-        path = out / f"policy_{which}.md"
-        write_text_atomic(path, _policy_text(which))
-        paths[which] = path
+    return _write_both(out_dir, "policy_{}.md", _policy_text)
+
+
+def _write_both(out_dir: str | Path, name: str, text_of: Callable[[str], str]) -> dict[str, Path]:
+    paths = {which: Path(out_dir) / name.format(which) for which in (OLD, NEW)}
+    for which, path in paths.items():
+        write_text_atomic(path, text_of(which))
     return paths
 
 
