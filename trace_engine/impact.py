@@ -17,10 +17,7 @@ Sharding: `score_batches` scores any list of batches independently; give each ra
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.ghost import GhostDot
 from trace_engine.logprobs import SequenceBatch
 from trace_engine.losses import chunked_sequence_logps, dpo_loss, ipo_loss, length_normalise, npo_loss
@@ -503,22 +501,6 @@ def attach_scores(
     return out
 
 
-def write_jsonl_atomic(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write all rows to a temp file next to `path`, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_scored(
     path: str | Path,
     rows: Sequence[Mapping[str, Any]],
@@ -526,11 +508,7 @@ def write_scored(
     weights: NormalisedWeights,
 ) -> dict[str, Any]:
     """Write `path` (scored JSONL) and `path` with suffix `.summary.json`; returns the summary."""
-    write_jsonl_atomic(path, attach_scores(rows, scored, weights))
+    write_jsonl(path, attach_scores(rows, scored, weights))
     summary = summarize_scores(scored, weights)
-    summary_path = Path(path).with_suffix(".summary.json")
-    fd, tmp = tempfile.mkstemp(prefix=f".{summary_path.name}.", dir=summary_path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, summary_path)
+    write_json(Path(path).with_suffix(".summary.json"), summary)
     return summary

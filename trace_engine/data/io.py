@@ -127,6 +127,11 @@ def write_json(path: str | Path, value: Any) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n"))
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    _atomic_write(Path(path), lambda fh: fh.write(text))
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """A crash mid-write leaves the old file (or none), never a truncated one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import Any, Literal
 
 from openai import AsyncOpenAI
 
+from trace_engine.data.io import write_json
 from trace_engine.data.pairs import Prompt, sha256_text
 from trace_engine.judge.base import ErrorKind, JudgeOutcome, Usage
 from trace_engine.judge.openai_judge import OpenAIJudge, resolve_api_key, resolve_base_url
@@ -211,23 +210,8 @@ def _load_or_new_state(
         "chunks": [{"index": i, "n": len(c), "input_file_id": None, "batch_id": None, "status": "new",
                     "output_file_id": None, "error_file_id": None, "errors": None} for i, c in enumerate(chunks)],
     }
-    _save_state(path, state)
+    write_json(path, state)  # atomic: the old or the new state, never half
     return state
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomic write: a crash leaves the old or the new state, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- steps ------------------------------------------------------------------------------------------------------
@@ -240,7 +224,7 @@ async def _submit(
         data = "".join(r.line + "\n" for r in chunk).encode("utf-8")
         uploaded = await client.files.create(file=(f"realign-batch-{entry['index']}.jsonl", data), purpose="batch")
         entry["input_file_id"] = uploaded.id
-        _save_state(path, state)
+        write_json(path, state)
     if entry["batch_id"] is None:
         batch = await client.batches.create(
             input_file_id=entry["input_file_id"], endpoint="/v1/chat/completions", completion_window="24h",
@@ -248,7 +232,7 @@ async def _submit(
         )
         entry["batch_id"] = batch.id
         entry["status"] = batch.status
-        _save_state(path, state)
+        write_json(path, state)
 
 
 async def _wait(
@@ -267,7 +251,7 @@ async def _wait(
             counts = batch.request_counts
             if counts is not None:
                 entry["counts"] = {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
-        _save_state(path, state)
+        write_json(path, state)
         if on_status is not None:
             on_status([dict(e) for e in state["chunks"]])
         if all(e["status"] in TERMINAL for e in state["chunks"]):

@@ -14,13 +14,12 @@ Rule clause ids equal the policy texts' `## [ID]` headings, so verdicts from eit
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trace_engine.data.io import write_text
 from trace_engine.policy import Policy
 from trace_engine.synthetic.vocab import (
     ANSWERED_TOPICS,
@@ -169,23 +168,8 @@ def write_policies(out_dir: str | Path) -> dict[str, Path]:
 def _write_both(out_dir: str | Path, name: str, text_of: Callable[[str], str]) -> dict[str, Path]:
     paths = {which: Path(out_dir) / name.format(which) for which in (OLD, NEW)}
     for which, path in paths.items():
-        write_text_atomic(path, text_of(which))
+        write_text(path, text_of(which))
     return paths
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def style_complies(which: str, topic: str, style: str) -> bool:
