@@ -15,9 +15,8 @@ from api.errors import ProblemError
 from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
 from api.routes.jobs import (
-    body_hash,
     check_references,
-    enqueue_first_stage,
+    create_and_enqueue,
     field_problem,
     job_out,
     not_found,
@@ -72,19 +71,8 @@ def submit_eval(
 ) -> EvalJobOut:
     check_references(session, settings, principal.tenant_id, body)
     _check_model(session, settings, principal.tenant_id, body.model)
-    try:
-        job, created = access.create_job(session, tenant_id=principal.tenant_id, request=body.model_dump(mode="json"),
-                                         body_hash=body_hash(body), idempotency_key=idempotency_key,
-                                         kind="eval")
-    except access.IdempotencyConflict as exc:
-        raise ProblemError(422, f"{exc}; use a new key for a new request", slug="idempotency-key-reused",
-                           job_id=exc.job_id) from None
-    session.commit()
-    if created:
-        enqueue_first_stage(request, session, job.id)
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/evals/{job.id}"
+    job = create_and_enqueue(request, response, session, tenant_id=principal.tenant_id, body=body,
+                             idempotency_key=idempotency_key, kind="eval", location="/v1/evals")
     return eval_job_out(session, settings, job)
 
 

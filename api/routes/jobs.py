@@ -170,9 +170,17 @@ def submit_job(
     """Queue a job (202). With `Idempotency-Key`: the same key and body return the same job; the same key with a
     different body is a 422."""
     check_references(session, settings, principal.tenant_id, body)
+    job = create_and_enqueue(request, response, session, tenant_id=principal.tenant_id, body=body,
+                             idempotency_key=idempotency_key, kind="realign", location="/v1/jobs")
+    return job_out(session, job)
+
+
+def create_and_enqueue(request: Request, response: Response, session: Session, *, tenant_id: str, body: Any,
+                       idempotency_key: str | None, kind: str, location: str) -> Any:
+    """Commit the job (or find the one this idempotency key made), then enqueue its first stage once."""
     try:
-        job, created = access.create_job(session, tenant_id=principal.tenant_id, request=body.model_dump(mode="json"),
-                                         body_hash=body_hash(body), idempotency_key=idempotency_key)
+        job, created = access.create_job(session, tenant_id=tenant_id, request=body.model_dump(mode="json"),
+                                         body_hash=body_hash(body), idempotency_key=idempotency_key, kind=kind)
     except access.IdempotencyConflict as exc:
         raise ProblemError(422, f"{exc}; use a new key for a new request", slug="idempotency-key-reused",
                            errors=[{"loc": ["header", "Idempotency-Key"], "field": "Idempotency-Key",
@@ -184,8 +192,8 @@ def submit_job(
         enqueue_first_stage(request, session, job.id)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_out(session, job)
+    response.headers["Location"] = f"{location}/{job.id}"
+    return job
 
 
 def enqueue_first_stage(request: Request, session: Session, job_id: str) -> None:
