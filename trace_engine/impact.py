@@ -31,8 +31,9 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.ghost import GhostDot
-from trace_engine.logprobs import SequenceBatch
-from trace_engine.losses import chunked_sequence_logps, dpo_loss, ipo_loss, length_normalise, npo_loss
+from trace_engine.head import policy_pass
+from trace_engine.logprobs import SequenceBatch, host_to_device
+from trace_engine.losses import dpo_loss, ipo_loss, length_normalise, npo_loss
 from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
 
 
@@ -183,8 +184,7 @@ def sequence_logps_of(model: nn.Module, batch: SequenceBatch, amp: torch.dtype |
     """s(y) per row [N] fp32 from one forward (no fp32 [N, T, V] copy kept for backward)."""
     ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
     with ctx:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return chunked_sequence_logps(out.logits, batch.input_ids, batch.response_mask)
+        return policy_pass(model, batch).logps
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -226,7 +226,7 @@ def reference_logps(
     identity: whether the adapter is currently the identity (`adapter_is_identity`); computed when None.
     """
     if cached is not None:
-        return cached.to(policy_logps.device, torch.float32)
+        return host_to_device(cached.float(), policy_logps.device)
     if identity is None:
         identity = adapter_is_identity(model)
     if identity:
@@ -271,8 +271,8 @@ def gold_gradient(
             batch = gb.batch.to(device)
             policy = sequence_logps_of(model, batch, amp)
             ref = reference_logps(model, batch, policy, gb.reference_logps, identity, amp)
-            pos = torch.tensor([r[0] for r in gb.rows], device=device)
-            neg = torch.tensor([r[1] for r in gb.rows], device=device)
+            pos = host_to_device(torch.tensor([r[0] for r in gb.rows]), device)
+            neg = host_to_device(torch.tensor([r[1] for r in gb.rows]), device)
             loss = dpo_loss(policy[pos], policy[neg], ref[pos], ref[neg], beta).sum() / total
             for (name, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
                 grads[name] += g.float()

@@ -19,15 +19,47 @@ class SequenceBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
+    scored_positions: torch.Tensor | None = None  # [M] cache of `predicting_positions()`
 
     def to(self, device: torch.device | str) -> SequenceBatch:
+        """Moved copy; the scored positions are computed first where the mask lives on the CPU (no device sync)."""
+        positions = self.scored_positions
+        if positions is None and self.response_mask.device.type == "cpu":
+            positions = self.predicting_positions()
         return SequenceBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device)
+            host_to_device(self.input_ids, device),
+            host_to_device(self.attention_mask, device),
+            host_to_device(self.response_mask, device),
+            None if positions is None else host_to_device(positions, device),
         )
+
+    def select(self, rows: torch.Tensor) -> SequenceBatch:
+        """The given rows (an index tensor on this batch's device), as a new batch."""
+        return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows])
+
+    def predicting_positions(self) -> torch.Tensor:
+        """Flat indices (row * T + t) of positions whose next token is a response token.  -> [M] long"""
+        if self.scored_positions is None:
+            scored = self.response_mask.clone()
+            scored[:, 0] = False  # position 0 has no predecessor (token_logps gives it 0 as well)
+            self.scored_positions = scored.reshape(-1).nonzero().squeeze(1) - 1
+        return self.scored_positions
 
     @property
     def num_response_tokens(self) -> torch.Tensor:  # [N]
         return self.response_mask.sum(dim=1)
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """CPU -> CUDA through pinned memory without blocking the host.
+
+    Why: a copy from pageable host memory synchronises the stream first, so every batch moved mid-step made the
+    CPU wait for all queued GPU work and left the GPU idle while the next kernels were launched.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

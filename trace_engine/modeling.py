@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from trace_engine.kernels import fuse_elementwise_
+
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -94,9 +96,15 @@ def load_tokenizer(source: ModelSource):
 
 
 def load_causal_lm(
-    source: ModelSource, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    source: ModelSource,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    fused_kernels: str = "off",
 ):
-    """The base model in eval mode on `device`, safetensors only, no remote code."""
+    """The base model in eval mode on `device`, safetensors only, no remote code.
+
+    fused_kernels: "auto" | "on" | "off", see `kernels.fuse_elementwise_` (scoring and training pass "auto").
+    """
     from transformers import AutoModelForCausalLM
 
     source.validate()
@@ -111,7 +119,9 @@ def load_causal_lm(
         )
     except OSError as exc:  # e.g. a Hub repo without safetensors weights
         raise ModelLoadError(f"cannot load {source.name_or_path!r} as safetensors: {exc}") from exc
-    return model.to(dev).eval()
+    model = model.to(dev).eval()
+    fuse_elementwise_(model, fused_kernels)
+    return model
 
 
 # ---------------------------------------------------------------- LoRA

@@ -197,7 +197,7 @@ def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str,
     from trace_engine.tokenization import LengthLimits
 
     source = ModelSource(str(base_path))
-    model = attach_lora(load_causal_lm(source, device), config.lora)
+    model = attach_lora(load_causal_lm(source, device, fused_kernels=config.fused_kernels), config.lora)
     seed_lora_(model, seed)
     settings = LossSettings(beta=config.beta, preference_loss="ipo" if config.pref_loss == "ipo" else "dpo",
                             npo_two_over_beta=config.npo_two_over_beta)

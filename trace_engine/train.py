@@ -28,8 +28,10 @@ import torch
 
 from trace_engine import checkpoint as ckpt
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
+from trace_engine.head import PolicyPass, kl_sums_from_hidden, last_hidden, policy_pass
+from trace_engine.kernels import FUSED_MODES
+from trace_engine.logprobs import SequenceBatch, host_to_device
 from trace_engine.losses import (
-    chunked_sequence_logps,
     dpo_loss,
     dual_npo_loss,
     ipo_loss,
@@ -61,7 +63,8 @@ from trace_engine.variants import DataError, Example, LossKind, PreparedData, ge
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 PREF_LOSSES = ("dpo", "ipo", "rdpo")
-_NOT_IN_FINGERPRINT = ("checkpoint_every",)  # settings that do not change the trained weights
+KL_RESPONSES = ("both", "preferred")
+_NOT_IN_FINGERPRINT = ("checkpoint_every", "fused_kernels")  # settings that do not change the trained weights
 
 
 class ConfigError(ValueError):
@@ -98,6 +101,10 @@ class TrainConfig:
     ref_batch_size: int = 8  # pairs per forward when precomputing reference log-probs
     chunk_tokens: int | None = None  # positions per chunk in log-prob / KL math; None = losses.CHUNK_ELEMENTS // V
     checkpoint_every: int = 0  # optimizer steps; 0 = no intermediate checkpoints
+    fused_kernels: str = "auto"  # compiled RMSNorm/SwiGLU: auto (CUDA only) | on | off; see kernels.py
+    # RETAIN KL anchor on the "preferred" response (the published recipe; the compliant trajectory, half the cost)
+    # or on "both" responses of the pair (measured equal on the synthetic benchmark, docs/benchmarks.md)
+    kl_responses: str = "preferred"
 
     def effective_pref_loss(self) -> str:
         return get_variant(self.variant).pref_loss or self.pref_loss
@@ -118,6 +125,10 @@ class TrainConfig:
             problems.append(f"rdpo needs 0 < rdpo_eps < 0.5 (ε = 0 is plain DPO), got {self.rdpo_eps}")
         if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             problems.append("lr must be > 0 and batch_size, grad_accum, epochs >= 1")
+        if self.kl_responses not in KL_RESPONSES:
+            problems.append(f"kl_responses must be one of {KL_RESPONSES}, got {self.kl_responses!r}")
+        if self.fused_kernels not in FUSED_MODES:
+            problems.append(f"fused_kernels must be one of {FUSED_MODES}, got {self.fused_kernels!r}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -218,7 +229,7 @@ def train(
         [e.dispreferred for e in data.examples],
         limits,
     )
-    model = load_causal_lm(base, rt.device, rt.dtype)
+    model = load_causal_lm(base, rt.device, rt.dtype, config.fused_kernels)
     if config.full_finetune:
         model.requires_grad_(True)
     else:
@@ -407,28 +418,37 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
         i for i, kl in zip(mb, is_kl_list, strict=True) if not kl
     ]
     b, k = len(mb), sum(is_kl_list)
-    batch = collate(
-        [inputs.encoded[i].preferred for i in mb] + [inputs.encoded[i].dispreferred for i in mb],
+    # rows: preferred of every example, then dispreferred (without the KL examples' when only the preferred anchors)
+    k_neg = k if cfg.kl_responses == "preferred" else 0
+    host_batch = collate(
+        [inputs.encoded[i].preferred for i in mb] + [inputs.encoded[i].dispreferred for i in mb[k_neg:]],
         inputs.pad_id,
         cfg.pad_to_multiple_of,
-    ).to(rt.device)
+    )
+    # everything this micro-batch needs goes to the device up front, without blocking (no sync mid-step)
+    batch = host_batch.to(rt.device)
+    kl_rows = torch.cat([torch.arange(k), torch.arange(b, b + k)]) if k_neg == 0 else torch.arange(k)
+    kl_batch = host_batch.select(kl_rows).to(rt.device) if k else None
     idx = torch.tensor(mb)
-    kinds = inputs.kinds[idx].to(rt.device)  # [b]
-    weights = inputs.weights[idx].to(rt.device)  # [b]
-    ref_pos, ref_neg = inputs.ref[idx, 0].to(rt.device), inputs.ref[idx, 1].to(rt.device)  # [b] each
+    kinds = host_to_device(inputs.kinds[idx], rt.device)  # [b]
+    weights = host_to_device(inputs.weights[idx], rt.device)  # [b]
+    ref_pos, ref_neg = host_to_device(inputs.ref[idx].T.contiguous(), rt.device)  # [b] each
 
     with rt.autocast():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    logps = chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, cfg.chunk_tokens)  # [2b]
-    pos, neg = logps[:b], logps[b:]
+        fwd = policy_pass(model, batch, cfg.chunk_tokens)
+    logps = fwd.logps  # [2b - k_neg]
     n_tok = batch.num_response_tokens.to(logps.dtype)
+    if k_neg:  # KL examples have no dispreferred row: zeros stand in (their kind masks every use of them)
+        logps = torch.cat([logps[:b], logps.new_zeros(k_neg), logps[b:]])
+        n_tok = torch.cat([n_tok[:b], n_tok.new_zeros(k_neg), n_tok[b:]])
+    pos, neg = logps[:b], logps[b:]
 
     pref = preference_loss(pos, neg, ref_pos, ref_neg, n_tok[:b], n_tok[b:], cfg)
     dual = dual_npo_loss(pos, neg, ref_pos, ref_neg, cfg.beta, cfg.npo_two_over_beta)
     npo_neg = npo_loss(neg, ref_neg, cfg.beta, cfg.npo_two_over_beta)
     kl = torch.zeros(b, device=rt.device)
     if k:
-        kl = torch.cat([retain_kl(model, logits, batch, k, b, rt, cfg), kl[k:]])
+        kl = torch.cat([retain_kl(model, fwd, kl_batch, host_to_device(kl_rows, rt.device), k, rt, cfg), kl[k:]])
 
     is_pref, is_dual = kinds == LossKind.PREF, kinds == LossKind.DUAL_NPO
     is_neg, is_kl = kinds == LossKind.NPO_DISPREFERRED, kinds == LossKind.KL
@@ -471,19 +491,30 @@ def preference_loss(pos, neg, ref_pos, ref_neg, n_pos, n_neg, cfg: TrainConfig) 
     return dpo_loss(pos, neg, ref_pos, ref_neg, cfg.beta)
 
 
-def retain_kl(model, logits, batch, k: int, b: int, rt: Runtime, cfg: TrainConfig) -> torch.Tensor:
-    """Token-mean KL(π_ref ‖ π_θ) over both responses of the first k (RETAIN) examples.  -> [k]
+def retain_kl(model, fwd: PolicyPass, kl_batch: SequenceBatch, rows: torch.Tensor, k: int, rt: Runtime,
+              cfg: TrainConfig) -> torch.Tensor:
+    """Token-mean KL(π_ref ‖ π_θ) over the responses of the first k (RETAIN) examples.  -> [k]
 
-    Reference logits: one no-grad forward of just those 2k rows with the adapter disabled.
+    kl_batch: those examples' rows (preferred; then dispreferred with kl_responses "both"), which are `rows` of
+    the policy pass. Reference: one no-grad forward of just those rows with the adapter disabled. With
+    kl_responses "preferred" only the preferred response anchors (the published recipe's choice, half the cost).
     """
-    rows = torch.cat([torch.arange(k), torch.arange(b, b + k)]).to(rt.device)
-    with reference_mode(model), rt.autocast():
-        ref_logits = model(
-            input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], use_cache=False
-        ).logits  # [2k, T, V]
-    s_pos, c_pos = token_kl_sums(logits[:k], ref_logits[:k], batch.response_mask[:k], cfg.chunk_tokens)
-    s_neg, c_neg = token_kl_sums(logits[b : b + k], ref_logits[k:], batch.response_mask[b : b + k], cfg.chunk_tokens)
-    return (s_pos + s_neg) / (c_pos + c_neg).clamp(min=1)
+    with reference_mode(model), rt.autocast(), torch.no_grad():
+        if fwd.split is not None:
+            ref_hidden = last_hidden(fwd.split, kl_batch)  # [2k or k, T, H]
+        else:
+            ref_logits = model(
+                input_ids=kl_batch.input_ids, attention_mask=kl_batch.attention_mask, use_cache=False
+            ).logits
+    if fwd.split is not None:
+        with rt.autocast():
+            sums, counts = kl_sums_from_hidden(fwd.hidden[rows], ref_hidden, fwd.split.weight, kl_batch,
+                                               cfg.chunk_tokens)
+    else:
+        sums, counts = token_kl_sums(fwd.logits[rows], ref_logits, kl_batch.response_mask, cfg.chunk_tokens)
+    if sums.shape[0] > k:  # rows [0, k) are the preferred responses, [k, 2k) the dispreferred ones
+        sums, counts = sums[:k] + sums[k:], counts[:k] + counts[k:]
+    return sums / counts.clamp(min=1)
 
 
 def step_metrics(sums: dict[str, float], position: ckpt.Position, seconds: float) -> dict[str, float | None]:
@@ -561,8 +592,7 @@ def reference_sequence_logps(
             chunk = order[s : s + rows_per_batch]
             batch = collate([seqs[j] for j in chunk], pad_id, cfg.pad_to_multiple_of).to(rt.device)
             with rt.autocast():
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            values = chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, cfg.chunk_tokens).cpu()
+                values = policy_pass(model, batch, cfg.chunk_tokens).logps.cpu()
             for j, v in zip(chunk, values.tolist(), strict=True):
                 i, side = todo[j]
                 computed[i, side] = v

@@ -283,3 +283,50 @@ def test_training_starts_from_the_seeded_adapter_scoring_uses(llama, tmp_path):
     assert all(torch.equal(trained[k], scoring_state[k]) for k in a_keys)
     assert not any(torch.equal(trained[k], other_seed[k]) for k in a_keys)
     assert any(trained[k].abs().max() > 0 for k in trained if "lora_B" in k)  # the step did train B
+
+
+def test_kl_on_preferred_only_never_forwards_the_retain_rejected(llama, tmp_path, monkeypatch):
+    rows = triaged_rows(6)
+    for r in rows:
+        if r["category"] == "RETAIN":
+            r["rejected"] = ZERO_WEIGHT_TEXT
+    seen: dict[str, list[str]] = {}
+    tok = load_tokenizer(llama)
+    for mode in ("both", "preferred"):
+        batches: list[torch.Tensor] = []
+
+        def recording_collate(*args, _b=batches, **kwargs):
+            batch = collate(*args, **kwargs)
+            _b.append(batch.input_ids.clone())
+            return batch
+
+        monkeypatch.setattr(train_module, "collate", recording_collate)
+        train(rows, small(batch_size=3, max_steps=2, kl_responses=mode), base=llama, output_dir=tmp_path / mode)
+        seen[mode] = [tok.decode(row) for b in batches for row in b]
+    assert any(ZERO_WEIGHT_TEXT in t for t in seen["both"])
+    assert seen["preferred"] and not any(ZERO_WEIGHT_TEXT in t for t in seen["preferred"])
+
+
+def test_kl_on_preferred_equals_both_when_the_two_responses_match(llama, tmp_path):
+    """Token-mean KL over two identical responses is the KL over one: same metrics and same adapter after the
+    second step (the first step's KL gradient is 0 at θ_ref, so two steps are needed to see it)."""
+    rows = triaged_rows(6)
+    for r in rows:
+        if r["category"] == "RETAIN":
+            r["rejected"] = r["chosen"]
+    runs = {
+        mode: train(rows, small(batch_size=6, epochs=2, kl_responses=mode, lr=5e-2), base=llama,
+                    output_dir=tmp_path / mode)
+        for mode in ("both", "preferred")
+    }
+    assert runs["both"].final_metrics["kl"] > 0
+    assert runs["preferred"].final_metrics["kl"] == pytest.approx(runs["both"].final_metrics["kl"], rel=1e-4)
+    a, b = lora_b(runs["both"].output_dir), lora_b(runs["preferred"].output_dir)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_unknown_kl_responses_and_fused_kernels_are_refused():
+    with pytest.raises(ConfigError, match="kl_responses"):
+        TrainConfig(kl_responses="rejected").validate()
+    with pytest.raises(ConfigError, match="fused_kernels"):
+        TrainConfig(fused_kernels="maybe").validate()

@@ -27,8 +27,9 @@ from typing import Any
 
 from trace_engine.checkpoint import CheckpointMismatch
 from trace_engine.data.io import DatasetError, iter_raw_rows
+from trace_engine.kernels import FUSED_MODES
 from trace_engine.modeling import LoraSettings, ModelLoadError, ModelSource
-from trace_engine.train import ConfigError, TrainConfig
+from trace_engine.train import KL_RESPONSES, ConfigError, TrainConfig
 from trace_engine.variants import CATEGORIES, VARIANTS, DataError, get_variant, prepare_examples
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -88,6 +89,8 @@ def register(subparsers: Any) -> None:
     defaults = TrainConfig()
     _loss_args(train, ("dpo", "ipo", "rdpo"))
     train.add_argument("--alpha-kl", type=float, default=defaults.alpha_kl, help="weight of the RETAIN KL anchor")
+    train.add_argument("--kl-responses", default=defaults.kl_responses, choices=KL_RESPONSES,
+                       help="RETAIN KL anchor on both responses of a pair or only the preferred one (half the cost)")
     train.add_argument("--rdpo-eps", type=float, default=defaults.rdpo_eps, help="label-noise rate ε for rdpo")
     train.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
@@ -141,6 +144,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="40-character commit hash (required for a Hub id)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--fused-kernels", default="auto", choices=FUSED_MODES,
+                   help="compiled RMSNorm/SwiGLU kernels (torch.compile): auto = on CUDA only")
 
 
 def _loss_args(p: argparse.ArgumentParser, pref_losses: tuple[str, ...]) -> None:
@@ -347,6 +352,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         max_grad_norm=args.max_grad_norm or None, gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed, max_prompt_len=args.max_prompt_len, max_len=args.max_len, lora=lora_settings(args),
         full_finetune=args.full_finetune, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
+        fused_kernels=args.fused_kernels, kl_responses=args.kl_responses,
     )
 
 
@@ -381,7 +387,7 @@ def score_rows(rows, variant: str, base: ModelSource, lora: LoraSettings, args, 
     from trace_engine.tokenization import LengthLimits
 
     tokenizer = load_tokenizer(base)
-    model = attach_lora(load_causal_lm(base, rt.device, rt.dtype), lora, seed=args.seed)
+    model = attach_lora(load_causal_lm(base, rt.device, rt.dtype, args.fused_kernels), lora, seed=args.seed)
     try:
         return score_conflicts(
             model, tokenizer, rows, variant=variant,
