@@ -162,6 +162,10 @@ class Hyperparameters(StrictModel):
         default="sum", description="impact weights: sum to 1 (chosen on the synthetic validation split) or mean 1"
     )
     gold_size: int | None = Field(default=None, ge=3, le=100000, description="gold batch B (default: n/4, ≤ 48)")
+    kl_responses: Literal["preferred", "both"] = Field(
+        default="preferred", description="RETAIN KL anchor on the preferred response (half the cost) or on both"
+    )
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations: less GPU memory, slower")
 
 
 class MethodIn(StrictModel):

@@ -54,7 +54,9 @@ from trace_engine.impact import (  # noqa: E402
     seed_lora_,
     sequence_logps_of,
 )
+from trace_engine.kernels import FUSED_MODES, fuse_elementwise_, restore_eager_  # noqa: E402
 from trace_engine.tokenization import EncodedPair, EncodedSequence, collate  # noqa: E402
+from trace_engine.train import KL_RESPONSES, TrainConfig  # noqa: E402
 
 QWEN2_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -94,36 +96,6 @@ def build_base(size: str, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", **{dtype_kw: dtype})
     return model.eval()
-
-
-def fuse_elementwise() -> None:
-    """Opt-in (--fuse): compile Qwen2's RMSNorm and SwiGLU into fused kernels with torch.compile.
-
-    Why: in eager mode these element-wise chains (fp32 casts, pow, rsqrt, silu, mul) take ~40% of a 7B
-    forward+backward's GPU time on an H100 and save extra fp32 activations. Patching the classes applies to every
-    model built afterwards (policy and published reference alike), so all measured paths get the same kernels.
-    Ghost hooks sit on the LoRA linears and are unaffected.
-    """
-    import torch.nn.functional as F
-    from transformers.models.qwen2 import modeling_qwen2 as qwen2
-
-    @torch.compile(dynamic=True)
-    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-    @torch.compile(dynamic=True)
-    def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return F.silu(gate) * up
-
-    def norm_forward(self, hidden_states):
-        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
-
-    def mlp_forward(self, x):
-        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
-
-    qwen2.Qwen2RMSNorm.forward = norm_forward
-    qwen2.Qwen2MLP.forward = mlp_forward
 
 
 def param_count(model) -> int:
@@ -218,12 +190,13 @@ def plain_pass(model, batches: list[ScoringBatch], device: torch.device, amp, ch
 
 
 def ours_training(model, pairs: list[EncodedPair], micro_pairs: int, steps: int, device: torch.device, dtype,
-                  checkpoint: bool):
+                  checkpoint: bool, kl_responses: str):
     """Returns (run(step_count) closure, trained tokens per step, reference-forward tokens per step, samples/step)."""
     from trace_engine.train import Runtime, StepInputs, TrainConfig, train_step
     from trace_engine.variants import LossKind
 
-    cfg = TrainConfig(beta=BETA, alpha_kl=ALPHA_KL, batch_size=micro_pairs, grad_accum=1, lr=1e-4)
+    cfg = TrainConfig(beta=BETA, alpha_kl=ALPHA_KL, batch_size=micro_pairs, grad_accum=1, lr=1e-4,
+                      kl_responses=kl_responses)
     cycle = [LossKind.PREF, LossKind.DUAL_NPO, LossKind.KL]
     kinds = torch.tensor([int(cycle[i % 3]) for i in range(len(pairs))])
     weights = torch.ones(len(pairs))
@@ -241,9 +214,11 @@ def ours_training(model, pairs: list[EncodedPair], micro_pairs: int, steps: int,
             for g in group_ids:
                 train_step(model, optimizer, scheduler, groups[g], inputs, rt, cfg)
 
-    trained = sum(len(p.preferred) + len(p.dispreferred) for p in pairs[: micro_pairs * steps])
-    ref_tok = sum(len(p.preferred) + len(p.dispreferred)
-                  for i, p in enumerate(pairs[: micro_pairs * steps]) if kinds[i] == LossKind.KL)
+    both = cfg.kl_responses == "both"  # KL examples forward only their preferred response unless "both"
+    timed = list(enumerate(pairs[: micro_pairs * steps]))
+    trained = sum(len(p.preferred) + (len(p.dispreferred) if both or kinds[i] != LossKind.KL else 0)
+                  for i, p in timed)
+    ref_tok = sum(len(p.preferred) + (len(p.dispreferred) if both else 0) for i, p in timed if kinds[i] == LossKind.KL)
     return run, groups, trained, ref_tok
 
 
@@ -252,14 +227,16 @@ def profile_one(fn: Callable[[], Any], label: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    started = time.perf_counter()
     with profile(activities=acts) as prof:
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+    wall = time.perf_counter() - started
     events = prof.key_averages()
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    print(f"## profile: {label}\n" + events.table(sort_by=sort, row_limit=12, max_name_column_width=60),
-          file=sys.stderr, flush=True)
+    print(f"## profile: {label} (wall {wall * 1e3:.1f} ms under the profiler)\n"
+          + events.table(sort_by=sort, row_limit=30, max_name_column_width=70), file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the published pattern (emulation)
@@ -341,7 +318,7 @@ def run_size(size: str, device: torch.device, args) -> dict[str, Any]:
             d[key] = getattr(args, key)
     ckpt = bool(d["checkpoint"])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    clock = Clock(device, args.repeats if args.repeats else (3 if device.type == "cpu" else 1))
+    clock = Clock(device, args.repeats if args.repeats else (3 if device.type == "cpu" else 2))
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -350,6 +327,7 @@ def run_size(size: str, device: torch.device, args) -> dict[str, Any]:
     base = build_base(size, device, dtype)
     n_params = param_count(base)
     vocab = base.config.vocab_size
+    fusion = fuse_elementwise_(base, args.fused_kernels)  # what the engine does when it loads a model
     model = attach_lora(base, args.seed)
     amp = dtype if device.type == "cuda" else None
     t_build = time.perf_counter() - started
@@ -362,7 +340,8 @@ def run_size(size: str, device: torch.device, args) -> dict[str, Any]:
     tokens = real_tokens(batches)
     settings = LossSettings(beta=BETA)
     res: dict[str, Any] = {"size": size, "params": n_params, "micro_rows": d["micro_rows"], "checkpoint": ckpt,
-                           "scoring_samples": d["samples"], "scoring_tokens": tokens}
+                           "scoring_samples": d["samples"], "scoring_tokens": tokens, "fused_kernels": fusion.to_dict(),
+                           "kl_responses": args.kl_responses}
 
     # ---- ours and plain (one model copy)
     log(f"{size}: built in {t_build:.1f}s; gold gradient, plain, ours scoring")
@@ -390,17 +369,21 @@ def run_size(size: str, device: torch.device, args) -> dict[str, Any]:
     micro_pairs = max(1, d["micro_rows"] // 2)
     train_pairs = random_pairs(micro_pairs * (d["train_steps"] + 1), vocab, gen)
     run_train, groups, trained_tok, ref_tok = ours_training(model, train_pairs[micro_pairs:] + train_pairs[:micro_pairs],
-                                                            micro_pairs, d["train_steps"], device, dtype, ckpt)
+                                                            micro_pairs, d["train_steps"], device, dtype, ckpt,
+                                                            args.kl_responses)
     clock.reset_peak()
     run_train([len(groups) - 1])  # warmup step on the last group
     t_train = clock.time(lambda: run_train(list(range(d["train_steps"]))))
     mem_ours_training = clock.peak_gb()
+    if args.profile:
+        profile_one(lambda: run_train([0]), f"{size} ours training step")
     train_samples = micro_pairs * d["train_steps"]
     model.eval()
     model.zero_grad(set_to_none=True)
 
     # ---- published pattern (second full copy as reference)
     log(f"{size}: published emulation (second model copy)")
+    restore_eager_(model)  # the published pattern runs the stock eager modules
     ref_model = build_base(size, device, dtype)
     g_flat = torch.cat([g_j[n].reshape(-1) for n, p in model.named_parameters() if p.requires_grad]).float()
     cuda = device.type == "cuda"
@@ -490,9 +473,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="1: recompute each decoder layer in the backward (ours and plain): less memory, one more "
                          "forward; default per size (on for 7b)")
     ap.add_argument("--profile", action="store_true", help="print a kernel profile of one plain and one scoring batch")
-    ap.add_argument("--repeats", type=int, help="time each phase this many times, keep the best (default: 3 on CPU, 1 on CUDA)")
-    ap.add_argument("--fuse", action="store_true",
-                    help="compile RMSNorm and SwiGLU into fused kernels (torch.compile) for every measured path")
+    ap.add_argument("--repeats", type=int, help="time each phase this many times, keep the best (default: 3 on CPU, 2 on CUDA: a first run may still compile)")
+    ap.add_argument("--fused-kernels", dest="fused_kernels", choices=FUSED_MODES, default="auto",
+                    help="ours and plain: compiled RMSNorm/SwiGLU as the engine loads models (auto = on CUDA); the "
+                         "published emulation always runs eager")
+    ap.add_argument("--kl-responses", dest="kl_responses", choices=KL_RESPONSES, default=TrainConfig().kl_responses,
+                    help="training: RETAIN KL on the preferred response (default, as published) or both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the final JSON here")
     args = ap.parse_args(argv)
@@ -503,8 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     for spec in sizes:  # "7b", "7b:4" (4 rows per forward), "7b:16c" (16 rows, layer checkpointing)
         if spec.split(":")[0] not in QWEN2_SHAPES:
             ap.error(f"unknown size {spec!r}; choose from {sorted(QWEN2_SHAPES)} (optionally SIZE:ROWS[c])")
-    if args.fuse:
-        fuse_elementwise()
     results: dict[str, Any] = {}
     for spec in sizes:
         size, _, micro = spec.partition(":")
@@ -523,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     import peft
     import transformers
 
-    final = {**results[sizes[-1]], "sizes": sizes, "fuse": bool(args.fuse), "by_size": results if len(sizes) > 1 else None,
+    final = {**results[sizes[-1]], "sizes": sizes, "by_size": results if len(sizes) > 1 else None,
              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                           "peft": peft.__version__}}

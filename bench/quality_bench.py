@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="equal optimizer steps for every run (default: equal epochs, the pipeline's 3)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: OpenMP spin-waits make 2 threads far slower on a shared 2-core box)")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated: only these variants' runs (noise-free), e.g. to compare one setting")
+    ap.add_argument("--kl-responses", dest="kl_responses", choices=("both", "preferred"), default=None,
+                    help="RETAIN KL anchor on both responses or the preferred only (default: the pipeline's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -121,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     score_cache: dict[tuple, Any] = {}
     runs = plan(sizes, seeds)
+    if args.variants:
+        wanted = set(args.variants.split(","))
+        runs = [r for r in runs if r["variant"] in wanted and not r["noise"]]
     for i, r in enumerate(runs):
         key = run_key(r)
         if key in done:
@@ -129,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_rows = nested_subset(splits[r["seed"]].train, r["size"], r["seed"])
         if r["noise"]:
             train_rows, _ = add_triage_noise(train_rows, r["noise"], r["seed"])
-        steps = {"epochs": 10_000, "max_steps": args.steps} if args.steps else {}
+        steps: dict[str, Any] = {"epochs": 10_000, "max_steps": args.steps} if args.steps else {}
+        if args.kl_responses:
+            steps["kl_responses"] = args.kl_responses
         tc = default_train_config(r["variant"], r["seed"], **steps)
         ref: dict[str, float] = {}
         if r["variant"] in IMPACT_VARIANTS:

@@ -274,7 +274,8 @@ def hyper_to_train_config(request: RealignRequest, settings: Settings) -> Any:
         epochs=h.epochs, max_steps=h.max_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, seed=h.seed,
         max_prompt_len=h.max_prompt_len, max_len=h.max_len,
         lora=LoraSettings(r=h.lora_r, alpha=h.lora_alpha, dropout=h.lora_dropout, target_modules=targets),
-        checkpoint_every=settings.checkpoint_every,
+        checkpoint_every=settings.checkpoint_every, kl_responses=h.kl_responses,
+        gradient_checkpointing=h.gradient_checkpointing,
     )
 
 

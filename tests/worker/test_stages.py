@@ -69,3 +69,13 @@ def test_synthetic_evaluation_holds_out_prompts_the_job_did_not_train_on() -> No
     assert not {prompt_key(h["prompt"]) for h in held} & trained
     assert len({prompt_key(h["prompt"]) for h in held}) == 30
     assert {h["category"] for h in held} <= {"INVERT", "PUNISH", "RETAIN"} and len({h["category"] for h in held}) == 3
+
+
+def test_hyperparameters_reach_the_train_config(tmp_path) -> None:
+    body = synthetic_body()
+    body["method"] = {"variant": "trace", "hyperparameters": {"kl_responses": "both", "gradient_checkpointing": True,
+                                                              "beta": 0.5}}
+    config = stages.hyper_to_train_config(RealignRequest.model_validate(body), Settings(data_dir=tmp_path))
+    assert (config.kl_responses, config.gradient_checkpointing, config.beta) == ("both", True, 0.5)
+    default = stages.hyper_to_train_config(RealignRequest.model_validate(synthetic_body()), Settings(data_dir=tmp_path))
+    assert (default.kl_responses, default.gradient_checkpointing) == ("preferred", False)
