@@ -166,6 +166,7 @@ class Hyperparameters(StrictModel):
         default="preferred", description="RETAIN KL anchor on the preferred response (half the cost) or on both"
     )
     gradient_checkpointing: bool = Field(default=False, description="recompute activations: less GPU memory, slower")
+    group_by_length: bool = Field(default=False, description="micro-batches of similar length: less padding")
 
 
 class MethodIn(StrictModel):

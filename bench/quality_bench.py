@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="comma-separated: only these variants' runs (noise-free), e.g. to compare one setting")
     ap.add_argument("--kl-responses", dest="kl_responses", choices=("both", "preferred"), default=None,
                     help="RETAIN KL anchor on both responses or the preferred only (default: the pipeline's)")
+    ap.add_argument("--group-by-length", dest="group_by_length", action="store_true",
+                    help="train with length-grouped micro-batches")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps: dict[str, Any] = {"epochs": 10_000, "max_steps": args.steps} if args.steps else {}
         if args.kl_responses:
             steps["kl_responses"] = args.kl_responses
+        if args.group_by_length:
+            steps["group_by_length"] = True
         tc = default_train_config(r["variant"], r["seed"], **steps)
         ref: dict[str, float] = {}
         if r["variant"] in IMPACT_VARIANTS:

@@ -105,6 +105,7 @@ class TrainConfig:
     # RETAIN KL anchor on the "preferred" response (the published recipe; the compliant trajectory, half the cost)
     # or on "both" responses of the pair (measured equal on the synthetic benchmark, docs/benchmarks.md)
     kl_responses: str = "preferred"
+    group_by_length: bool = False  # micro-batches of similar length (less padding); see `micro_batches`
 
     def effective_pref_loss(self) -> str:
         return get_variant(self.variant).pref_loss or self.pref_loss
@@ -280,6 +281,7 @@ def train(
 
     kinds = torch.tensor([int(e.kind) for e in data.examples])
     weights = torch.tensor([e.weight for e in data.examples], dtype=torch.float32)
+    lengths = [max(len(p.preferred), len(p.dispreferred)) for p in encoded]  # a row pads to its batch's longest
     step_fn = StepInputs(encoded, kinds, weights, ref, pad_id, config)
 
     # ---- train
@@ -288,7 +290,8 @@ def train(
     with open(metrics_path, "a", encoding="utf-8") if rt.is_main else contextlib.nullcontext() as log:
         while position.step < total_steps:
             order = epoch_order(n, config.seed, position.epoch)
-            micro = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
+            micro = micro_batches(order, lengths if config.group_by_length else None, config.batch_size,
+                                  config.seed, position.epoch)
             for start in range(position.batch_in_epoch, len(micro), config.grad_accum):
                 if position.step >= total_steps:
                     break
@@ -621,6 +624,26 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A fixed shuffle per (seed, epoch), so a resumed run sees the same order."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def micro_batches(
+    order: list[int], lengths: Sequence[int] | None, batch_size: int, seed: int, epoch: int, window: int = 32
+) -> list[list[int]]:
+    """Cut the epoch's shuffled order into micro-batches; with `lengths`, group examples of similar length.
+
+    Grouping (as HF's group_by_length): each run of `window` micro-batches' worth of the shuffled order is sorted by
+    length and cut, then the micro-batches are shuffled (seeded by seed and epoch, so a resumed run sees the same
+    batches). Padding shrinks to the spread inside a batch; which examples share a step stays random beyond that.
+    """
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    span = batch_size * window
+    micro: list[list[int]] = []
+    for s in range(0, len(order), span):
+        chunk = sorted(order[s : s + span], key=lambda i: -lengths[i])
+        micro.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    return [micro[i] for i in torch.randperm(len(micro), generator=g).tolist()]
 
 
 def save_weights(model, directory: Path) -> None:

@@ -275,7 +275,7 @@ def hyper_to_train_config(request: RealignRequest, settings: Settings) -> Any:
         max_prompt_len=h.max_prompt_len, max_len=h.max_len,
         lora=LoraSettings(r=h.lora_r, alpha=h.lora_alpha, dropout=h.lora_dropout, target_modules=targets),
         checkpoint_every=settings.checkpoint_every, kl_responses=h.kl_responses,
-        gradient_checkpointing=h.gradient_checkpointing,
+        gradient_checkpointing=h.gradient_checkpointing, group_by_length=h.group_by_length,
     )
 
 

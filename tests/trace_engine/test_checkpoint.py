@@ -43,7 +43,7 @@ def rows(n: int = 10) -> list[dict]:
     ]
 
 
-def config(**kw) -> TrainConfig:
+def make_config(**kw) -> TrainConfig:
     # LoRA dropout on, so the restored RNG state matters; 2 epochs, so the resumed data order matters too.
     base = dict(batch_size=2, grad_accum=2, epochs=2, lr=5e-3, seed=3, checkpoint_every=2,
                 lora=LoraSettings(r=4, alpha=8, dropout=0.2))
@@ -63,7 +63,9 @@ def adapter(path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter_model.safetensors")
 
 
-def test_resumed_run_ends_with_the_same_adapter(models, tmp_path):
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "grouped_by_length"])
+def test_resumed_run_ends_with_the_same_adapter(models, tmp_path, grouped):
+    config = functools.partial(make_config, group_by_length=grouped)
     full = train(rows(), config(), base=models["llama"], output_dir=tmp_path / "full")
     assert full.steps == 6  # 10 examples -> 5 micro-batches -> 3 steps per epoch, 2 epochs
 
@@ -93,7 +95,7 @@ def test_resumed_run_ends_with_the_same_adapter(models, tmp_path):
 
 def test_checkpoint_layout_is_complete_and_atomic(models, tmp_path):
     with pytest.raises(Crash):
-        train(rows(), config(), base=models["qwen2"], output_dir=tmp_path, progress=crash_at(2))
+        train(rows(), make_config(), base=models["qwen2"], output_dir=tmp_path, progress=crash_at(2))
     step = tmp_path / "checkpoints" / "step-000002"
     names = {p.name for p in step.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "trainer_state.pt", "trainer_state.json",
@@ -112,22 +114,22 @@ def test_checkpoint_layout_is_complete_and_atomic(models, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"config": config(beta=0.5)}, r"different config: beta: 0.3 -> 0.5"),
+        ({"config": make_config(beta=0.5)}, r"different config: beta: 0.3 -> 0.5"),
         ({"rows": rows(11)}, "different data_hash"),
         ({"base": "qwen2"}, "different base_model"),
     ],
 )
 def test_resume_refuses_a_different_run(models, tmp_path, change, message):
     with pytest.raises(Crash):
-        train(rows(), config(), base=models["llama"], output_dir=tmp_path, progress=crash_at(2))
-    kwargs = {"config": config(), "rows": rows(), "base": "llama"}
+        train(rows(), make_config(), base=models["llama"], output_dir=tmp_path, progress=crash_at(2))
+    kwargs = {"config": make_config(), "rows": rows(), "base": "llama"}
     kwargs.update(change)
     with pytest.raises(ckpt.CheckpointMismatch, match=message):
         train(kwargs["rows"], kwargs["config"], base=models[kwargs["base"]], output_dir=tmp_path)
     with pytest.raises(ckpt.CheckpointMismatch, match="already holds checkpoints"):
-        train(rows(), config(), base=models["llama"], output_dir=tmp_path, resume=False)
+        train(rows(), make_config(), base=models["llama"], output_dir=tmp_path, resume=False)
     # changing only how often checkpoints are written is allowed
-    train(rows(), config(checkpoint_every=3), base=models["llama"], output_dir=tmp_path)
+    train(rows(), make_config(checkpoint_every=3), base=models["llama"], output_dir=tmp_path)
 
 
 def test_rng_round_trip():

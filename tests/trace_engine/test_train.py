@@ -330,3 +330,22 @@ def test_unknown_kl_responses_and_fused_kernels_are_refused():
         TrainConfig(kl_responses="rejected").validate()
     with pytest.raises(ConfigError, match="fused_kernels"):
         TrainConfig(fused_kernels="maybe").validate()
+
+
+def test_micro_batches_grouped_by_length_cut_padding_and_keep_every_example():
+    from trace_engine.train import micro_batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = (torch.rand(500, generator=g) ** 3 * 400 + 8).long().tolist()  # long-tailed, like real responses
+    order = torch.randperm(500, generator=g).tolist()
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    plain = micro_batches(order, None, 8, seed=1, epoch=0)
+    grouped = micro_batches(order, lengths, 8, seed=1, epoch=0)
+    assert plain == [order[i : i + 8] for i in range(0, 500, 8)]
+    assert sorted(i for b in grouped for i in b) == list(range(500)) and all(len(b) <= 8 for b in grouped)
+    assert padded(grouped) < 0.6 * padded(plain)  # sum(lengths) is the floor
+    assert grouped == micro_batches(order, lengths, 8, seed=1, epoch=0)  # resumable: same batches again
+    assert grouped != micro_batches(order, lengths, 8, seed=1, epoch=1)

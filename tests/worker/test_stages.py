@@ -74,8 +74,9 @@ def test_synthetic_evaluation_holds_out_prompts_the_job_did_not_train_on() -> No
 def test_hyperparameters_reach_the_train_config(tmp_path) -> None:
     body = synthetic_body()
     body["method"] = {"variant": "trace", "hyperparameters": {"kl_responses": "both", "gradient_checkpointing": True,
-                                                              "beta": 0.5}}
+                                                              "group_by_length": True, "beta": 0.5}}
     config = stages.hyper_to_train_config(RealignRequest.model_validate(body), Settings(data_dir=tmp_path))
-    assert (config.kl_responses, config.gradient_checkpointing, config.beta) == ("both", True, 0.5)
+    assert (config.kl_responses, config.gradient_checkpointing, config.group_by_length, config.beta) == (
+        "both", True, True, 0.5)
     default = stages.hyper_to_train_config(RealignRequest.model_validate(synthetic_body()), Settings(data_dir=tmp_path))
-    assert (default.kl_responses, default.gradient_checkpointing) == ("preferred", False)
+    assert (default.kl_responses, default.gradient_checkpointing, default.group_by_length) == ("preferred", False, False)

@@ -103,6 +103,8 @@ def register(subparsers: Any) -> None:
     train.add_argument("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per step")
     train.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="clip; 0 = off")
     train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    train.add_argument("--group-by-length", action="store_true",
+                       help="micro-batches of similar length (less padding on data with varied lengths)")
     train.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA (no KL)")
     train.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0 = never)")
     train.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out")
@@ -352,7 +354,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         max_grad_norm=args.max_grad_norm or None, gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed, max_prompt_len=args.max_prompt_len, max_len=args.max_len, lora=lora_settings(args),
         full_finetune=args.full_finetune, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
-        fused_kernels=args.fused_kernels, kl_responses=args.kl_responses,
+        fused_kernels=args.fused_kernels, kl_responses=args.kl_responses, group_by_length=args.group_by_length,
     )
 
 
