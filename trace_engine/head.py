@@ -49,9 +49,20 @@ def predicting_positions(response_mask: torch.Tensor) -> torch.Tensor:
     return SequenceBatch(response_mask, response_mask, response_mask).predicting_positions()
 
 
+def causal_forward_kwargs(batch: SequenceBatch) -> dict:
+    """Model inputs for a right-padded batch: no attention mask at all, plain causal attention.
+
+    Why: with right padding a real token only attends to earlier positions, which are all real, so the mask changes
+    nothing that is scored (padded positions are never read, and their gradient is 0). Passing it costs two host
+    syncs per forward (transformers checks whether it is all ones) and forces an explicit [N, 1, T, T] mask that
+    rules out the FlashAttention kernel.
+    """
+    return {"input_ids": batch.input_ids, "attention_mask": None, "use_cache": False}
+
+
 def last_hidden(split: HeadSplit, batch: SequenceBatch) -> torch.Tensor:
     """[N, T, H] from the decoder (run under the caller's autocast)."""
-    out = split.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    out = split.decoder(**causal_forward_kwargs(batch))
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -135,6 +146,6 @@ def policy_pass(model: nn.Module, batch: SequenceBatch, chunk_tokens: int | None
     if split is not None:
         hidden = last_hidden(split, batch)
         return PolicyPass(sequence_logps_from_hidden(hidden, split.weight, batch, chunk_tokens), hidden, None, split)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logits = model(**causal_forward_kwargs(batch)).logits
     return PolicyPass(chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, chunk_tokens), None, logits,
                       None)

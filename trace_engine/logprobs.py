@@ -24,8 +24,10 @@ class SequenceBatch:
     def to(self, device: torch.device | str) -> SequenceBatch:
         """Moved copy; the scored positions are computed first where the mask lives on the CPU (no device sync)."""
         positions = self.scored_positions
-        if positions is None and self.response_mask.device.type == "cpu":
-            positions = self.predicting_positions()
+        if self.attention_mask.device.type == "cpu":
+            self.check_right_padded()
+            if positions is None:
+                positions = self.predicting_positions()
         return SequenceBatch(
             host_to_device(self.input_ids, device),
             host_to_device(self.attention_mask, device),
@@ -36,6 +38,12 @@ class SequenceBatch:
     def select(self, rows: torch.Tensor) -> SequenceBatch:
         """The given rows (an index tensor on this batch's device), as a new batch."""
         return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows])
+
+    def check_right_padded(self) -> None:
+        """Every row is real tokens then padding: forwards rely on it to drop the attention mask (head.py)."""
+        m = self.attention_mask
+        if m.shape[1] > 1 and bool((m[:, 1:] > m[:, :-1]).any()):
+            raise ValueError("SequenceBatch rows must be right-padded (real tokens first, then padding)")
 
     def predicting_positions(self) -> torch.Tensor:
         """Flat indices (row * T + t) of positions whose next token is a response token.  -> [M] long"""

@@ -28,7 +28,14 @@ import torch
 
 from trace_engine import checkpoint as ckpt
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
-from trace_engine.head import PolicyPass, kl_sums_from_hidden, last_hidden, policy_pass
+from trace_engine.head import (
+    PolicyPass,
+    causal_forward_kwargs,
+    kl_sums_from_hidden,
+    last_hidden,
+    policy_pass,
+    split_lm_head,
+)
 from trace_engine.kernels import FUSED_MODES
 from trace_engine.logprobs import SequenceBatch, host_to_device
 from trace_engine.losses import (
@@ -437,6 +444,9 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
     weights = host_to_device(inputs.weights[idx], rt.device)  # [b]
     ref_pos, ref_neg = host_to_device(inputs.ref[idx].T.contiguous(), rt.device)  # [b] each
 
+    # the RETAIN rows' reference pass first: it needs only the inputs, and started after the policy pass it would
+    # wait for that pass to finish (transformers reads a mask-check value on the host) and then starve the GPU
+    kl_reference = reference_for_kl(model, kl_batch, rt) if k else None
     with rt.autocast():
         fwd = policy_pass(model, batch, cfg.chunk_tokens)
     logps = fwd.logps  # [2b - k_neg]
@@ -451,7 +461,8 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
     npo_neg = npo_loss(neg, ref_neg, cfg.beta, cfg.npo_two_over_beta)
     kl = torch.zeros(b, device=rt.device)
     if k:
-        kl = torch.cat([retain_kl(model, fwd, kl_batch, host_to_device(kl_rows, rt.device), k, rt, cfg), kl[k:]])
+        rows = host_to_device(kl_rows, rt.device)
+        kl = torch.cat([retain_kl(fwd, kl_reference, kl_batch, rows, k, rt, cfg), kl[k:]])
 
     is_pref, is_dual = kinds == LossKind.PREF, kinds == LossKind.DUAL_NPO
     is_neg, is_kl = kinds == LossKind.NPO_DISPREFERRED, kinds == LossKind.KL
@@ -494,27 +505,31 @@ def preference_loss(pos, neg, ref_pos, ref_neg, n_pos, n_neg, cfg: TrainConfig) 
     return dpo_loss(pos, neg, ref_pos, ref_neg, cfg.beta)
 
 
-def retain_kl(model, fwd: PolicyPass, kl_batch: SequenceBatch, rows: torch.Tensor, k: int, rt: Runtime,
-              cfg: TrainConfig) -> torch.Tensor:
+@torch.no_grad()
+def reference_for_kl(model, kl_batch: SequenceBatch, rt: Runtime) -> torch.Tensor:
+    """The reference (adapter disabled) for the RETAIN rows: last hidden states [R, T, H] where the head can be
+    split off (`head.split_lm_head`), else logits [R, T, V]."""
+    split = split_lm_head(model)
+    with reference_mode(model), rt.autocast():
+        if split is not None:
+            return last_hidden(split, kl_batch)
+        return model(**causal_forward_kwargs(kl_batch)).logits
+
+
+def retain_kl(fwd: PolicyPass, reference: torch.Tensor, kl_batch: SequenceBatch, rows: torch.Tensor, k: int,
+              rt: Runtime, cfg: TrainConfig) -> torch.Tensor:
     """Token-mean KL(π_ref ‖ π_θ) over the responses of the first k (RETAIN) examples.  -> [k]
 
     kl_batch: those examples' rows (preferred; then dispreferred with kl_responses "both"), which are `rows` of
-    the policy pass. Reference: one no-grad forward of just those rows with the adapter disabled. With
-    kl_responses "preferred" only the preferred response anchors (the published recipe's choice, half the cost).
+    the policy pass; reference: `reference_for_kl` of kl_batch. With kl_responses "preferred" only the preferred
+    response anchors (the published recipe's choice, half the cost).
     """
-    with reference_mode(model), rt.autocast(), torch.no_grad():
-        if fwd.split is not None:
-            ref_hidden = last_hidden(fwd.split, kl_batch)  # [2k or k, T, H]
-        else:
-            ref_logits = model(
-                input_ids=kl_batch.input_ids, attention_mask=kl_batch.attention_mask, use_cache=False
-            ).logits
     if fwd.split is not None:
         with rt.autocast():
-            sums, counts = kl_sums_from_hidden(fwd.hidden[rows], ref_hidden, fwd.split.weight, kl_batch,
+            sums, counts = kl_sums_from_hidden(fwd.hidden[rows], reference, fwd.split.weight, kl_batch,
                                                cfg.chunk_tokens)
     else:
-        sums, counts = token_kl_sums(fwd.logits[rows], ref_logits, kl_batch.response_mask, cfg.chunk_tokens)
+        sums, counts = token_kl_sums(fwd.logits[rows], reference, kl_batch.response_mask, cfg.chunk_tokens)
     if sums.shape[0] > k:  # rows [0, k) are the preferred responses, [k, 2k) the dispreferred ones
         sums, counts = sums[:k] + sums[k:], counts[:k] + counts[k:]
     return sums / counts.clamp(min=1)

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from trace_engine.logprobs import sequence_logps, token_logps
+from trace_engine.logprobs import SequenceBatch, sequence_logps, token_logps
 
 
 def test_sequence_logps_matches_explicit_log_softmax_sum():
@@ -25,3 +26,13 @@ def test_first_position_is_never_scored():
     logits = torch.randn(1, 4, 5)
     ids = torch.randint(0, 5, (1, 4))
     assert token_logps(logits, ids)[0, 0].item() == 0.0
+
+
+def test_batches_moved_to_a_device_must_be_right_padded():
+
+    ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
+    left = SequenceBatch(ids, torch.tensor([[1, 1, 1], [0, 1, 1]]), torch.tensor([[False, True, True]] * 2))
+    with pytest.raises(ValueError, match="right-padded"):
+        left.to("cpu")
+    right = SequenceBatch(ids, torch.tensor([[1, 1, 1], [1, 1, 0]]), torch.tensor([[False, True, True]] * 2))
+    assert right.to("cpu").predicting_positions().tolist() == [0, 1, 3, 4]
