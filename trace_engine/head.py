@@ -3,8 +3,9 @@
 Why: with a 152k vocabulary the logits of 16 rows x 240 positions are 1.2 GB in bf16, kept (with their gradient)
 for the backward: the largest activation of a 7B scoring or training pass once decoder layers are checkpointed.
 Here the LM head runs only on the positions that predict a response token (prompt and padding positions never
-reach it), in chunks under activation checkpointing, so the backward recomputes each chunk's logits instead of
-keeping them. Costs the same head FLOPs as before (fewer positions, one recompute) and O(chunk x V) memory.
+reach it), in chunks. When the decoder layers are checkpointed (the memory-lean mode) the head chunks are too:
+the backward recomputes each chunk's logits, so the head needs O(chunk x V) memory; otherwise each chunk keeps its
+logits (M x V in the activation dtype, M = scored positions) and the head costs no recompute.
 
 Only for models whose causal-LM forward is exactly `lm_head(decoder(x))` (Llama, Qwen2/3, Mistral); anything
 else (logit soft-capping or scaling, a LoRA on lm_head) gets None from `split_lm_head` and the caller uses the
@@ -29,6 +30,7 @@ PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 class HeadSplit:
     decoder: nn.Module  # returns last_hidden_state (already final-normed)
     weight: torch.Tensor  # [V, H] LM head weight (no bias)
+    recompute: bool = True  # recompute head chunks in the backward (set when the decoder layers are checkpointed)
 
 
 def split_lm_head(model: nn.Module) -> HeadSplit | None:
@@ -41,7 +43,18 @@ def split_lm_head(model: nn.Module) -> HeadSplit | None:
     decoder = getattr(causal, getattr(causal, "base_model_prefix", ""), None)
     if type(head) is not nn.Linear or head.bias is not None or not isinstance(decoder, nn.Module):
         return None
-    return HeadSplit(decoder, head.weight)
+    return HeadSplit(decoder, head.weight, layers_recompute_activations(decoder))
+
+
+def layers_recompute_activations(decoder: nn.Module) -> bool:
+    """Whether the decoder's layers are under activation checkpointing: transformers' own (training mode), or the
+    engine's `impact.checkpointed_layers`, whose wrapped forwards carry `recomputes_activations`."""
+    for m in decoder.modules():
+        if getattr(m, "gradient_checkpointing", False) is True and m.training:
+            return True
+        if getattr(m.__dict__.get("forward"), "recomputes_activations", False):
+            return True
+    return False
 
 
 def predicting_positions(response_mask: torch.Tensor) -> torch.Tensor:
@@ -82,10 +95,12 @@ def _chunk_kl(h: torch.Tensor, h_ref: torch.Tensor, weight: torch.Tensor) -> tor
     return _ChunkedTokenKL.apply(logits, ref_logits, logits.shape[1])[0]  # [m] fp32
 
 
-def _per_chunk(fn, chunk: int, sliced: tuple[torch.Tensor, ...], weight: torch.Tensor) -> torch.Tensor:
-    """fn(*row-chunks of `sliced`, weight) concatenated; checkpointed when a gradient will flow, so the backward
-    recomputes each chunk's logits instead of keeping them."""
-    grad = torch.is_grad_enabled() and (weight.requires_grad or any(t.requires_grad for t in sliced))
+def _per_chunk(
+    fn, chunk: int, sliced: tuple[torch.Tensor, ...], weight: torch.Tensor, recompute: bool
+) -> torch.Tensor:
+    """fn(*row-chunks of `sliced`, weight) concatenated; with `recompute`, checkpointed when a gradient will flow,
+    so the backward recomputes each chunk's logits instead of keeping them."""
+    grad = recompute and torch.is_grad_enabled() and (weight.requires_grad or any(t.requires_grad for t in sliced))
     m = sliced[0].shape[0]
     parts = []
     for s in range(0, m, chunk):
@@ -95,14 +110,19 @@ def _per_chunk(fn, chunk: int, sliced: tuple[torch.Tensor, ...], weight: torch.T
 
 
 def sequence_logps_from_hidden(
-    hidden: torch.Tensor, weight: torch.Tensor, batch: SequenceBatch, chunk_tokens: int | None = None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    batch: SequenceBatch,
+    chunk_tokens: int | None = None,
+    recompute: bool = True,
 ) -> torch.Tensor:
     """s(y) per row [N] fp32: the head applied only at positions predicting a response token."""
     n, t, _ = hidden.shape
     pos = batch.predicting_positions()  # [M]
     h = hidden.reshape(n * t, -1).index_select(0, pos)  # [M, H]
     targets = batch.input_ids.reshape(-1).index_select(0, pos + 1)  # [M]
-    lp = _per_chunk(_chunk_logps, positions_per_chunk(weight.shape[0], chunk_tokens), (h, targets), weight)
+    chunk = positions_per_chunk(weight.shape[0], chunk_tokens)
+    lp = _per_chunk(_chunk_logps, chunk, (h, targets), weight, recompute)
     rows = torch.div(pos, t, rounding_mode="floor")
     return torch.zeros(n, dtype=torch.float32, device=hidden.device).index_add(0, rows, lp)
 
@@ -113,6 +133,7 @@ def kl_sums_from_hidden(
     weight: torch.Tensor,
     batch: SequenceBatch,
     chunk_tokens: int | None = None,
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ over response tokens of KL(π_ref ‖ π_θ), response-token count) per row of `batch`.  -> [R], [R]
 
@@ -122,7 +143,7 @@ def kl_sums_from_hidden(
     pos = batch.predicting_positions()  # [M]
     h = hidden.reshape(r * t, -1).index_select(0, pos)
     h_ref = ref_hidden.reshape(r * t, -1).index_select(0, pos).detach()
-    kl = _per_chunk(_chunk_kl, positions_per_chunk(weight.shape[0], chunk_tokens), (h, h_ref), weight)
+    kl = _per_chunk(_chunk_kl, positions_per_chunk(weight.shape[0], chunk_tokens), (h, h_ref), weight, recompute)
     rows = torch.div(pos, t, rounding_mode="floor")
     zeros = torch.zeros(r, dtype=torch.float32, device=hidden.device)
     return zeros.index_add(0, rows, kl), zeros.index_add(0, rows, torch.ones_like(kl))
@@ -145,7 +166,8 @@ def policy_pass(model: nn.Module, batch: SequenceBatch, chunk_tokens: int | None
     split = split_lm_head(model)
     if split is not None:
         hidden = last_hidden(split, batch)
-        return PolicyPass(sequence_logps_from_hidden(hidden, split.weight, batch, chunk_tokens), hidden, None, split)
+        logps = sequence_logps_from_hidden(hidden, split.weight, batch, chunk_tokens, split.recompute)
+        return PolicyPass(logps, hidden, None, split)
     logits = model(**causal_forward_kwargs(batch)).logits
     return PolicyPass(chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, chunk_tokens), None, logits,
                       None)

@@ -389,6 +389,7 @@ def _checkpointed(forward):
             return activation_checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
 
+    run.recomputes_activations = True  # type: ignore[attr-defined]  # read by head.layers_recompute_activations
     return run
 
 

@@ -527,7 +527,7 @@ def retain_kl(fwd: PolicyPass, reference: torch.Tensor, kl_batch: SequenceBatch,
     if fwd.split is not None:
         with rt.autocast():
             sums, counts = kl_sums_from_hidden(fwd.hidden[rows], reference, fwd.split.weight, kl_batch,
-                                               cfg.chunk_tokens)
+                                               cfg.chunk_tokens, fwd.split.recompute)
     else:
         sums, counts = token_kl_sums(fwd.logits[rows], reference, kl_batch.response_mask, cfg.chunk_tokens)
     if sums.shape[0] > k:  # rows [0, k) are the preferred responses, [k, 2k) the dispreferred ones

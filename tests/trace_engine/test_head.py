@@ -91,3 +91,35 @@ def test_models_with_a_non_plain_head_use_the_logits_path():
     assert split_lm_head(model) is None
     out = policy_pass(model, _batch())
     assert out.logits is not None and out.hidden is None
+
+
+def test_head_chunks_recompute_only_when_the_layers_do():
+    from trace_engine.impact import checkpointed_layers
+
+    model = _model("qwen2")
+    assert split_lm_head(model).recompute is False
+    with checkpointed_layers(model):
+        assert split_lm_head(model).recompute is True
+    assert split_lm_head(model).recompute is False
+    base = model.get_base_model()
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    assert split_lm_head(model).recompute is True
+    model.eval()  # transformers checkpoints only in training mode
+    assert split_lm_head(model).recompute is False
+
+
+def test_recomputed_head_gives_the_same_values_and_gradients():
+    from trace_engine.impact import checkpointed_layers
+
+    model, batch = _model("llama"), _batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for layers_checkpointed in (False, True):
+        with checkpointed_layers(model, layers_checkpointed):
+            out = policy_pass(model, batch, chunk_tokens=3)
+            assert out.split.recompute is layers_checkpointed
+            results.append((out.logps.detach(), torch.autograd.grad(out.logps.sum(), params)))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
