@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from trace_engine.logprobs import SequenceBatch
-from trace_engine.losses import CHUNK_ELEMENTS, _ChunkedTokenKL, _ChunkedTokenLogps
+from trace_engine.losses import CHUNK_ELEMENTS, _ChunkedTokenKL, _ChunkedTokenLogps, chunked_sequence_logps
 
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
@@ -67,8 +67,8 @@ def causal_forward_kwargs(batch: SequenceBatch) -> dict:
 
     Why: with right padding a real token only attends to earlier positions, which are all real, so the mask changes
     nothing that is scored (padded positions are never read, and their gradient is 0). Passing it costs two host
-    syncs per forward (transformers checks whether it is all ones) and forces an explicit [N, 1, T, T] mask that
-    rules out the FlashAttention kernel.
+    syncs per forward (transformers checks whether it can drop it; without it one check remains, for packed
+    sequences) and forces an explicit [N, 1, T, T] mask that rules out the FlashAttention kernel.
     """
     return {"input_ids": batch.input_ids, "attention_mask": None, "use_cache": False}
 
@@ -161,13 +161,11 @@ class PolicyPass:
 
 def policy_pass(model: nn.Module, batch: SequenceBatch, chunk_tokens: int | None = None) -> PolicyPass:
     """s(y) per row from one forward (run under the caller's autocast and grad mode)."""
-    from trace_engine.losses import chunked_sequence_logps
-
     split = split_lm_head(model)
     if split is not None:
         hidden = last_hidden(split, batch)
         logps = sequence_logps_from_hidden(hidden, split.weight, batch, chunk_tokens, split.recompute)
         return PolicyPass(logps, hidden, None, split)
     logits = model(**causal_forward_kwargs(batch)).logits
-    return PolicyPass(chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, chunk_tokens), None, logits,
-                      None)
+    logps = chunked_sequence_logps(logits, batch.input_ids, batch.response_mask, chunk_tokens)
+    return PolicyPass(logps, None, logits, None)
