@@ -25,11 +25,11 @@ def _qwen2():
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
 
 
-def _batch():
-    g = torch.Generator().manual_seed(0)
+def _batch(lengths=((20, 60), (35, 41), (8, 90), (50, 30)), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
     seqs = [EncodedSequence(tuple(torch.randint(10, 4096, (p,), generator=g).tolist()),
                             tuple(torch.randint(10, 4096, (r,), generator=g).tolist()))
-            for p, r in ((20, 60), (35, 41), (8, 90), (50, 30))]
+            for p, r in lengths]
     return collate(seqs, pad_id=0, pad_to_multiple_of=8)
 
 
@@ -49,3 +49,29 @@ def test_bf16_fused_hidden_state_path_matches_fp32_eager_logits():
     assert torch.allclose(got, want, rtol=1e-2, atol=0.5), (got, want)
     out.logps.sum().backward()  # the compiled backward and the checkpointed head run
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_bf16_cuda_impact_scores_track_fp32_cpu_scores():
+    """The whole GPU scoring path (bf16, compiled kernels, hidden-state head, ghost hooks) against the same
+    computation in fp32 on the CPU: the same ranking of samples and scores within bf16 noise."""
+    from trace_engine.impact import LossSettings, SampleKind, ScoringBatch, gold_gradient, score_batches
+
+    eager, lora = _qwen2(), LoraSettings(r=8, alpha=16, dropout=0.0)
+    gpu_base = copy.deepcopy(eager).to("cuda", torch.bfloat16)
+    assert fuse_elementwise_(gpu_base, "auto").enabled
+    # as the engine does: bf16 base, then LoRA (peft keeps its weights in fp32), A seeded identically
+    model_cpu, model_gpu = attach_lora(eager, lora, seed=0), attach_lora(gpu_base, lora, seed=0)
+    gold = ScoringBatch(_batch(), ["g0", "g1"], [SampleKind.INVERT] * 2, [(0, 1), (2, 3)])
+    rows = _batch(((12, 70), (12, 64), (30, 40), (30, 52), (9, 88), (44, 20), (44, 75)), seed=1)
+    samples = ScoringBatch(rows, ["a", "b", "c", "d"], [SampleKind.INVERT, SampleKind.PUNISH_NPO,
+                                                        SampleKind.NO_TRIAGE, SampleKind.INVERT],
+                           [(1, 0), (2, 3), (4,), (5, 6)])
+    st = LossSettings(beta=0.3)
+    scores = {}
+    for name, model in (("cpu", model_cpu), ("gpu", model_gpu)):
+        g_j = gold_gradient(model, [gold], beta=0.3)
+        scores[name] = torch.tensor([s.raw_score for s in score_batches(model, [samples], g_j, st)])
+    cpu, gpu = scores["cpu"], scores["gpu"]
+    assert cpu.abs().max() > 0
+    assert (gpu - cpu).abs().max() <= 0.05 * cpu.abs().max(), (cpu, gpu)
+    assert torch.equal(torch.argsort(cpu), torch.argsort(gpu))
