@@ -16,6 +16,11 @@ COPY examples ./examples
 RUN pip install --no-cache-dir -e .
 
 FROM python:3.11-slim AS runtime
+# GPU workers: INSTALL_CC=1 adds the C compiler torch.compile/Triton need for the fused kernels (without it the
+# engine's self-check falls back to eager kernels with a warning)
+ARG INSTALL_CC=0
+RUN if [ "$INSTALL_CC" = "1" ]; then apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*; fi
 RUN useradd --create-home --uid 10001 realign
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app

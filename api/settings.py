@@ -6,6 +6,7 @@ With no database configured the service runs embedded on SQLite under the data d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=0.5, ge=0, description="at most one progress write per interval")
     judge_concurrency: int = Field(default=32, ge=1, description="judge calls in flight per triage stage")
     checkpoint_every: int = Field(default=25, ge=0, description="training checkpoint period in optimizer steps")
+    fused_kernels: Literal["auto", "on", "off"] = Field(
+        default="auto", description="GPU workers: compiled RMSNorm/SwiGLU (auto = on CUDA); off = eager"
+    )
     train_device: str | None = Field(default=None, description="torch device for scoring/training/eval; None = "
                                      "CUDA when available")
     eval_size: int = Field(default=40, ge=1, description="evaluation prompts per suite")

@@ -274,7 +274,7 @@ def hyper_to_train_config(request: RealignRequest, settings: Settings) -> Any:
         epochs=h.epochs, max_steps=h.max_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, seed=h.seed,
         max_prompt_len=h.max_prompt_len, max_len=h.max_len,
         lora=LoraSettings(r=h.lora_r, alpha=h.lora_alpha, dropout=h.lora_dropout, target_modules=targets),
-        checkpoint_every=settings.checkpoint_every, kl_responses=h.kl_responses,
+        checkpoint_every=settings.checkpoint_every, kl_responses=h.kl_responses, fused_kernels=settings.fused_kernels,
         gradient_checkpointing=h.gradient_checkpointing, group_by_length=h.group_by_length,
     )
 

@@ -42,6 +42,8 @@ def test_gpu_worker_and_vllm_reserve_a_gpu_and_the_judge_worker_does_not(compose
     gpu_cmd, judge_cmd = services["worker-gpu"]["entrypoint"], services["worker-judge"]["entrypoint"]
     assert gpu_cmd[gpu_cmd.index("-Q") + 1] == "gpu" and gpu_cmd[gpu_cmd.index("-c") + 1] == "1"
     assert judge_cmd[judge_cmd.index("-Q") + 1] == "judge"
+    gpu_args = services["worker-gpu"]["build"]["args"]
+    assert "cu1" in gpu_args["TORCH_SPEC"] and str(gpu_args["INSTALL_CC"]) == "1"  # CUDA torch + a compiler
 
 
 def test_vllm_serves_lora_and_is_not_published_to_the_host(compose: dict[str, Any]) -> None:

@@ -78,5 +78,9 @@ def test_hyperparameters_reach_the_train_config(tmp_path) -> None:
     config = stages.hyper_to_train_config(RealignRequest.model_validate(body), Settings(data_dir=tmp_path))
     assert (config.kl_responses, config.gradient_checkpointing, config.group_by_length, config.beta) == (
         "both", True, True, 0.5)
+    assert config.fused_kernels == "auto"
+    eager = stages.hyper_to_train_config(RealignRequest.model_validate(body), Settings(data_dir=tmp_path,
+                                                                                      fused_kernels="off"))
+    assert eager.fused_kernels == "off"
     default = stages.hyper_to_train_config(RealignRequest.model_validate(synthetic_body()), Settings(data_dir=tmp_path))
     assert (default.kl_responses, default.gradient_checkpointing, default.group_by_length) == ("preferred", False, False)
