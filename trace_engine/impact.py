@@ -33,7 +33,7 @@ from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.ghost import GhostDot
 from trace_engine.head import policy_pass
 from trace_engine.logprobs import SequenceBatch, host_to_device
-from trace_engine.losses import dpo_loss, ipo_loss, length_normalise, npo_loss
+from trace_engine.losses import dpo_loss, npo_loss, preference_loss
 from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
 
 
@@ -125,7 +125,9 @@ def sample_losses(
             continue
         r = torch.tensor([rows[k] for k in idx], dtype=torch.long, device=policy.device)  # [m, arity]
         if kind in PREFERENCE_KINDS:
-            loss = _preference(policy, reference, num_tokens, r[:, 0], r[:, 1], settings)
+            pos, neg = r[:, 0], r[:, 1]
+            loss = preference_loss(settings.preference_loss, policy[pos], policy[neg], reference[pos], reference[neg],
+                                   num_tokens[pos], num_tokens[neg], settings.beta)
         elif kind is SampleKind.PUNISH_NPO:
             b, two = settings.beta, settings.npo_two_over_beta
             loss = npo_loss(policy[r[:, 0]], reference[r[:, 0]], b, two) + npo_loss(
@@ -135,19 +137,6 @@ def sample_losses(
             loss = npo_loss(policy[r[:, 0]], reference[r[:, 0]], settings.beta, settings.npo_two_over_beta)
         out = out.index_put((torch.tensor(idx, device=policy.device),), loss)
     return out
-
-
-def _preference(policy, reference, num_tokens, pos, neg, settings: LossSettings) -> torch.Tensor:
-    if settings.preference_loss == "dpo":
-        return dpo_loss(policy[pos], policy[neg], reference[pos], reference[neg], settings.beta)
-    n_pos, n_neg = num_tokens[pos], num_tokens[neg]
-    return ipo_loss(
-        length_normalise(policy[pos], n_pos),
-        length_normalise(policy[neg], n_neg),
-        length_normalise(reference[pos], n_pos),
-        length_normalise(reference[neg], n_neg),
-        settings.beta,
-    )
 
 
 def sequence_coefficients(

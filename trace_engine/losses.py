@@ -55,6 +55,31 @@ def length_normalise(logps: torch.Tensor, num_tokens: torch.Tensor) -> torch.Ten
     return logps / num_tokens.clamp(min=1).to(logps.dtype)
 
 
+def preference_loss(
+    name: str,
+    policy_pos: torch.Tensor,
+    policy_neg: torch.Tensor,
+    ref_pos: torch.Tensor,
+    ref_neg: torch.Tensor,
+    n_pos: torch.Tensor,
+    n_neg: torch.Tensor,
+    beta: float,
+    rdpo_eps: float = 0.0,
+) -> torch.Tensor:
+    """ℓ_pref by name: "dpo", "rdpo" (label noise ε), or "ipo" on length-normalised log-probs.  [N]"""
+    if name == "ipo":
+        return ipo_loss(
+            length_normalise(policy_pos, n_pos),
+            length_normalise(policy_neg, n_neg),
+            length_normalise(ref_pos, n_pos),
+            length_normalise(ref_neg, n_neg),
+            beta,
+        )
+    if name == "rdpo":
+        return rdpo_loss(policy_pos, policy_neg, ref_pos, ref_neg, beta, rdpo_eps)
+    return dpo_loss(policy_pos, policy_neg, ref_pos, ref_neg, beta)
+
+
 # ---------------------------------------------------------------- suppression (NPO)
 
 

@@ -38,14 +38,7 @@ from trace_engine.head import (
 )
 from trace_engine.kernels import FUSED_MODES
 from trace_engine.logprobs import SequenceBatch, host_to_device
-from trace_engine.losses import (
-    dpo_loss,
-    dual_npo_loss,
-    ipo_loss,
-    npo_loss,
-    rdpo_loss,
-    token_kl_sums,
-)
+from trace_engine.losses import dual_npo_loss, npo_loss, preference_loss, token_kl_sums
 from trace_engine.modeling import (
     LoraSettings,
     ModelLoadError,
@@ -456,7 +449,8 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
         n_tok = torch.cat([n_tok[:b], n_tok.new_zeros(k_neg), n_tok[b:]])
     pos, neg = logps[:b], logps[b:]
 
-    pref = preference_loss(pos, neg, ref_pos, ref_neg, n_tok[:b], n_tok[b:], cfg)
+    pref = preference_loss(cfg.effective_pref_loss(), pos, neg, ref_pos, ref_neg, n_tok[:b], n_tok[b:], cfg.beta,
+                           cfg.rdpo_eps)
     dual = dual_npo_loss(pos, neg, ref_pos, ref_neg, cfg.beta, cfg.npo_two_over_beta)
     npo_neg = npo_loss(neg, ref_neg, cfg.beta, cfg.npo_two_over_beta)
     kl = torch.zeros(b, device=rt.device)
@@ -492,17 +486,6 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
         }
         parts = {name: v.detach() for name, v in parts.items()}
     return loss, parts, batch.attention_mask.sum()
-
-
-def preference_loss(pos, neg, ref_pos, ref_neg, n_pos, n_neg, cfg: TrainConfig) -> torch.Tensor:
-    """ℓ_pref per example: DPO, rDPO, or IPO on length-normalised log-probs."""
-    name = cfg.effective_pref_loss()
-    if name == "ipo":
-        n_pos, n_neg = n_pos.clamp(min=1), n_neg.clamp(min=1)
-        return ipo_loss(pos / n_pos, neg / n_neg, ref_pos / n_pos, ref_neg / n_neg, cfg.beta)
-    if name == "rdpo":
-        return rdpo_loss(pos, neg, ref_pos, ref_neg, cfg.beta, cfg.rdpo_eps)
-    return dpo_loss(pos, neg, ref_pos, ref_neg, cfg.beta)
 
 
 @torch.no_grad()
