@@ -4,13 +4,13 @@ re-alignment; GET /v1/evals/{id} is the job with its report (also visible as /v1
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from api.db import access
-from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
@@ -67,7 +67,7 @@ def submit_eval(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> EvalJobOut:
     check_references(session, settings, principal.tenant_id, body)
     _check_model(session, settings, principal.tenant_id, body.model)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from api.db import access
 from api.db.models import Job, JobEvent, StageProgress
 from api.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
-from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
@@ -165,7 +165,7 @@ def submit_job(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobOut:
     """Queue a job (202). With `Idempotency-Key`: the same key and body return the same job; the same key with a
     different body is a 422."""
