@@ -138,12 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_rows = nested_subset(splits[r["seed"]].train, r["size"], r["seed"])
         if r["noise"]:
             train_rows, _ = add_triage_noise(train_rows, r["noise"], r["seed"])
-        steps: dict[str, Any] = {"epochs": 10_000, "max_steps": args.steps} if args.steps else {}
+        overrides: dict[str, Any] = {"epochs": 10_000, "max_steps": args.steps} if args.steps else {}
         if args.kl_responses:
-            steps["kl_responses"] = args.kl_responses
+            overrides["kl_responses"] = args.kl_responses
         if args.group_by_length:
-            steps["group_by_length"] = True
-        tc = default_train_config(r["variant"], r["seed"], **steps)
+            overrides["group_by_length"] = True
+        tc = default_train_config(r["variant"], r["seed"], **overrides)
         ref: dict[str, float] = {}
         if r["variant"] in IMPACT_VARIANTS:
             skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])

@@ -57,11 +57,6 @@ def layers_recompute_activations(decoder: nn.Module) -> bool:
     return False
 
 
-def predicting_positions(response_mask: torch.Tensor) -> torch.Tensor:
-    """Flat indices (row * T + t) of the positions t whose next token is a response token.  [N, T] -> [M] long"""
-    return SequenceBatch(response_mask, response_mask, response_mask).predicting_positions()
-
-
 def causal_forward_kwargs(batch: SequenceBatch) -> dict:
     """Model inputs for a right-padded batch: no attention mask at all, plain causal attention.
 

@@ -48,14 +48,22 @@ class SequenceBatch:
     def predicting_positions(self) -> torch.Tensor:
         """Flat indices (row * T + t) of positions whose next token is a response token.  -> [M] long"""
         if self.scored_positions is None:
-            scored = self.response_mask.clone()
-            scored[:, 0] = False  # position 0 has no predecessor (token_logps gives it 0 as well)
-            self.scored_positions = scored.reshape(-1).nonzero().squeeze(1) - 1
+            self.scored_positions = predicting_positions(self.response_mask)
         return self.scored_positions
 
     @property
     def num_response_tokens(self) -> torch.Tensor:  # [N]
         return self.response_mask.sum(dim=1)
+
+
+def predicting_positions(response_mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices (row * T + t) of the positions t whose next token is a response token.  [N, T] -> [M] long
+
+    Computed where the mask lives (on CUDA `nonzero` syncs the host: `SequenceBatch.to` computes it on the CPU).
+    """
+    scored = response_mask.clone()
+    scored[:, 0] = False  # position 0 has no predecessor (token_logps gives it 0 as well)
+    return scored.reshape(-1).nonzero().squeeze(1) - 1
 
 
 def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -430,7 +430,7 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
     )
     # everything this micro-batch needs goes to the device up front, without blocking (no sync mid-step)
     batch = host_batch.to(rt.device)
-    kl_rows = torch.cat([torch.arange(k), torch.arange(b, b + k)]) if k_neg == 0 else torch.arange(k)
+    kl_rows = torch.cat([torch.arange(k), torch.arange(b, b + k)]) if cfg.kl_responses == "both" else torch.arange(k)
     kl_batch = host_batch.select(kl_rows).to(rt.device) if k else None
     idx = torch.tensor(mb)
     kinds = host_to_device(inputs.kinds[idx], rt.device)  # [b]
@@ -588,15 +588,16 @@ def reference_sequence_logps(
     was_training = model.training
     model.eval()
     ctx = reference_mode(model) if is_adapter_model(model) else contextlib.nullcontext()
+    values = []  # per batch, left on the device: one host transfer at the end instead of a sync per batch
     with ctx:
         for s in range(0, len(order), rows_per_batch):
             chunk = order[s : s + rows_per_batch]
             batch = collate([seqs[j] for j in chunk], pad_id, cfg.pad_to_multiple_of).to(rt.device)
             with rt.autocast():
-                values = policy_pass(model, batch, cfg.chunk_tokens).logps.cpu()
-            for j, v in zip(chunk, values.tolist(), strict=True):
-                i, side = todo[j]
-                computed[i, side] = v
+                values.append(policy_pass(model, batch, cfg.chunk_tokens).logps)
+    if values:
+        where = torch.tensor([todo[j] for j in order])  # [M, 2]: (example, side) of each computed value
+        computed[where[:, 0], where[:, 1]] = torch.cat(values).float().cpu()
     model.train(was_training)
     rt.all_reduce_sum_([computed])
     return out + computed
