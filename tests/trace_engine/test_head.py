@@ -117,3 +117,17 @@ def test_recomputed_head_gives_the_same_values_and_gradients():
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_engine_forwards_pass_no_attention_mask():
+    """Right-padded batches need none; passing one costs host syncs and the FlashAttention path (head.py)."""
+    model, batch = _model("qwen2"), _batch()
+    seen = []
+    decoder = split_lm_head(model).decoder
+    handle = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask", "absent")),
+                                               with_kwargs=True)
+    try:
+        policy_pass(model, batch)
+    finally:
+        handle.remove()
+    assert seen == [None]

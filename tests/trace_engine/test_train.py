@@ -349,3 +349,44 @@ def test_micro_batches_grouped_by_length_cut_padding_and_keep_every_example():
     assert padded(grouped) < 0.6 * padded(plain)  # sum(lengths) is the floor
     assert grouped == micro_batches(order, lengths, 8, seed=1, epoch=0)  # resumable: same batches again
     assert grouped != micro_batches(order, lengths, 8, seed=1, epoch=1)
+
+
+@pytest.mark.parametrize("kl_responses", ["preferred", "both"])
+def test_retain_kl_is_the_token_mean_kl_against_the_adapter_free_model(llama, kl_responses):
+    """retain_kl on its own against the slow computation: full logits with the adapter on and off, token mean over
+    the anchored responses of each example."""
+    from trace_engine.head import policy_pass
+    from trace_engine.losses import token_kl_sums
+    from trace_engine.modeling import attach_lora
+    from trace_engine.runtime import Runtime
+
+    tok = load_tokenizer(llama)
+    model = attach_lora(load_causal_lm(llama, device="cpu"), LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3, generator=torch.Generator().manual_seed(1))
+    rows = [r for r in triaged_rows(6) if r["category"] == "RETAIN"] * 2  # k = 4 RETAIN examples
+    pairs, _ = encode_pairs(tok, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                            [r["rejected"] for r in rows])
+    k = len(pairs)
+    cfg = TrainConfig(kl_responses=kl_responses)
+    seqs = [p.preferred for p in pairs] + [p.dispreferred for p in pairs]
+    batch = collate(seqs, tok.pad_token_id)
+    kl_rows = torch.arange(2 * k) if kl_responses == "both" else torch.arange(k)
+    kl_batch = batch.select(kl_rows)
+    rt = Runtime(torch.device("cpu"), torch.float32)
+    reference = train_module.reference_for_kl(model, kl_batch, rt)
+    got = train_module.retain_kl(policy_pass(model, batch), reference, kl_batch, kl_rows, k, rt, cfg)
+
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        with model.disable_adapter():
+            ref_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    sums, counts = token_kl_sums(logits, ref_logits, batch.response_mask)
+    if kl_responses == "both":
+        want = (sums[:k] + sums[k:]) / (counts[:k] + counts[k:])
+    else:
+        want = sums[:k] / counts[:k]
+    assert bool((want > 0).all())
+    torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-7)
