@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from api.auth import PrincipalCache
 from api.db import access
-from api.db.engine import make_engine, make_session_factory, upgrade_head
+from api.db.engine import make_service_engine, make_session_factory, upgrade_head
 from api.deps import BrokerCheck, Enqueuer
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
@@ -46,9 +46,7 @@ def create_app(
     mounted as they are. With `settings.serving_url` the OpenAI-compatible gateway over the adapter registry is
     mounted too (`api.serving`)."""
     if engine is None:
-        pool = {} if settings.sqlalchemy_url.startswith("sqlite") else {
-            "pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_size}
-        engine = make_engine(settings.sqlalchemy_url, **pool)
+        engine = make_service_engine(settings, role="api")
     if settings.run_migrations:
         upgrade_head(engine)
     for directory in (settings.data_dir, settings.files_dir, settings.datasets_root):

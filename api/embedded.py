@@ -69,6 +69,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
             env[name] = value
         else:
             env.pop(name, None)
+    if settings.judge_profiles:  # operator config the worker needs to build judges (docs/security.md)
+        env["REALIGN_JUDGE_PROFILES"] = json.dumps(settings.model_dump(mode="json")["judge_profiles"])
     repo_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
     return env

@@ -8,21 +8,19 @@ they match `trace_engine.evaluation.runner.SUITES` (which does import torch).
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.settings import JUDGE_PROFILE_NAME
 from trace_engine.data.presets import PRESETS
-from trace_engine.policy import Policy, parse_clauses
+from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_policy_size
 from trace_engine.variants import VARIANTS
 
 EVAL_SUITES: tuple[str, ...] = ("tpa", "asr", "over_refusal", "capability")
 CATEGORIES: tuple[str, ...] = ("INVERT", "PUNISH", "RETAIN")
 MAX_METADATA_BYTES = 16 * 1024
-_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_KEY_PREFIXES = ("sk-", "sk_", "rk_", "pk-", "xoxb-", "ghp_", "hf_", "bearer ", "key-", "aiza")
 
 
 class StrictModel(BaseModel):
@@ -39,15 +37,18 @@ class ClauseIn(StrictModel):
 
 
 class PolicyIn(StrictModel):
-    text: str = Field(min_length=1, max_length=200_000, description="policy markdown; `## [ID] Title` starts a clause")
+    text: str = Field(min_length=1, max_length=MAX_POLICY_CHARS,
+                      description="policy markdown; `## [ID] Title` starts a clause")
     name: str = Field(default="policy", min_length=1, max_length=200)
-    clauses: list[ClauseIn] | None = Field(default=None, description="named clauses appended to the text")
+    clauses: list[ClauseIn] | None = Field(default=None, max_length=MAX_CLAUSES,
+                                           description="named clauses appended to the text")
 
     @model_validator(mode="after")
     def _clauses_parse(self) -> PolicyIn:
         if not self.text.strip():
             raise ValueError("policy text is blank")
-        parse_clauses(self.full_text())  # duplicate clause ids -> ValueError -> 422
+        # text plus clauses: at most MAX_POLICY_CHARS characters and MAX_CLAUSES clauses; duplicate ids -> 422
+        check_policy_size(self.full_text().rstrip())
         return self
 
     def full_text(self) -> str:
@@ -99,45 +100,43 @@ class BaseModelIn(StrictModel):
     revision: str | None = Field(default=None, max_length=100)
 
 
-def looks_like_secret(value: str) -> bool:
-    """A key pasted where the NAME of its environment variable belongs."""
-    lowered = value.strip().lower()
-    if lowered.startswith(_KEY_PREFIXES):
-        return True
-    has_digit, has_lower = any(c.isdigit() for c in value), any(c.islower() for c in value)
-    return len(value) >= 32 and has_digit and has_lower
+REMOVED_JUDGE_FIELDS = ("base_url", "api_key_secret", "api_key_env", "api_key")
+DEFAULT_JUDGE_PROFILE = "default"
 
 
 class JudgeIn(StrictModel):
+    """Which judge grades responses. Network judges are operator-configured **profiles** (`REALIGN_JUDGE_PROFILES`):
+    a request names a profile, never a URL or the name of a secret (docs/security.md)."""
+
     provider: Literal["openai", "rules", "synthetic"] = Field(
-        description="openai: any OpenAI-compatible endpoint; rules: a clause-rules file; synthetic: the "
-                    "synthetic world's rule judge")
-    model: str | None = Field(default=None, max_length=200)
-    base_url: AnyHttpUrl | None = None
-    api_key_secret: str | None = Field(
-        default=None, description="NAME of the environment variable / secret holding the key, never the key")
+        description="openai: an operator-configured OpenAI-compatible endpoint, named by `profile`; rules: a "
+                    "clause-rules file; synthetic: the synthetic world's rule judge")
+    profile: str | None = Field(default=None, max_length=64, pattern=JUDGE_PROFILE_NAME,
+                                description=f"provider openai: the judge profile to use (default "
+                                f"{DEFAULT_JUDGE_PROFILE!r}); an unknown name is refused with the known ones")
+    model: str | None = Field(default=None, max_length=200, description="provider openai: the model (default: "
+                              "the profile's default model; must be one the profile allows)")
     rules_path: str | None = Field(default=None, max_length=1000, description="rules file, relative to the root")
 
-    @field_validator("api_key_secret")
+    @model_validator(mode="before")
     @classmethod
-    def _secret_name_only(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if looks_like_secret(value):
-            raise ValueError("api_key_secret looks like an API key; give the NAME of the environment variable "
-                             "or secret that holds it (e.g. OPENAI_API_KEY), never the key itself")
-        if not _SECRET_NAME.match(value):
-            raise ValueError("api_key_secret must be an environment variable name (letters, digits, underscore)")
-        return value
+    def _no_free_endpoints(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [name for name in REMOVED_JUDGE_FIELDS if name in data]
+            if given:  # the values are never echoed (one may be a key)
+                raise ValueError(f"judge.{', judge.'.join(given)} is not accepted: judge endpoints and their keys "
+                                 "are configured by the operator as judge profiles; name one with judge.profile "
+                                 "(and optionally judge.model)")
+        return data
 
     @model_validator(mode="after")
     def _provider_fields(self) -> JudgeIn:
-        if self.provider == "openai" and not self.model:
-            raise ValueError("judge.model is required for provider 'openai'")
+        if self.provider == "openai" and self.profile is None:
+            self.profile = DEFAULT_JUDGE_PROFILE
         if self.provider == "rules" and not self.rules_path:
             raise ValueError("judge.rules_path is required for provider 'rules'")
-        if self.provider != "openai" and (self.base_url or self.api_key_secret):
-            raise ValueError(f"provider {self.provider!r} makes no network calls: drop base_url/api_key_secret")
+        if self.provider != "openai" and self.profile is not None:
+            raise ValueError(f"provider {self.provider!r} makes no network calls: drop judge.profile")
         return self
 
 
@@ -367,3 +366,4 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+    workers: dict[str, int] = Field(default_factory=dict, description="live workers per queue (judge, gpu)")

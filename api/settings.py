@@ -5,13 +5,49 @@ With no database configured the service runs embedded on SQLite under the data d
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path.home() / ".realign"
+JUDGE_PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+SECRET_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class JudgeProfile(BaseModel):
+    """An operator-configured judge endpoint. Requests name a profile; they never give a URL or a secret's name,
+    so a tenant cannot send the operator's key (or any other environment variable) to a server of its choice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["openai"] = "openai"
+    base_url: AnyHttpUrl | None = Field(default=None, description="OpenAI-compatible endpoint; None = OpenAI's")
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", pattern=SECRET_ENV_NAME, description="NAME of the "
+                                    "environment variable holding this endpoint's key (None: the endpoint needs "
+                                    "no key); the only names the worker ever reads a secret from")
+    models: list[str] = Field(default_factory=list, description="models a request may name; empty = any")
+    default_model: str | None = Field(default=None, description="the model when a request names none")
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _default_allowed(self) -> JudgeProfile:
+        if self.default_model and self.models and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models {self.models}")
+        return self
+
+    def model_for(self, requested: str | None) -> str:
+        """The model a request gets on this profile; ValueError (with the allowed names) when refused."""
+        model = requested or self.default_model or (self.models[0] if len(self.models) == 1 else None)
+        if not model:
+            raise ValueError("this judge profile has no default model: give judge.model"
+                             + (f" (one of {', '.join(self.models)})" if self.models else ""))
+        if self.models and model not in self.models:
+            raise ValueError(f"model {model!r} is not allowed on this judge profile; allowed: {', '.join(self.models)}")
+        return model
 
 
 class Settings(BaseSettings):
@@ -31,7 +67,19 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=500, ge=1)
     auth_cache_ttl_s: float = Field(default=5.0, ge=0, description="how long a checked API key is trusted without "
                                     "a database read (a revoked key stops working within this time)")
-    db_pool_size: int = Field(default=20, ge=1, description="Postgres connections per API process")
+    db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per API process "
+                              "(docs/operations.md: the connection budget)")
+    db_max_overflow: int = Field(default=10, ge=0, description="extra Postgres connections an API process may "
+                                 "open under load; its ceiling is db_pool_size + db_max_overflow")
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, description="how long a request waits for a pooled "
+                                     "connection before failing (503)")
+    db_application_name: str | None = Field(default=None, max_length=60, description="Postgres application_name "
+                                            "of this process's connections; None = realign-api / realign-worker")
+    max_active_jobs_per_tenant: int = Field(default=20, ge=0, description="live (not finished) jobs a tenant may "
+                                            "have; one more submission answers 429 (0 = no limit)")
+    max_submissions_per_minute: int = Field(default=60, ge=0, description="jobs + uploads a tenant may create "
+                                            "per sliding minute, counted in the database so every API replica "
+                                            "shares it; more answer 429 with Retry-After (0 = no limit)")
     run_migrations: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
     # ---- worker (worker/): leases, reaper, engine knobs
     model_root: Path | None = Field(default=None, description="root for local base models; None = data_dir/models")
@@ -40,7 +88,19 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="lease renewal and cancel check period")
     reaper_interval_s: float = Field(default=5.0, gt=0)
     requeue_after_s: float = Field(default=120.0, gt=0, description="a queued (or between-stages) job that no "
-                                   "worker picked up for this long is enqueued again")
+                                   "worker picked up for this long is enqueued again (a message the broker lost)")
+    enqueue_grace_s: float = Field(default=5.0, gt=0, description="a job handed to its next stage whose enqueue "
+                                   "was not confirmed within this long (the send failed, or its sender died) is "
+                                   "enqueued again by the reaper")
+    stage_max_attempts: int = Field(default=3, ge=1, description="starts of one stage of one job (crashes and "
+                                    "expired leases included) before the job fails instead of being re-queued")
+    worker_db_pool_size: int = Field(default=4, ge=1, description="Postgres connections kept per worker process")
+    worker_db_max_overflow: int = Field(default=4, ge=0, description="extra Postgres connections per worker "
+                                        "process; its ceiling is worker_db_pool_size + worker_db_max_overflow")
+    worker_heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often a worker records that "
+                                               "it is alive (and which queues it consumes) for /readyz")
+    worker_stale_after_s: float = Field(default=20.0, gt=0, description="a worker not seen for this long no "
+                                        "longer counts as live in /readyz")
     progress_interval_s: float = Field(default=0.5, ge=0, description="at most one progress write per interval")
     judge_concurrency: int = Field(default=32, ge=1, description="judge calls in flight per triage stage")
     checkpoint_every: int = Field(default=25, ge=0, description="training checkpoint period in optimizer steps")
@@ -64,6 +124,23 @@ class Settings(BaseSettings):
                                               "dir (adapters are under it); None = the same path as data_dir")
     serving_max_adapters: int = Field(default=8, ge=1, description="adapters loaded on the backend at once (LRU)")
     deploy_gate_max_tokens: int = Field(default=16, ge=1, description="greedy tokens per deploy-gate probe")
+    # ---- security (docs/security.md)
+    judge_profiles: dict[str, JudgeProfile] = Field(default_factory=dict, description="named judge endpoints "
+                                                    "(REALIGN_JUDGE_PROFILES as JSON: name -> profile); a request "
+                                                    "with provider `openai` names one of them")
+    metrics_token: SecretStr | None = Field(default=None, description="Bearer token for GET /metrics; None = "
+                                            "/metrics answers 404 (disabled)")
+
+    @model_validator(mode="after")
+    def _profile_names(self) -> Settings:
+        bad = [name for name in self.judge_profiles if not re.match(JUDGE_PROFILE_NAME, name)]
+        if bad:
+            raise ValueError(f"judge profile names must match {JUDGE_PROFILE_NAME}: {bad}")
+        return self
+
+    def secret_env_names(self) -> frozenset[str]:
+        """The allow-list of environment variables a secret is ever read from (the profiles' `api_key_env`)."""
+        return frozenset(p.api_key_env for p in self.judge_profiles.values() if p.api_key_env)
 
     @property
     def sqlalchemy_url(self) -> str:

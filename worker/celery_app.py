@@ -8,6 +8,11 @@ visibility timeout counted from delivery, correctness never depends on it: stage
 Broker: `REALIGN_BROKER_URL` (Redis in production); with none configured, kombu's `filesystem://` transport under
 `<data_dir>/broker` (the embedded mode: no server at all).
 
+A broker restart: the worker reconnects for as long as it takes (`broker_connection_max_retries=None`); running
+stages keep running (`worker_cancel_long_running_tasks_on_connection_loss=False`: they are lease-protected and
+write to Postgres, not Redis), and Redis uses `worker.broker.RedisTransport`, which fixes the kombu defect that
+made a threads-pool worker exit ("Unrecoverable error ... 'hostname'") when Redis dropped during a task.
+
     celery -A worker.tasks worker -Q judge --pool threads -c 32     # judge worker
     celery -A worker.tasks worker -Q gpu --pool solo -c 1           # one per GPU
 
@@ -24,6 +29,8 @@ from celery import Celery
 
 from api.db.states import Stage
 from api.settings import Settings
+
+REDIS_TRANSPORT = "worker.broker:RedisTransport"  # kombu's Redis transport with the reconnect fix
 
 JUDGE_QUEUE, GPU_QUEUE = "judge", "gpu"
 STAGE_QUEUE: dict[Stage, str] = {
@@ -70,10 +77,16 @@ def make_celery(settings: Settings) -> Celery:
     embedded = settings.broker_url is None
     transport_options: dict[str, Any] = (embedded_broker_options(settings) if embedded
                                          else {"visibility_timeout": 6 * 3600})
+    url = broker_url(settings)
     app.conf.update(
-        broker_url=broker_url(settings),
+        broker_url=url,
+        # (rediss:// keeps kombu's own transport: kombu turns TLS on from that scheme name)
+        broker_transport=REDIS_TRANSPORT if url.startswith("redis://") else None,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,  # a broker outage of any length: keep trying, never exit
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

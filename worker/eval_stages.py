@@ -20,6 +20,7 @@ from api.gateway.deploy_gate import adapter_weights_sha256
 from api.registry import local_adapter_dir, serving_adapter_dir
 from api.schemas import BaseModelIn, EvalRequest, SyntheticDataset
 from trace_engine.data.io import write_json
+from worker.errors import scrub_server_paths
 from worker.stages import (
     StageContext,
     StageFailed,
@@ -105,7 +106,7 @@ def run_eval_validate(ctx: StageContext) -> StageResult:
             _base_source(ctx, model)
     if any(s in JUDGED for s in request.suites):
         judge, _ = build_judge(request, ctx.settings)
-        probe_judge(judge, request)
+        probe_judge(judge, request, ctx.settings)
     ctx.tick(2, 3)
     data = eval_data(ctx)
     if not any(data.values()):
@@ -201,11 +202,11 @@ def run_eval_evaluate(ctx: StageContext) -> StageResult:
     report = {"model": request.model, "suites": suites, "summary": summary, "comparison": comparison,
               "reports": {label: r.to_dict() for label, r in reports.items()},
               "models": [asdict(m) for m in models]}
-    path = ctx.dir / "eval" / "report.json"
-    write_json(path, report)
+    report = scrub_server_paths(report, ctx.settings)  # tenants read it (GET /v1/evals/{id})
+    write_json(ctx.dir / "eval" / "report.json", report)
     return StageResult(summary={"suites": suites, "models": list(reports)},
                        metrics={"eval": {"summary": summary, "comparison": comparison}},
-                       artifacts={"eval_report": str(path)})
+                       artifacts={"eval_report": "eval/report.json"})
 
 
 EVAL_STAGE_FUNCTIONS: dict[Stage, Callable[[StageContext], StageResult]] = {

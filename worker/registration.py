@@ -3,6 +3,7 @@ succeeded job always has its adapter registered, and a crash before the commit l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -42,12 +43,17 @@ def provenance(settings: Settings, job: Job, request: RealignRequest, parent_id:
     """Everything needed to know what this adapter is and to reproduce it (secret NAMES only, never values)."""
     policy = request.policy.to_policy()
     snapshot = settings.data_dir / "jobs" / job.id / "data" / "pairs.jsonl"
-    judge = request.judge.model_dump(mode="json", exclude_none=True)
+    judge = request.judge.model_dump(mode="json", exclude_none=True)  # a profile NAME, never a URL or a secret
+    if request.judge.provider == "openai":
+        from api.judges import JudgeProfileError, resolve_judge_profile
+
+        with contextlib.suppress(JudgeProfileError):  # profiles changed since: record what the request said
+            judge["model"] = resolve_judge_profile(settings, request.judge).model
     return {
         "policy": {"name": policy.name, "sha256": policy.sha256},
         "dataset": {"reference": request.dataset.model_dump(mode="json"), "sha256": file_sha256(snapshot)},
         "base_model": {"name_or_path": request.base_model.name_or_path, "revision": request.base_model.revision},
-        "judge": {**judge, "id": f"{request.judge.provider}:{request.judge.model or request.judge.rules_path or ''}"},
+        "judge": {**judge, "id": f"{request.judge.provider}:{judge.get('model') or request.judge.rules_path or ''}"},
         "method": request.method.model_dump(mode="json"),
         "metrics": dict(job.metrics or {}),
         "parent_adapter_id": parent_id,

@@ -6,9 +6,14 @@ Framework-free (Celery calls `run_stage` from `worker.tasks`; tests may call it 
 - The stage's work is ONE engine call (`worker.stages`); everything it writes is keyed by the job id, and a
   re-run resumes (triage verdicts are stored item by item; training resumes from its last checkpoint).
 - At the end, one transaction stores the results, completes the stage, moves the job to the next stage's
-  state (or `succeeded`) and releases the lease; only then is the next stage enqueued. If that enqueue is lost,
-  the reaper finds the job (live, no lease, unchanged for a while) and enqueues it again.
+  state (or `succeeded`) and releases the lease; only then is the next stage enqueued, and the enqueue confirmed
+  (`enqueued_at`). If that enqueue is lost (the send failed, or this process died first), the reaper finds the
+  job (live, no lease, enqueue unconfirmed for `enqueue_grace_s`) and enqueues it again within seconds.
 - Duplicate or stale messages are harmless: a stage whose job is not in that stage's state is skipped.
+- Every start of a stage counts an attempt of that (job, stage). A start that ends without the stage finishing
+  or failing on its own (an exception escaping the runner, a crash, SIGKILL: the lease expires) records why,
+  where it can; after `stage_max_attempts` starts the job fails with "stage X failed N times; last error: ..."
+  instead of being re-queued forever.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from api.db.engine import session_scope
 from api.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, Stage, is_terminal
 from api.schemas import EvalRequest, FileDataset, RealignRequest
 from api.settings import Settings
+from worker.errors import sanitise_error
 from worker.stages import (  # noqa: F401 - STAGE_FUNCTIONS: tests patch stages through it
     STAGE_FUNCTIONS,
     Cancelled,
@@ -133,6 +139,24 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
         if state not in expected:  # a duplicate or stale message: the job has moved on
             access.release_lease(session, job_id=job_id, owner=owner)
             return SKIPPED
+        previous = access.stage_progress(session, job_id=job_id, stage=stage)
+        if previous is not None and (previous.attempts or 0) >= settings.stage_max_attempts:
+            access.fail_exhausted(session, job_id=job_id, stage=stage, attempts=previous.attempts,
+                                  last_error=previous.last_error)
+            log.error("job %s stage %s: %d attempts used up; the job failed", job_id, stage.value,
+                      previous.attempts)
+            return FAILED
+    try:
+        return _run_started(services, job_id, stage, owner)
+    except BaseException as exc:  # escaped the runner: the task (or the process) dies; this attempt ends here
+        _record_crash(services, job_id, stage, owner, exc)
+        raise
+
+
+def _run_started(services: WorkerServices, job_id: str, stage: Stage, owner: str) -> str:
+    settings = services.settings
+    with session_scope(services.sessions) as session:
+        job = access.load_job(session, job_id=job_id)
         kind = job.kind
         request = parse_request(kind, job.request)
         tenant_id = job.tenant_id
@@ -171,6 +195,39 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
         return FAILED
 
 
+def _record_crash(services: WorkerServices, job_id: str, stage: Stage, owner: str, exc: BaseException) -> None:
+    """Best effort (the database may be what failed): remember why this attempt ended, for the error shown when
+    the attempts run out. An `Exception` also gives the lease back and marks the hand-over unconfirmed, so the
+    reaper re-queues the stage within seconds; anything else (the process is going down) leaves the lease to
+    expire."""
+    log.error("job %s stage %s: attempt crashed:\n%s", job_id, stage.value, traceback.format_exc())
+    error = sanitise_error({"stage": stage.value, "kind": "crashed",
+                            "message": f"{type(exc).__name__}: {exc}"[:500]}, services.settings)
+    try:
+        with session_scope(services.sessions) as session:
+            access.record_stage_error(session, job_id=job_id, stage=stage, error=error)
+            if isinstance(exc, Exception) and access.release_lease(session, job_id=job_id, owner=owner):
+                access.expect_enqueue(session, job_id=job_id)
+    except Exception:
+        log.warning("could not record the crash of job %s stage %s", job_id, stage.value, exc_info=True)
+
+
+def _enqueue(services: WorkerServices, job_id: str, stage: Stage) -> bool:
+    """Send the stage's message and confirm it (`enqueued_at`); False (logged) when the send failed: the job
+    stays unconfirmed and the reaper sends it again."""
+    try:
+        services.enqueue(job_id, stage.value)
+    except Exception:
+        log.warning("enqueue of job %s stage %s failed; the reaper re-sends it", job_id, stage.value, exc_info=True)
+        return False
+    try:
+        with session_scope(services.sessions) as session:
+            access.mark_enqueued(session, job_id=job_id)
+    except Exception:  # unconfirmed: at worst one duplicate message, which is skipped
+        log.warning("could not confirm the enqueue of job %s", job_id, exc_info=True)
+    return True
+
+
 def parse_request(kind: str, stored: dict[str, Any]) -> RealignRequest | EvalRequest:
     return EvalRequest.model_validate(stored) if kind == "eval" else RealignRequest.model_validate(stored)
 
@@ -200,11 +257,10 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
             _finish_cancel(session, job_id, owner)
             return CANCELLED
         access.release_lease(session, job_id=job_id, owner=owner)
+        if following is not None:
+            access.expect_enqueue(session, job_id=job_id)
     if following is not None:
-        try:
-            services.enqueue(job_id, following.value)
-        except Exception:  # the reaper will enqueue it (the job is live, unleased, and stops changing)
-            log.warning("enqueue of job %s stage %s failed", job_id, following.value, exc_info=True)
+        _enqueue(services, job_id, following)  # if lost, the reaper re-sends it within `enqueue_grace_s`
     return DONE
 
 
@@ -220,6 +276,7 @@ def _fail(services: WorkerServices, job_id: str, stage: Stage, owner: str, exc: 
     else:
         log.error("job %s stage %s crashed:\n%s", job_id, stage.value, traceback.format_exc())
         error = {"stage": stage.value, "kind": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+    error = sanitise_error(error, services.settings)  # no secrets, server paths or long remote bodies
     with session_scope(services.sessions) as session:
         access.add_event(session, job_id=job_id, type=EventType.ERROR, stage=stage, data=error)
         with contextlib.suppress(InvalidTransition):
@@ -253,16 +310,15 @@ def _file_format(session: Session, tenant_id: str, request: RealignRequest) -> s
 def reap_once(services: WorkerServices) -> int:
     """Re-queue every live job nobody works on (see `access.claim_requeues`); returns how many."""
     with session_scope(services.sessions) as session:
-        claimed = access.claim_requeues(session, older_than_s=services.settings.requeue_after_s)
+        claimed = access.claim_requeues(session, older_than_s=services.settings.requeue_after_s,
+                                        enqueue_grace_s=services.settings.enqueue_grace_s,
+                                        max_attempts=services.settings.stage_max_attempts)
         for item in claimed:
             if item.stage is None:
                 _finish_cancel(session, item.job_id, owner="")
     for item in claimed:
-        if item.stage is not None:
-            try:
-                services.enqueue(item.job_id, item.stage.value)
-            except Exception:
-                log.warning("re-enqueue of job %s failed; next reaper pass retries", item.job_id, exc_info=True)
+        if item.stage is not None and not item.failed:
+            _enqueue(services, item.job_id, item.stage)
     if claimed:
         log.info("reaper re-queued %s", [(c.job_id, c.stage and c.stage.value, c.reason) for c in claimed])
     return len(claimed)
@@ -282,3 +338,38 @@ class Reaper(threading.Thread):
                 reap_once(self.services)
             except Exception:
                 log.warning("reaper pass failed", exc_info=True)
+
+
+class WorkerBeat(threading.Thread):
+    """Records every `worker_heartbeat_interval_s` that this worker process is alive and which queues it
+    consumes (`/readyz` counts live workers per queue); `stop()` removes the row (a warm shutdown is seen at
+    once, a killed worker's row goes stale after `worker_stale_after_s`)."""
+
+    def __init__(self, services: WorkerServices, name: str, hostname: str, pid: int, queues: list[str]) -> None:
+        super().__init__(name="realign-worker-beat", daemon=True)
+        self.services, self.worker_name, self.hostname, self.pid, self.queues = services, name, hostname, pid, queues
+        self.stop_event = threading.Event()
+
+    def beat(self) -> None:
+        with session_scope(self.services.sessions) as session:
+            access.record_worker(session, name=self.worker_name, hostname=self.hostname, pid=self.pid,
+                                 queues=self.queues)
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception:  # the database is down: /readyz says so anyway; try again next period
+                log.warning("worker heartbeat failed", exc_info=True)
+            if self.stop_event.wait(self.services.settings.worker_heartbeat_interval_s):
+                return
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        try:
+            with session_scope(self.services.sessions) as session:
+                access.remove_worker(session, name=self.worker_name)
+        except Exception:
+            log.warning("could not remove worker %s's heartbeat row", self.worker_name, exc_info=True)

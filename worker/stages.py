@@ -35,12 +35,14 @@ from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.pairs import PreferencePair, prompt_key
 from trace_engine.judge.base import Judge
 from trace_engine.variants import get_variant
+from worker.errors import sanitise_error_text, scrub_server_paths
 
 SYNTHETIC_BASE_NAMES = frozenset({"synthetic-tiny", "synthetic"})
 ORACLE_VARIANTS = frozenset({"trace_oracle", "dpo_gold"})
 _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 PROBE_PROMPT = "What is the capital of France?"
 PROBE_RESPONSE = "The capital of France is Paris."
+PROBE_ERROR_CHARS = 300  # at most this much of a judge's failure text reaches the job
 
 ProgressTick = Callable[[int, "int | None"], None]
 
@@ -82,6 +84,18 @@ class StageResult:
     artifacts: dict[str, Any] = field(default_factory=dict)
     category_counts: dict[str, int] | None = None
     triage_items: list[dict[str, Any]] | None = None
+
+
+def job_relative(ctx: StageContext, path: Any) -> str:
+    """An artifact's name as jobs show it: relative to the job's folder (`train/adapter`), never a server path;
+    the worker finds the file again from the job id (`job_dir`)."""
+    return Path(path).resolve().relative_to(ctx.dir.resolve()).as_posix()
+
+
+def _item_error(error: Any, settings: Settings) -> Any:
+    """A triage item's judge error as tenants see it: a short sanitised excerpt (no remote body, no secret)."""
+    return sanitise_error_text(error, settings=settings, max_len=PROBE_ERROR_CHARS) if isinstance(error, str) \
+        else error
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -174,8 +188,9 @@ def _check_hub_model(repo: str, revision: str) -> None:
 
 
 def build_judge(request: RealignRequest | EvalRequest, settings: Settings) -> tuple[Judge, bool]:
-    """(judge, oracle): the judge the request names and whether triage also asks it for rewrites. The API key
-    comes from the environment variable NAMED in the request; it is never stored."""
+    """(judge, oracle): the judge the request names and whether triage also asks it for rewrites. An `openai`
+    judge is the operator's judge profile the request names (api/judges.py): its URL and the NAME of its key's
+    environment variable come from the settings, never from the request; the key is never stored."""
     spec = request.judge
     oracle = isinstance(request, RealignRequest) and request.method.variant in ORACLE_VARIANTS
     if spec.provider == "synthetic":
@@ -194,16 +209,24 @@ def build_judge(request: RealignRequest | EvalRequest, settings: Settings) -> tu
             raise StageFailed(f"judge.rules_path {spec.rules_path!r} does not exist under the dataset root",
                               kind="judge_unreachable")
         return make_judge(f"rules:{path}"), oracle
+    from api.judges import JudgeProfileError, resolve_judge_profile
+
     try:
-        judge = make_judge(f"openai:{spec.model}", base_url=str(spec.base_url) if spec.base_url else None,
-                           api_key_env=spec.api_key_secret or "OPENAI_API_KEY", max_retries=3, timeout=30.0)
+        resolved = resolve_judge_profile(settings, spec)
+    except JudgeProfileError as exc:  # the operator changed the profiles since the job was submitted
+        raise StageFailed(f"judge.{exc.field}: {exc}", kind="judge_unreachable") from exc
+    profile = resolved.profile
+    try:
+        judge = make_judge(f"openai:{resolved.model}", base_url=str(profile.base_url) if profile.base_url else None,
+                           api_key_env=profile.api_key_env, max_retries=profile.max_retries, timeout=profile.timeout_s)
     except ValueError as exc:
-        raise StageFailed(f"judge: {exc}", kind="judge_unreachable") from exc
+        raise StageFailed(f"judge profile {resolved.profile_name!r}: {exc}", kind="judge_unreachable") from exc
     return judge, oracle
 
 
-def probe_judge(judge: Judge, request: RealignRequest | EvalRequest) -> None:
-    """One real judge call before any GPU time: a judge that cannot answer fails the job now."""
+def probe_judge(judge: Judge, request: RealignRequest | EvalRequest, settings: Settings | None = None) -> None:
+    """One real judge call before any GPU time: a judge that cannot answer fails the job now. The reason is a
+    short, sanitised excerpt (a remote body, a path or a secret never reaches the job record)."""
     policy = request.policy.to_policy()
 
     async def ask() -> Any:
@@ -215,9 +238,11 @@ def probe_judge(judge: Judge, request: RealignRequest | EvalRequest) -> None:
     try:
         outcome = asyncio.run(ask())
     except Exception as exc:
-        raise StageFailed(f"judge probe call failed: {type(exc).__name__}: {exc}", kind="judge_unreachable") from exc
+        reason = sanitise_error_text(f"{type(exc).__name__}: {exc}", settings=settings, max_len=PROBE_ERROR_CHARS)
+        raise StageFailed(f"judge probe call failed: {reason}", kind="judge_unreachable") from exc
     if outcome.error is not None or outcome.verdict is None:
-        raise StageFailed(f"judge probe call failed: {outcome.error or 'no verdict'}", kind="judge_unreachable")
+        reason = sanitise_error_text(outcome.error or "no verdict", settings=settings, max_len=PROBE_ERROR_CHARS)
+        raise StageFailed(f"judge probe call failed: {reason}", kind="judge_unreachable")
 
 
 def load_dataset(ctx: StageContext) -> tuple[list[PreferencePair], dict[str, Any]]:
@@ -311,16 +336,18 @@ def run_validate(ctx: StageContext) -> StageResult:
     ctx.tick(2, 3)
     if needs_triage(ctx.request):
         judge, _ = build_judge(ctx.request, ctx.settings)
-        probe_judge(judge, ctx.request)
+        probe_judge(judge, ctx.request, ctx.settings)
     try:
         hyper_to_train_config(ctx.request, ctx.settings).validate()
     except ValueError as exc:  # trace_engine.train.ConfigError
         raise StageFailed(f"method: {exc}", kind="config_invalid") from exc
     write_jsonl(ctx.dir / "data" / "pairs.jsonl", [p.to_row() for p in pairs])
     ctx.tick(3, 3)
-    return StageResult(summary={"pairs": len(pairs), "base_model": source.to_dict()},
+    base_model = {"name_or_path": ctx.request.base_model.name_or_path, "revision": source.revision,
+                  "local": source.is_local}  # the request's name, never the server path it resolved to
+    return StageResult(summary={"pairs": len(pairs), "base_model": base_model},
                        metrics={"pairs": len(pairs)},
-                       artifacts={"dataset_snapshot": str(ctx.dir / "data" / "pairs.jsonl"),
+                       artifacts={"dataset_snapshot": "data/pairs.jsonl",
                                   "dataset_report": {k: v for k, v in report.items() if k != "issues"}})
 
 
@@ -343,14 +370,14 @@ def run_triage(ctx: StageContext) -> StageResult:
         raise StageFailed(f"triage aborted: {outcome.summary.get('message')}", kind="judge_failed")
     rows = outcome.result.rows
     items = [{"pair_id": row["id"], "position": index, "category": row.get("category", "ERROR"),
-              "verdicts": {k: row[k] for k in ("swapped", "chosen_verdict", "rejected_verdict", "error",
-                                                "oracle_response") if k in row}}
+              "verdicts": {k: _item_error(row[k], ctx.settings) if k == "error" else row[k]
+                           for k in ("swapped", "chosen_verdict", "rejected_verdict", "error", "oracle_response")
+                           if k in row}}
              for index, row in enumerate(rows)]
     counts = {k: int(v) for k, v in outcome.summary["counts"].items()}
     summary = {k: outcome.summary[k] for k in ("status", "pairs", "counts", "judge_calls", "cache_hits", "wall_s")}
     return StageResult(summary=summary, metrics={"triage": summary}, category_counts=counts, triage_items=items,
-                       artifacts={"triaged": str(ctx.dir / "triage" / "triaged.jsonl"),
-                                  "triage_summary": str(ctx.dir / "triage" / "summary.json")})
+                       artifacts={"triaged": "triage/triaged.jsonl", "triage_summary": "triage/summary.json"})
 
 
 def run_score(ctx: StageContext) -> StageResult:
@@ -370,7 +397,7 @@ def run_score(ctx: StageContext) -> StageResult:
     write_json(ctx.dir / "score" / "summary.json", scored.summary)
     write_jsonl(ctx.dir / "score" / "scored.jsonl", scored.rows)  # last: its presence means "scored"
     return StageResult(summary={"rows": len(scored.rows)}, metrics={"score": _jsonable({k: v for k, v in scored.summary.items() if k != "top"})},
-                       artifacts={"scored": str(ctx.dir / "score" / "scored.jsonl")})
+                       artifacts={"scored": "score/scored.jsonl"})
 
 
 def run_train(ctx: StageContext) -> StageResult:
@@ -390,7 +417,8 @@ def run_train(ctx: StageContext) -> StageResult:
                    progress=on_step, resume=True, device=ctx.settings.train_device)
     return StageResult(summary={"steps": result.steps}, metrics={"train": _jsonable(result.final_metrics),
                                                                    "train_steps": result.steps},
-                       artifacts={"adapter": str(result.output_dir), "train_metrics": str(result.metrics_path)})
+                       artifacts={"adapter": job_relative(ctx, result.output_dir),
+                                  "train_metrics": job_relative(ctx, result.metrics_path)})
 
 
 def run_evaluate(ctx: StageContext) -> StageResult:
@@ -404,10 +432,11 @@ def run_evaluate(ctx: StageContext) -> StageResult:
         report = _evaluate_synthetic(ctx, Path(source.name_or_path), adapter)
     else:
         report = _evaluate_generic(ctx, source, adapter)
+    report = scrub_server_paths(report, ctx.settings)  # tenants read it (GET /v1/evals, the adapter's report)
     write_json(ctx.dir / "eval" / "report.json", report)
     return StageResult(summary={"suites": list(ctx.request.eval.suites)}, metrics={"eval": report.get("summary",
                                                                                                      report)},
-                       artifacts={"eval_report": str(ctx.dir / "eval" / "report.json")})
+                       artifacts={"eval_report": "eval/report.json"})
 
 
 def held_out_synthetic_rows(world: Any, train_rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

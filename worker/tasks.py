@@ -1,28 +1,33 @@
 """One thin Celery task per stage: take the job id, run the stage under its lease (`worker.runner`).
 
-The worker process builds its database engine once (`services()`), and runs the reaper thread while it is up.
+The worker process builds its database engine once (`services()`: a bounded pool, `worker_db_pool_size` +
+`worker_db_max_overflow` connections at most), and while it is up runs the reaper thread and the worker
+heartbeat (`/readyz` counts live workers per queue from it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from typing import Any
 
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from api.db.engine import make_engine, make_session_factory, upgrade_head
+from api.db.engine import make_service_engine, make_session_factory, upgrade_head
 from api.db.states import Stage
 from api.settings import Settings
 from worker.celery_app import CeleryEnqueuer, make_celery, owner_id, task_name
-from worker.runner import Reaper, WorkerServices, run_stage
+from worker.runner import Reaper, WorkerBeat, WorkerServices, run_stage
 
 log = logging.getLogger(__name__)
 app = make_celery(Settings())  # `celery -A worker.tasks worker ...` loads this app, configured from REALIGN_*
 _lock = threading.Lock()
 _services: WorkerServices | None = None
 _reaper: Reaper | None = None
+_beat: WorkerBeat | None = None
 
 
 def services() -> WorkerServices:
@@ -31,8 +36,7 @@ def services() -> WorkerServices:
     with _lock:
         if _services is None:
             settings: Settings = app.conf.realign_settings
-            url = settings.sqlalchemy_url
-            engine = make_engine(url) if url.startswith("sqlite") else make_engine(url, pool_size=4, max_overflow=8)
+            engine = make_service_engine(settings, role="worker")
             if settings.run_migrations:
                 upgrade_head(engine)
             _services = WorkerServices(settings, make_session_factory(engine), CeleryEnqueuer(app))
@@ -76,16 +80,30 @@ def warm_imports() -> None:
     import trace_engine.triage.stage  # noqa: F401
 
 
+def consumed_queues(consumer: Any) -> list[str]:
+    """The broker queues this worker consumes (`-Q`), from the consumer `worker_ready` hands over."""
+    try:
+        return sorted(queue.name for queue in consumer.task_consumer.queues)
+    except AttributeError:
+        return sorted(consumer.app.amqp.queues.consume_from or app.amqp.queues)
+
+
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    global _reaper
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    global _reaper, _beat
     warm_imports()
     if _reaper is None:
         _reaper = Reaper(services())
         _reaper.start()
+    if _beat is None and sender is not None:
+        name = f"{getattr(sender, 'hostname', None) or socket.gethostname()}:{os.getpid()}"
+        _beat = WorkerBeat(services(), name, socket.gethostname(), os.getpid(), consumed_queues(sender))
+        _beat.start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     if _reaper is not None:
         _reaper.stop_event.set()
+    if _beat is not None:
+        _beat.stop()

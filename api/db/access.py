@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -30,6 +31,7 @@ from api.db.models import (
     StageProgress,
     Tenant,
     TriageItem,
+    WorkerHeartbeat,
     new_id,
     utcnow,
 )
@@ -43,6 +45,8 @@ from api.db.states import (
     check_transition,
     is_terminal,
 )
+
+LIVE_STATES = tuple(s.value for s in JobState if not is_terminal(s))
 
 T = TypeVar("T")
 _Owned = TypeVar("_Owned", File, Job, Adapter)  # tenant-owned records with `id` and `tenant_id`
@@ -364,30 +368,67 @@ def set_job_results(
 
 
 def start_stage(session: Session, *, job_id: str, stage: Stage, total: int | None = None) -> StageProgress:
-    """Enter the stage's state (no-op if already there: a resumed stage) and open or keep its progress row."""
+    """Enter the stage's state (no-op if already there: a resumed stage) and open or keep its progress row (a
+    resumed stage keeps the `done` recorded so far); counts one more attempt of this (job, stage)."""
     transition_job(session, job_id=job_id, to_state=STAGE_STATE[stage])
-    progress = session.get(StageProgress, (job_id, stage.value))
+    progress = stage_progress(session, job_id=job_id, stage=stage)
     if progress is None:
-        progress = StageProgress(job_id=job_id, stage=stage.value, done=0, total=total)
+        progress = StageProgress(job_id=job_id, stage=stage.value, done=0, total=total, attempts=0)
         session.add(progress)
     elif total is not None:
         progress.total = total
+    progress.attempts = (progress.attempts or 0) + 1
+    progress.last_error = None  # a new attempt; set again if it ends without finishing
     session.flush()
     add_event(session, job_id=job_id, type=EventType.STAGE_STARTED, stage=stage,
-              data={"done": progress.done, "total": progress.total})
+              data={"done": progress.done, "total": progress.total, "attempt": progress.attempts})
     return progress
+
+
+def stage_progress(session: Session, *, job_id: str, stage: Stage) -> StageProgress | None:
+    """The (job, stage) row, fresh from the database."""
+    return session.scalar(select(StageProgress).where(StageProgress.job_id == job_id,
+                                                      StageProgress.stage == stage.value)
+                          .execution_options(populate_existing=True))
+
+
+def record_stage_error(session: Session, *, job_id: str, stage: Stage, error: Mapping[str, Any]) -> None:
+    """Remember why the last attempt of this stage ended without finishing (shown when the attempts run out)."""
+    session.execute(update(StageProgress).where(StageProgress.job_id == job_id, StageProgress.stage == stage.value)
+                    .values(last_error=dict(error)).execution_options(synchronize_session=False))
+
+
+def attempts_exhausted_error(stage: Stage, attempts: int, last_error: Mapping[str, Any] | None) -> dict[str, Any]:
+    reason = (last_error or {}).get("message") or "unknown (the worker stopped without saying why)"
+    return {"stage": stage.value, "kind": "stage_attempts_exhausted", "attempts": attempts,
+            "message": f"stage {stage.value} failed {attempts} times; last error: {reason}"}
+
+
+def fail_exhausted(session: Session, *, job_id: str, stage: Stage, attempts: int,
+                   last_error: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fail the job because this stage was started `attempts` times and never finished; returns the error."""
+    error = attempts_exhausted_error(stage, attempts, last_error)
+    add_event(session, job_id=job_id, type=EventType.ERROR, stage=stage, data=error)
+    with contextlib.suppress(InvalidTransition):  # already terminal
+        transition_job(session, job_id=job_id, to_state=JobState.FAILED, error=error)
+    session.execute(update(Job).where(Job.id == job_id).values(lease_owner=None, lease_expires_at=None)
+                    .execution_options(synchronize_session=False))
+    return error
 
 
 def record_progress(
     session: Session, *, job_id: str, stage: Stage, done: int, total: int | None = None, event: bool = True,
 ) -> StageProgress:
-    """Set the stage's absolute progress (callers throttle how often; `event=False` skips the event)."""
+    """Set the stage's absolute progress (callers throttle how often; `event=False` skips the event).
+
+    Monotonic: `done` never drops below what was recorded (a resumed stage restarts from its last checkpoint or
+    cache and re-reports smaller counts at first), and a `total` smaller than that is not taken either."""
     progress = session.get(StageProgress, (job_id, stage.value))
     if progress is None:
-        progress = StageProgress(job_id=job_id, stage=stage.value, done=0, total=total)
+        progress = StageProgress(job_id=job_id, stage=stage.value, done=0, total=total, attempts=0)
         session.add(progress)
-    progress.done = done
-    if total is not None:
+    progress.done = max(progress.done or 0, done)
+    if total is not None and total >= progress.done:
         progress.total = total
     progress.updated_at = utcnow()
     session.flush()
@@ -575,20 +616,30 @@ class Requeue:
     job_id: str
     stage: Stage | None  # None: the job was cancelling with nobody working on it; finish the cancel instead
     reason: str
+    failed: bool = False  # the stage ran out of attempts: the job was failed, nothing to enqueue
 
 
-def claim_requeues(session: Session, *, older_than_s: float, limit: int = 100) -> list[Requeue]:
-    """Live jobs nobody works on: an expired lease (the owner died), or no lease and no change for
-    `older_than_s` (an enqueue that was lost, or a message a dead worker took with it). Each one is claimed by a
-    compare-and-set that clears the lease and bumps `updated_at`, so concurrent reapers re-queue it once per
-    period."""
+LEASE_EXPIRED_ERROR = {"kind": "lease_expired", "message": "the worker running it stopped heart-beating (it was "
+                       "killed, ran out of memory, or lost the database) and its lease expired"}
+
+
+def claim_requeues(session: Session, *, older_than_s: float, enqueue_grace_s: float | None = None,
+                   max_attempts: int | None = None, limit: int = 100) -> list[Requeue]:
+    """Live jobs nobody works on: an expired lease (the owner died), a hand-over whose enqueue was never
+    confirmed for `enqueue_grace_s` (the send failed or its sender died: noticed in seconds), or no lease and no
+    change for `older_than_s` (a message the broker lost, or one a dead worker took with it). Each one is claimed
+    by a compare-and-set that clears the lease and bumps `updated_at`, so concurrent reapers re-queue it once per
+    period. An expired lease of a stage already started `max_attempts` times fails the job instead."""
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than_s)
-    live = [s.value for s in JobState if not is_terminal(s)]
+    unleased = Job.lease_owner.is_(None)
+    stale = [Job.lease_expires_at < now, unleased & (Job.updated_at < cutoff)]
+    if enqueue_grace_s is not None:
+        stale.append(unleased & Job.enqueued_at.is_(None)
+                     & (Job.updated_at < now - timedelta(seconds=enqueue_grace_s)))
     rows = session.execute(
         select(Job.id, Job.state, Job.lease_owner, Job.lease_expires_at, Job.updated_at)
-        .where(Job.state.in_(live),
-               or_(Job.lease_expires_at < now, (Job.lease_owner.is_(None)) & (Job.updated_at < cutoff)))
+        .where(Job.state.in_(LIVE_STATES), or_(*stale))
         .order_by(Job.id).limit(limit)
     ).all()
     claimed = []
@@ -597,7 +648,7 @@ def claim_requeues(session: Session, *, older_than_s: float, limit: int = 100) -
         condition.append(Job.lease_owner == owner if owner is not None else Job.lease_owner.is_(None))
         condition.append(Job.updated_at == updated)
         result = session.execute(update(Job).where(*condition)
-                                 .values(lease_owner=None, lease_expires_at=None, updated_at=now)
+                                 .values(lease_owner=None, lease_expires_at=None, updated_at=now, enqueued_at=None)
                                  .execution_options(synchronize_session=False))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             continue  # another reaper (or the owner) got there first
@@ -605,10 +656,121 @@ def claim_requeues(session: Session, *, older_than_s: float, limit: int = 100) -
         reason = "lease expired" if owner is not None else "not picked up"
         stage = (None if job_state == JobState.CANCELLING
                  else Stage.VALIDATE if job_state == JobState.QUEUED else STATE_STAGE[job_state])
+        if owner is not None and stage is not None:
+            progress = stage_progress(session, job_id=job_id, stage=stage)
+            if progress is not None:  # a started stage whose owner died: that attempt ended here
+                if progress.last_error is None:  # the runner may have recorded the crash itself
+                    progress.last_error = {"stage": stage.value, **LEASE_EXPIRED_ERROR}
+                    session.flush()
+                if max_attempts is not None and (progress.attempts or 0) >= max_attempts:
+                    fail_exhausted(session, job_id=job_id, stage=stage, attempts=progress.attempts,
+                                   last_error=progress.last_error)
+                    claimed.append(Requeue(job_id, stage, "attempts exhausted", failed=True))
+                    continue
         add_event(session, job_id=job_id, type=EventType.WARNING, stage=stage,
                   data={"message": f"re-queued: {reason}", "previous_owner": owner})
         claimed.append(Requeue(job_id, stage, reason))
     return claimed
+
+
+def expect_enqueue(session: Session, *, job_id: str) -> None:
+    """The job is being handed to its next stage: until `mark_enqueued` confirms the message was sent, the
+    reaper treats it as a possibly lost enqueue (see `claim_requeues`)."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None)
+                    .execution_options(synchronize_session=False))
+
+
+def mark_enqueued(session: Session, *, job_id: str) -> None:
+    """The broker accepted the job's next message (does not touch `updated_at`, which the reaper compares)."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
+                    .execution_options(synchronize_session=False))
+
+
+def retry_job(session: Session, *, tenant_id: str, job_id: str) -> tuple[Job, Stage]:
+    """A failed job goes back to the stage it failed in (earlier stages' results, stored verdicts and training
+    checkpoints are kept, so the stage resumes), with that stage's attempt count reset. Returns (job, stage to
+    enqueue); raises `NotFound`, or `InvalidTransition` unless the job is failed."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    current = JobState(job.state)
+    stage = Stage(job.stage) if job.stage else Stage.VALIDATE
+    target = STAGE_STATE[stage]
+    check_transition(job_id, current, target, retry=True)
+    previous_error = job.error
+    now = utcnow()
+    moved = _compare_and_set(session, job_id=job_id, current=current, values={
+        "state": target.value, "stage": stage.value, "error": None, "finished_at": None, "cancel_requested": False,
+        "lease_owner": None, "lease_expires_at": None, "enqueued_at": None, "updated_at": now})
+    if not moved:
+        raise InvalidTransition(job_id, _current_state(session, job_id), target)
+    session.execute(update(StageProgress).where(StageProgress.job_id == job_id, StageProgress.stage == stage.value)
+                    .values(attempts=0, last_error=None, completed_at=None)
+                    .execution_options(synchronize_session=False))
+    add_event(session, job_id=job_id, type=EventType.STATE_CHANGED, data={"from": current.value, "to": target.value})
+    add_event(session, job_id=job_id, type=EventType.RETRIED, stage=stage,
+              data={"stage": stage.value, "previous_error": previous_error})
+    return _refresh(session, job_id), stage
+
+
+# ---------------------------------------------------------------- workers (readiness)
+
+
+def record_worker(session: Session, *, name: str, hostname: str, pid: int, queues: Sequence[str]) -> None:
+    """Upsert this worker's heartbeat row."""
+    now = utcnow()
+    statement = _insert(session, WorkerHeartbeat).values(name=name, hostname=hostname, pid=pid, queues=list(queues),
+                                                         started_at=now, last_seen=now)
+    session.execute(statement.on_conflict_do_update(index_elements=["name"],
+                                                    set_={"last_seen": now, "queues": list(queues)}))
+
+
+def remove_worker(session: Session, *, name: str) -> None:
+    session.execute(WorkerHeartbeat.__table__.delete().where(WorkerHeartbeat.name == name))
+
+
+def live_workers_by_queue(session: Session, *, queues: Sequence[str], stale_after_s: float) -> dict[str, int]:
+    """How many workers seen within `stale_after_s` consume each of `queues`; also prunes rows stale for long."""
+    now = utcnow()
+    counts = {queue: 0 for queue in queues}
+    for worker_queues in session.scalars(select(WorkerHeartbeat.queues)
+                                         .where(WorkerHeartbeat.last_seen >= now - timedelta(seconds=stale_after_s))):
+        for queue in worker_queues or []:
+            if queue in counts:
+                counts[queue] += 1
+    return counts
+
+
+def prune_workers(session: Session, *, older_than_s: float) -> int:
+    result = session.execute(WorkerHeartbeat.__table__.delete()
+                             .where(WorkerHeartbeat.last_seen < utcnow() - timedelta(seconds=older_than_s)))
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+# ---------------------------------------------------------------- quotas
+
+
+def lock_tenant_submissions(session: Session, *, tenant_id: str) -> None:
+    """Serialise this tenant's submissions until the transaction ends (Postgres advisory lock; SQLite already
+    serialises writers), so concurrent requests on several API replicas cannot both pass a quota check."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"realign-quota:{tenant_id}"})
+
+
+def count_active_jobs(session: Session, *, tenant_id: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job)
+                              .where(Job.tenant_id == tenant_id, Job.state.in_(LIVE_STATES))) or 0)
+
+
+def submissions_since(session: Session, *, tenant_id: str, since: datetime) -> tuple[int, datetime | None]:
+    """Jobs and files this tenant created at or after `since`: (how many, the oldest one's time)."""
+    total, oldest = 0, None
+    for model in (Job, File):
+        count, first = session.execute(select(func.count(), func.min(model.created_at))
+                                       .where(model.tenant_id == tenant_id, model.created_at >= since)).one()
+        total += int(count or 0)
+        if first is not None:
+            first = first if first.tzinfo else first.replace(tzinfo=since.tzinfo)
+            oldest = first if oldest is None or first < oldest else oldest
+    return total, oldest
 
 
 # ---------------------------------------------------------------- adapters

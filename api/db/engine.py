@@ -27,6 +27,21 @@ def make_engine(url: str, **options: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **options)
 
 
+def make_service_engine(settings: Any, *, role: str) -> Engine:
+    """The engine of an API (`role="api"`) or worker (`role="worker"`) process: on Postgres a bounded pool
+    (pool size + overflow from the settings: at most that many connections per process, see docs/operations.md)
+    whose connections carry `application_name` (`realign-<role>` unless configured), so `pg_stat_activity`
+    shows who holds them."""
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite"):
+        return make_engine(url)
+    size, overflow = ((settings.db_pool_size, settings.db_max_overflow) if role == "api"
+                      else (settings.worker_db_pool_size, settings.worker_db_max_overflow))
+    name = settings.db_application_name or f"realign-{role}"
+    return make_engine(url, pool_size=size, max_overflow=overflow, pool_timeout=settings.db_pool_timeout_s,
+                       connect_args={"application_name": name})
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")

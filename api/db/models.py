@@ -99,6 +99,8 @@ class File(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
+    __table_args__ = (Index("ix_files_tenant_created_at", "tenant_id", "created_at"),)
+
 
 class Job(Base):
     __tablename__ = "jobs"
@@ -107,6 +109,7 @@ class Job(Base):
         Index("ix_jobs_tenant_state_id", "tenant_id", "state", "id"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
         Index("ix_jobs_lease_expires_at", "lease_expires_at"),
+        Index("ix_jobs_tenant_created_at", "tenant_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
@@ -126,6 +129,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # stage starts, re-queues included
+    # when the message for the job's next stage was confirmed sent; None = handed over but not (yet) enqueued,
+    # which the reaper notices within `enqueue_grace_s`
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -141,6 +147,8 @@ class StageProgress(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # starts of this stage
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)  # why the last one ended
 
 
 class JobEvent(Base):
@@ -194,3 +202,18 @@ class Adapter(Base):
     eval_report: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
     deploy_gate: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A live worker process: which queues it consumes, last seen when. `/readyz` counts the fresh ones per queue;
+    a worker deletes its row on a warm shutdown, a killed one's row goes stale."""
+
+    __tablename__ = "worker_heartbeats"
+    __table_args__ = (Index("ix_worker_heartbeats_last_seen", "last_seen"),)
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # celery node name + pid
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JsonType)  # the broker queue names (with the queue prefix)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -60,6 +60,9 @@ def _allowed() -> dict[JobState, frozenset[JobState]]:
 
 
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = _allowed()
+# Only a retry (POST /v1/jobs/{id}/retry) leaves a terminal state: a failed job goes back to the running state of
+# the stage it failed in (completed stages keep what they produced).
+RETRY_TRANSITIONS: dict[JobState, frozenset[JobState]] = {JobState.FAILED: frozenset(RUNNING_STATES)}
 
 
 class InvalidTransition(ValueError):
@@ -70,9 +73,10 @@ class InvalidTransition(ValueError):
         super().__init__(f"job {job_id}: cannot go from {current.value} to {target.value}")
 
 
-def check_transition(job_id: str, current: JobState, target: JobState) -> None:
-    """Raise `InvalidTransition` unless `current -> target` is allowed."""
-    if target not in ALLOWED_TRANSITIONS[current]:
+def check_transition(job_id: str, current: JobState, target: JobState, *, retry: bool = False) -> None:
+    """Raise `InvalidTransition` unless `current -> target` is allowed (with `retry`: also a retry's move)."""
+    allowed = ALLOWED_TRANSITIONS[current] | (RETRY_TRANSITIONS.get(current, frozenset()) if retry else frozenset())
+    if target not in allowed:
         raise InvalidTransition(job_id, current, target)
 
 
@@ -90,4 +94,5 @@ class EventType(str, Enum):
     WARNING = "warning"
     ERROR = "error"
     CANCEL_REQUESTED = "cancel_requested"
+    RETRIED = "retried"
     ARTIFACT = "artifact"

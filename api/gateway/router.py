@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.gateway.backend import CHAT_PATH, COMPLETIONS_PATH, AdapterRef, GatewayError, ServingBackend
+from api.limits import MAX_JSON_DEPTH, json_depth
 from trace_engine.serving.protocol import ServingError
 
 
@@ -91,8 +92,13 @@ async def _json_object(request: Request) -> dict[str, Any]:
         body = json.loads(await request.body())
     except ValueError as exc:
         raise GatewayError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:  # nesting the parser cannot follow: a client error, never a 500
+        raise GatewayError(400, "the request body is nested too deeply", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise GatewayError(400, "the request body must be a JSON object", code="invalid_request")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise GatewayError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep",
+                           code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "`model` is required: the name of one of your adapters or of the base model",

@@ -19,6 +19,7 @@ from api.schemas import FileList, FileOut
 from api.settings import Settings
 from trace_engine.data.io import DatasetError
 from trace_engine.data.load import load_pairs
+from trace_engine.data.validate import unstorable_char
 
 router = APIRouter(prefix="/v1", tags=["files"])
 FORMATS_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -79,7 +80,15 @@ def upload_file(
     principal: PrincipalDep,
 ) -> FileOut:
     """Every row is validated now; any row error rejects the upload with each error's row and field (422)."""
+    from api.routes.jobs import enforce_quotas
+
+    enforce_quotas(session, settings, principal.tenant_id, new_job=False)  # 429 past the submission rate
     filename = Path(file.filename or "upload").name[:255]
+    bad = unstorable_char(filename)
+    if bad is not None:
+        raise ProblemError(422, f"the file name contains {bad}", slug="invalid-characters",
+                           errors=[{"loc": ["body", "file"], "field": "file", "kind": "unstorable_text",
+                                    "message": f"file name contains {bad}"}])
     fmt = _format_of(filename)
     file_id = new_id("file")
     settings.files_dir.mkdir(parents=True, exist_ok=True)

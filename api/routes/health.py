@@ -1,8 +1,11 @@
-"""Liveness, readiness (database and broker reachable) and Prometheus metrics."""
+"""Liveness, readiness (database and broker reachable) and Prometheus metrics (operator token only)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.db import access
@@ -19,7 +22,11 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses=problems(503), summary="Database and broker reachable")
-def readyz(request: Request) -> Health:
+def readyz(request: Request, require_workers: Annotated[bool, Query(
+        description="also answer 503 when a queue (judge, gpu) has no live worker")] = False) -> Health:
+    """Database and broker reachable (503 otherwise), plus `workers`: live workers per queue. Missing workers
+    alone do not make the API unready unless `?require_workers=true`: in compose the workers start after the
+    API is healthy (docs/operations.md)."""
     checks: dict[str, str] = {}
     try:
         with request.app.state.sessions() as session:
@@ -32,14 +39,46 @@ def readyz(request: Request) -> Health:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
+    workers = _live_workers(request) if checks["database"] == "ok" else {}
     failing = [name for name, value in checks.items() if value != "ok"]
+    if require_workers:
+        failing += [f"no live {queue} worker" for queue, count in workers.items() if count == 0]
     if failing:
-        raise ProblemError(503, f"not ready: {', '.join(failing)} unreachable", slug="not-ready",
-                           status_text="unavailable", checks=checks)
-    return Health(status="ok", checks=checks)
+        raise ProblemError(503, f"not ready: {', '.join(failing)}", slug="not-ready",
+                           status_text="unavailable", checks=checks, workers=workers)
+    return Health(status="ok", checks=checks, workers=workers)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-def metrics(request: Request) -> Response:
+def _live_workers(request: Request) -> dict[str, int]:
+    """Live workers (heartbeat seen within `worker_stale_after_s`) per logical queue (judge, gpu)."""
+    from worker.celery_app import GPU_QUEUE, JUDGE_QUEUE
+
+    settings = request.app.state.settings
+    names = {settings.queue_prefix + queue: queue for queue in (JUDGE_QUEUE, GPU_QUEUE)}
+    try:
+        with request.app.state.sessions() as session:
+            counts = access.live_workers_by_queue(session, queues=list(names),
+                                                  stale_after_s=settings.worker_stale_after_s)
+    except Exception:
+        return {}
+    return {names[queue]: count for queue, count in counts.items()}
+
+
+@router.get("/metrics", summary="Prometheus metrics (operator token)", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **problems(401, 403, 404)})
+def metrics(request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    """For the operator only: `Authorization: Bearer <REALIGN_METRICS_TOKEN>`. Without a configured token the
+    endpoint is disabled (404); tenant API keys never open it. Labels carry no tenant: job counts by state, and
+    HTTP requests by method, route template and status."""
+    token = request.app.state.settings.metrics_token
+    if token is None:
+        raise ProblemError(404, "metrics are disabled: the operator sets REALIGN_METRICS_TOKEN to enable them",
+                           slug="metrics-disabled")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ProblemError(401, "metrics need the operator's token: Authorization: Bearer <REALIGN_METRICS_TOKEN>",
+                           slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise ProblemError(403, "this token does not open /metrics (it needs the operator's metrics token)",
+                           slug="forbidden")
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,20 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db import access
-from api.db.models import Job, JobEvent, StageProgress
+from api.db.models import Job, JobEvent, StageProgress, utcnow
 from api.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
 from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
+from api.judges import check_judge_profile
 from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
 from api.schemas import (
@@ -133,6 +137,7 @@ def check_references(session: Session, settings: Settings, tenant_id: str,
         _checked_path(settings.datasets_root, dataset.path, ["body", "dataset", "path"])
     if body.judge.rules_path is not None:
         _checked_path(settings.datasets_root, body.judge.rules_path, ["body", "judge", "rules_path"])
+    check_judge_profile(settings, body.judge)  # an openai judge names a configured profile (docs/security.md)
     if isinstance(body, RealignRequest) and body.parent_adapter is not None and access.find_adapter(session, tenant_id=tenant_id,
                                                                id_or_name=body.parent_adapter) is None:
         raise field_problem(["body", "parent_adapter"], f"no adapter {body.parent_adapter!r}", "not_found")
@@ -178,6 +183,10 @@ def submit_job(
 def create_and_enqueue(request: Request, response: Response, session: Session, *, tenant_id: str, body: Any,
                        idempotency_key: str | None, kind: str, location: str) -> Any:
     """Commit the job (or find the one this idempotency key made), then enqueue its first stage once."""
+    replay = idempotency_key is not None and session.scalar(
+        select(Job.id).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)) is not None
+    if not replay:
+        enforce_quotas(session, request.app.state.settings, tenant_id, new_job=True)
     try:
         job, created = access.create_job(session, tenant_id=tenant_id, request=body.model_dump(mode="json"),
                                          body_hash=body_hash(body), idempotency_key=idempotency_key, kind=kind)
@@ -196,10 +205,31 @@ def create_and_enqueue(request: Request, response: Response, session: Session, *
     return job
 
 
+def enforce_quotas(session: Session, settings: Settings, tenant_id: str, *, new_job: bool) -> None:
+    """429 with Retry-After when the tenant has too many live jobs (`max_active_jobs_per_tenant`) or created too
+    many jobs + files in the last minute (`max_submissions_per_minute`). Counted in Postgres under a per-tenant
+    advisory lock held until the submission commits, so every API replica shares one exact limit."""
+    access.lock_tenant_submissions(session, tenant_id=tenant_id)
+    limit = settings.max_active_jobs_per_tenant
+    if new_job and limit and access.count_active_jobs(session, tenant_id=tenant_id) >= limit:
+        raise ProblemError(429, f"this tenant already has {limit} unfinished jobs (the limit); wait for one to "
+                           "finish or cancel one", slug="too-many-active-jobs", headers={"Retry-After": "30"})
+    rate = settings.max_submissions_per_minute
+    if rate:
+        now = utcnow()
+        count, oldest = access.submissions_since(session, tenant_id=tenant_id, since=now - timedelta(seconds=60))
+        if count >= rate:
+            wait = max(1, math.ceil(60 - (now - oldest).total_seconds())) if oldest else 60
+            raise ProblemError(429, f"more than {rate} submissions in a minute; retry in {wait} s",
+                               slug="rate-limited", headers={"Retry-After": str(wait)})
+
+
 def enqueue_first_stage(request: Request, session: Session, job_id: str) -> None:
     """The job is already committed; if the broker refuses, it stays queued and the reaper enqueues it later."""
     try:
         request.app.state.enqueue(job_id, Stage.VALIDATE.value)
+        access.mark_enqueued(session, job_id=job_id)  # confirmed: the reaper's lost-enqueue check skips it
+        session.commit()
     except Exception as exc:
         log.warning("enqueue of job %s failed: %s", job_id, type(exc).__name__)
         request.app.state.metrics.enqueue_failures.inc()
@@ -254,6 +284,29 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
                            slug="job-finished") from None
     session.commit()
     return job_out(session, job)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=problems(401, 404, 409),
+             summary="Retry a failed job from the stage it failed in")
+def retry_job(job_id: str, request: Request, session: SessionDep, principal: PrincipalDep) -> JobOut:
+    """A failed job goes back to the stage it failed in, keeping what earlier stages produced (and the stored
+    verdicts / training checkpoints of that stage), with that stage's attempts reset; 409 unless it failed."""
+    try:
+        job, stage = access.retry_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    except access.NotFound as exc:
+        raise not_found(exc) from None
+    except InvalidTransition as exc:
+        raise ProblemError(409, f"job {job_id} is {exc.current.value}; only a failed job can be retried",
+                           slug="job-not-failed") from None
+    session.commit()
+    try:
+        request.app.state.enqueue(job_id, stage.value)
+        access.mark_enqueued(session, job_id=job_id)
+        session.commit()
+    except Exception as exc:  # the reaper re-sends it within enqueue_grace_s
+        session.rollback()
+        log.warning("enqueue of retried job %s failed: %s", job_id, type(exc).__name__)
+    return job_out(session, access.load_job(session, job_id=job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventList, responses={

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.app import create_app
 from api.auth import Principal, PrincipalCache
@@ -63,12 +64,14 @@ def test_unknown_route_and_wrong_method_are_problems(harness: Harness) -> None:
 
 
 def test_health_and_metrics(harness: Harness) -> None:
-    assert harness.client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    assert harness.client.get("/healthz").json()["status"] == "ok"
     assert harness.client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
-    queued_before = _metric(harness.client.get("/metrics").text, 'realign_jobs{state="queued"}')
+    harness.settings.metrics_token = SecretStr("op-token")  # the operator's (tests/api/test_security.py)
+    operator = {"Authorization": "Bearer op-token"}
+    queued_before = _metric(harness.client.get("/metrics", headers=operator).text, 'realign_jobs{state="queued"}')
     harness.client.post("/v1/realign", json=realign_body(), headers=harness.headers)
     harness.client.get("/v1/jobs", headers=harness.headers)
-    text = harness.client.get("/metrics").text
+    text = harness.client.get("/metrics", headers=operator).text
     assert _metric(text, 'realign_jobs{state="queued"}') == queued_before + 1  # the database is shared on Postgres
     assert _metric(text, "realign_jobs_submitted_total") == 1
     assert 'realign_http_requests_total{method="GET",route="/v1/jobs",status="200"} 1.0' in text

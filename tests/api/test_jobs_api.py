@@ -10,6 +10,7 @@ from api.db import access
 from api.db.engine import session_scope
 from api.db.models import StageProgress
 from api.db.states import JobState, Stage
+from api.settings import JudgeProfile
 
 from .support import Harness, assert_problem, realign_body
 
@@ -57,8 +58,7 @@ def test_same_idempotency_key_in_another_tenant_is_a_different_job(harness: Harn
 def test_validation_errors_are_problems_with_field_details(harness: Harness) -> None:
     cases = {
         "method.variant": realign_body(method={"variant": "bogus"}),
-        "judge.api_key_secret": realign_body(judge={"provider": "openai", "model": "m",
-                                                    "api_key_secret": "sk-proj-abcdef0123456789"}),
+        "judge": realign_body(judge={"provider": "openai", "model": "m", "api_key_secret": "sk-proj-abcdef0123456789"}),
         "dataset.synthetic.n": realign_body(dataset={"type": "synthetic", "n": 0}),
         "policy": realign_body(policy={"name": "x"}),
         "dataset": realign_body(dataset={"type": "ftp", "url": "x"}),
@@ -73,14 +73,18 @@ def test_validation_errors_are_problems_with_field_details(harness: Harness) -> 
     assert harness.enqueuer.calls == []
 
 
-def test_secret_looking_names_are_refused_and_real_names_accepted(harness: Harness) -> None:
-    for value in ("sk-abc", "Bearer xyz", "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8", "has-dash"):
-        judge = {"provider": "openai", "model": "m", "api_key_secret": value}
-        assert_problem(submit(harness, realign_body(judge=judge)), 422)
-    judge = {"provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_secret": "JUDGE_KEY"}
-    response = submit(harness, realign_body(judge=judge))
-    assert response.status_code == 202
-    assert response.json()["request"]["judge"]["api_key_secret"] == "JUDGE_KEY"
+def test_judges_are_named_profiles_never_urls_or_secret_names(harness: Harness) -> None:
+    """More in tests/api/test_security.py."""
+    for judge in ({"provider": "openai", "model": "m", "api_key_secret": "JUDGE_KEY"},
+                  {"provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}):
+        problem = assert_problem(submit(harness, realign_body(judge=judge)), 422)
+        assert "profile" in field_errors(problem)["judge"]
+    harness.settings.judge_profiles = {"default": JudgeProfile(base_url="http://judge.internal/v1",
+                                                               api_key_env="JUDGE_KEY", default_model="m")}
+    response = submit(harness, realign_body(judge={"provider": "openai"}))
+    assert response.status_code == 202, response.text
+    assert response.json()["request"]["judge"] == {"provider": "openai", "profile": "default", "model": None,
+                                                   "rules_path": None}
 
 
 def test_dataset_paths_must_stay_inside_the_root(harness: Harness, tmp_path: Any) -> None:

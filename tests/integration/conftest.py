@@ -4,6 +4,7 @@ number and per-stack queue names), real Celery worker processes, the API app."""
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,19 +49,36 @@ def redis_url() -> str:
     return url
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def judge_profiles(port: int) -> dict[str, dict[str, object]]:
+    """Operator config for the tests' judges: `fake` is a loopback fake OpenAI server the test starts on `port`
+    (spawn_fake_openai(port=stack.judge_port)); `unreachable` answers nothing."""
+    return {
+        "fake": {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": "FAKE_JUDGE_KEY",
+                 "default_model": "fake-judge"},
+        "unreachable": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": None, "default_model": "m"},
+    }
+
+
 def make_stack(root: Path, database_url: str, broker_url: str, **overrides: object) -> Stack:
+    port = free_port()
     values: dict[str, object] = dict(
         data_dir=root, database_url=database_url, broker_url=broker_url, queue_prefix=f"it{secrets.token_hex(4)}.",
         lease_ttl_s=3.0, heartbeat_interval_s=0.3, reaper_interval_s=0.5, requeue_after_s=30.0,
         progress_interval_s=0.2, checkpoint_every=1, eval_size=8, judge_concurrency=4, train_device="cpu",
-        sse_poll_interval_s=0.05,
+        sse_poll_interval_s=0.05, judge_profiles=judge_profiles(port),
     )
     values.update(overrides)
     settings = Settings(**values)  # type: ignore[arg-type]
     app = build_app(settings)
     with session_scope(app.state.sessions) as session:
         key = access.create_api_key(session, tenant_name=f"it-{secrets.token_hex(4)}")
-    return Stack(settings, TestClient(app), {"Authorization": f"Bearer {key}"})
+    return Stack(settings, TestClient(app), {"Authorization": f"Bearer {key}"}, judge_port=port)
 
 
 def _close(stack: Stack) -> None:

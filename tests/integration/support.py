@@ -3,6 +3,7 @@ machine's Redis, Postgres as the system of record, and helpers to follow a job."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.embedded import worker_command
 from api.settings import Settings
@@ -23,12 +25,18 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as REALIGN_* variables, for worker processes."""
+    """The settings as REALIGN_* variables, for worker processes (dicts such as the judge profiles as JSON,
+    secrets with their real value)."""
     env = dict(os.environ)
+    as_json = settings.model_dump(mode="json")
     for name, value in settings.model_dump().items():
         key = f"REALIGN_{name.upper()}"
         if value is None:
             env.pop(key, None)
+        elif isinstance(value, SecretStr):
+            env[key] = value.get_secret_value()
+        elif isinstance(value, (dict, list)):
+            env[key] = json.dumps(as_json[name])
         else:
             env[key] = str(value)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -86,6 +94,7 @@ class Stack:
     client: TestClient
     headers: dict[str, str]
     workers: list[WorkerProcess] = field(default_factory=list)
+    judge_port: int = 0  # the `fake` judge profile's port: spawn_fake_openai(port=stack.judge_port)
 
     def start_worker(self, concurrency: int = 4) -> WorkerProcess:
         worker = WorkerProcess(self.settings, self.settings.data_dir / f"worker-{len(self.workers)}.log",

@@ -15,7 +15,7 @@ from .test_jobs import judged_body
 
 def test_sigkill_mid_triage_resumes_without_judging_twice(own_stack: Stack) -> None:
     n = 48
-    with spawn_fake_openai(latency=0.2) as fake:
+    with spawn_fake_openai(port=own_stack.judge_port, latency=0.2) as fake:
         first = own_stack.start_worker()
         job = own_stack.submit(judged_body(own_stack, fake.base_url, n))
         own_stack.wait(job["id"], lambda j: stage_done(j, "triage") >= 16, timeout=60, poll=0.05)

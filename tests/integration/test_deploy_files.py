@@ -103,3 +103,8 @@ def test_example_request_is_valid_and_uses_the_synthetic_world() -> None:
     assert request.dataset.type == "synthetic" and request.judge.provider == "synthetic"
     assert request.base_model.name_or_path == "synthetic-tiny"
     assert request.policy.text.strip() == make_world(request.dataset.seed).new_policy.strip()
+
+
+def test_api_and_workers_restart_when_they_exit(compose: dict[str, Any]) -> None:
+    for name in ("api", "worker-judge", "worker-gpu"):
+        assert compose["services"][name].get("restart") == "unless-stopped", name

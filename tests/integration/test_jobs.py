@@ -56,8 +56,7 @@ def test_unreadable_dataset_fails_in_validating_with_a_clear_error(shared_stack:
 
 def test_unreachable_judge_fails_validation_before_any_gpu_stage(shared_stack: Stack) -> None:
     body = tiny_synthetic_body()
-    body["judge"] = {"provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
-                     "api_key_secret": "NO_SUCH_KEY_VAR"}
+    body["judge"] = {"provider": "openai", "profile": "unreachable"}
     job = shared_stack.submit(body)
     done = shared_stack.wait_done(job["id"], timeout=90)
     assert done["state"] == "failed" and done["error"]["kind"] == "judge_unreachable", done["error"]
@@ -80,15 +79,19 @@ def write_marked_pairs(root: Path, n: int) -> str:
 
 
 def judged_body(stack: Stack, base_url: str, n: int) -> dict:
+    """A body judged by the stack's `fake` judge profile: the fake server must run on that profile's port
+    (`spawn_fake_openai(port=stack.judge_port)`; a request names a profile, never a URL)."""
+    profile_url = str(stack.settings.judge_profiles["fake"].base_url).rstrip("/")
+    assert base_url.rstrip("/") == profile_url, (f"start the fake judge on the `fake` profile's port: "
+                                                 f"spawn_fake_openai(port=stack.judge_port) ({profile_url})")
     body = tiny_synthetic_body(variant="no_impact")
     body["dataset"] = {"type": "path", "path": write_marked_pairs(stack.settings.datasets_root, n)}
-    body["judge"] = {"provider": "openai", "model": "fake-judge", "base_url": base_url,
-                     "api_key_secret": "FAKE_JUDGE_KEY"}
+    body["judge"] = {"provider": "openai", "profile": "fake"}
     return body
 
 
 def test_cancel_stops_a_running_triage_within_seconds(shared_stack: Stack) -> None:
-    with spawn_fake_openai(latency=0.3) as fake:
+    with spawn_fake_openai(port=shared_stack.judge_port, latency=0.3) as fake:
         job = shared_stack.submit(judged_body(shared_stack, fake.base_url, n=200))
         shared_stack.wait(job["id"], lambda j: stage_done(j, "triage") > 0, timeout=60)
         response = shared_stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=shared_stack.headers)

@@ -57,7 +57,9 @@ def test_eval_job_compares_the_adapter_with_the_base_and_its_parent(services: ru
                     if e.type == "warning"]
     assert done.state == JobState.SUCCEEDED.value
     assert any("capability" in w for w in warnings)  # no benchmark data in this job: skipped, said so
-    report = json.loads(Path(done.artifacts["eval_report"]).read_text())
+    assert done.artifacts["eval_report"] == "eval/report.json"  # relative to the job folder, never a server path
+    report = json.loads((services.settings.data_dir / "jobs" / job.id / done.artifacts["eval_report"]).read_text())
+    assert str(services.settings.data_dir) not in json.dumps(report)
     assert set(report["summary"]) == {"target", "base", "parent"}
     for label in ("target", "base", "parent"):
         assert report["summary"][label]["tpa/overall"]["n"] == 3

@@ -6,7 +6,7 @@ import pytest
 
 from api.db.states import Stage
 from api.schemas import RealignRequest
-from api.settings import Settings
+from api.settings import JudgeProfile, Settings
 from worker import stages
 
 from .conftest import synthetic_body
@@ -38,16 +38,19 @@ def test_job_dir_is_derived_from_well_formed_ids_only(tmp_path) -> None:
             stages.job_dir(settings, bad)
 
 
-def test_openai_judge_key_comes_from_the_named_variable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    body = synthetic_body(judge={"provider": "openai", "model": "gpt-x", "api_key_secret": "MY_JUDGE_KEY"})
+def test_openai_judge_key_comes_from_the_profiles_variable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = synthetic_body(judge={"provider": "openai", "profile": "main", "model": "gpt-x"})
     request = RealignRequest.model_validate(body)
+    settings = Settings(data_dir=tmp_path, judge_profiles={"main": JudgeProfile(api_key_env="MY_JUDGE_KEY")})
     monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
     with pytest.raises(stages.StageFailed, match="MY_JUDGE_KEY"):  # default OpenAI URL needs a key
-        stages.build_judge(request, Settings(data_dir=tmp_path))
+        stages.build_judge(request, settings)
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-test-123")
-    judge, oracle = stages.build_judge(request, Settings(data_dir=tmp_path))
+    judge, oracle = stages.build_judge(request, settings)
     assert judge.judge_id and oracle is False
     assert "sk-test-123" not in request.model_dump_json()
+    with pytest.raises(stages.StageFailed, match="unknown judge profile 'main'; known profiles: none"):
+        stages.build_judge(request, Settings(data_dir=tmp_path))  # the operator removed the profile since
 
 
 def test_local_models_must_live_under_the_model_root(tmp_path) -> None:

@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "trace_engine.cli.eval_cmd",
     "trace_engine.cli.demo_cmd",
     "trace_engine.cli.engine_cmds",
+    "trace_engine.cli.models_cmd",
 )
 
 

@@ -81,21 +81,138 @@ def iter_json_array(path: Path) -> Iterator[RawRow]:
         yield RawRow(index, item)
 
 
-def iter_parquet(path: Path, batch_rows: int = 4096) -> Iterator[RawRow]:
-    """Stream a Parquet file in record batches; row numbers are 1-based."""
+@dataclass(frozen=True)
+class ParquetLimits:
+    """Bounds that keep reading a Parquet file proportional to its size. Parquet compresses without limit (a 1 KB
+    file can declare millions of rows, or reference one 100 KB string from every row), so the footer is checked
+    before any data is read, and the text the rows reference is counted before it is turned into Python objects."""
+
+    max_rows: int = 2_000_000
+    rows_floor: int = 100_000  # beyond this many rows, a file must hold at least one byte per row it declares
+    max_columns: int = 256
+    max_row_group_bytes: int = 1024 * 1024 * 1024  # declared uncompressed size of one row group
+    max_expansion: int = 100  # declared uncompressed and decoded sizes: at most this many times the file size...
+    expansion_floor_bytes: int = 64 * 1024 * 1024  # ...or this, whichever is larger
+    chunk_ratio_floor_bytes: int = 1024 * 1024  # a column chunk over this size may not compress more than 100:1
+    max_batch_bytes: int = 64 * 1024 * 1024  # worst-case decoded size of one record batch
+
+    def budget(self, file_size: int) -> int:
+        return max(self.expansion_floor_bytes, self.max_expansion * file_size)
+
+
+def check_parquet_metadata(metadata: Any, file_size: int, limits: ParquetLimits, name: str = "file") -> None:
+    """Raise `DatasetError` for a footer that declares more than `limits` allow (nothing has been decoded yet)."""
+    rows = metadata.num_rows
+    if rows > limits.max_rows:
+        raise DatasetError(f"{name}: declares {rows} rows; the limit is {limits.max_rows}")
+    if rows > max(limits.rows_floor, file_size):
+        raise DatasetError(f"{name}: declares {rows} rows in {file_size} bytes (more rows than bytes)")
+    if metadata.num_columns > limits.max_columns:
+        raise DatasetError(f"{name}: has {metadata.num_columns} columns; the limit is {limits.max_columns}")
+    budget, declared = limits.budget(file_size), 0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        declared += group.total_byte_size
+        if group.total_byte_size > limits.max_row_group_bytes:
+            raise DatasetError(f"{name}: row group {index} declares {group.total_byte_size} bytes uncompressed; the "
+                               f"limit is {limits.max_row_group_bytes} (write it with smaller row groups)")
+        for column in range(group.num_columns):
+            chunk = group.column(column)
+            if (chunk.total_uncompressed_size > limits.chunk_ratio_floor_bytes
+                    and chunk.total_uncompressed_size > 100 * max(1, chunk.total_compressed_size)):
+                raise DatasetError(f"{name}: column {chunk.path_in_schema!r} expands {chunk.total_compressed_size} "
+                                   f"bytes to {chunk.total_uncompressed_size}; more than 100:1 is refused")
+    if declared > budget:
+        raise DatasetError(f"{name}: declares {declared} bytes uncompressed in a {file_size}-byte file; the limit "
+                           f"is {budget}")
+
+
+def iter_parquet(path: Path, batch_rows: int = 1024, limits: ParquetLimits | None = None) -> Iterator[RawRow]:
+    """Stream a Parquet file row group by row group, in record batches, with bounded memory; row numbers are
+    1-based. Top-level string columns are read dictionary-encoded, so a value repeated in many rows is decoded
+    once; the text every batch references counts against `limits.budget(file size)`."""
     import pyarrow.parquet as pq
 
+    limits = limits or ParquetLimits()
     try:
-        parquet_file = pq.ParquetFile(path)
+        parquet_file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1024 * 1024)
+        schema = parquet_file.schema_arrow
+        file_size = path.stat().st_size
     except FileNotFoundError as exc:
         raise DatasetError(f"{path}: no such file") from exc
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends for non-parquet input
         raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
-    row_number = 0
-    for batch in parquet_file.iter_batches(batch_size=batch_rows):
-        for item in batch.to_pylist():
-            row_number += 1
-            yield RawRow(row_number, item)
+    check_parquet_metadata(parquet_file.metadata, file_size, limits, str(path))
+    flat_text = [f.name for f in schema if _is_byte_array(f.type)]
+    if flat_text:  # re-open so those columns come back as DictionaryArrays
+        parquet_file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1024 * 1024, read_dictionary=flat_text)
+    batch_rows = _safe_batch_rows(parquet_file.metadata, set(flat_text), batch_rows, limits)
+    budget, decoded, row_number = limits.budget(file_size), 0, 0
+    for group in range(parquet_file.num_row_groups):
+        for batch in parquet_file.iter_batches(batch_size=batch_rows, row_groups=[group]):
+            decoded += _referenced_bytes(batch)
+            if decoded > budget:
+                raise DatasetError(f"{path}: its rows reference more than {budget} bytes of data (a {file_size}-byte "
+                                   f"file; at most {limits.max_expansion}x its size is read)")
+            for item in _batch_rows(batch):
+                row_number += 1
+                yield RawRow(row_number, item)
+
+
+def _is_byte_array(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+                or pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type))
+
+
+def _safe_batch_rows(metadata: Any, flat: set[str], wanted: int, limits: ParquetLimits) -> int:
+    """Rows per batch such that a batch decodes to at most `max_batch_bytes` even if every row references the
+    largest value of a nested dictionary-encoded column (any value is at most its column chunk's size)."""
+    worst = 0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        nested = sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                     if group.column(c).has_dictionary_page and group.column(c).path_in_schema not in flat)
+        worst = max(worst, nested)
+    if worst == 0:
+        return wanted
+    return max(16, min(wanted, limits.max_batch_bytes // worst))
+
+
+def _referenced_bytes(batch: Any) -> int:
+    """Bytes of data the batch's rows reference: dictionary columns count each row's value (not the dictionary
+    once), other columns their buffers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 0
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type):
+            lengths = pc.binary_length(column.dictionary)
+            total += int(pc.sum(pc.take(lengths, column.indices)).as_py() or 0)
+        else:
+            total += column.nbytes
+    return total
+
+
+def _batch_rows(batch: Any) -> Iterator[dict[str, Any]]:
+    """The batch as row dicts; a dictionary column's values become one Python object per distinct value used."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = batch.schema.names
+    columns: list[list[Any]] = []
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type):
+            indices = column.indices.to_pylist()
+            used = pc.unique(column.indices.drop_null())
+            values = dict(zip(used.to_pylist(), column.dictionary.take(used).to_pylist(), strict=True))
+            columns.append([None if i is None else values[i] for i in indices])
+        else:
+            columns.append(column.to_pylist())
+    for values in zip(*columns, strict=True):
+        yield dict(zip(names, values, strict=True))
 
 
 def iter_raw_rows(path: str | Path, fmt: str = "auto") -> Iterator[RawRow]:

@@ -12,6 +12,7 @@ same id, whatever file or order it comes from.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from trace_engine.data.pairs import CORE_FIELDS, PreferencePair, prompt_key, sha
 CATEGORIES = ("INVERT", "PUNISH", "RETAIN")
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 DERIVED_ID_PREFIX = "pair-"
+# NUL cannot be stored in a Postgres text/JSON value, and a lone surrogate cannot be encoded as UTF-8: a row holding
+# either would fail every later write (the job would retry forever), so validation rejects it up front.
+UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -209,10 +213,59 @@ def check_row(data: Any, row: int, *, require_category: bool = False) -> list[Is
     for name, value in data.items():
         if name not in CORE_FIELDS and not _json_safe(value):
             issues.append(Issue(row, name, "wrong_type", f"{name} holds a value JSON cannot store ({_type_name(value)})"))
+    issues += check_storable(data, row)
     if require_category and data.get("category") not in CATEGORIES:
         kind = "missing_field" if data.get("category") is None else "bad_category"
         issues.append(Issue(row, "category", kind,
                             f"category must be one of {', '.join(CATEGORIES)}, not {data.get('category')!r}"))
+    return issues
+
+
+def unstorable_char(text: str) -> str | None:
+    """A description of the first character of `text` no database or UTF-8 file can hold, or None."""
+    found = UNSTORABLE_CHARS.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    return "a NUL character (U+0000)" if code == 0 else f"an unpaired surrogate (U+{code:04X})"
+
+
+def find_unstorable(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(location, description) of the first string (value or object key) in `value` holding a NUL character or a
+    lone surrogate; the location is a dotted path with the key names escaped. Iterative, so any depth is safe."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            bad = unstorable_char(item)
+            if bad is not None:
+                return path, bad
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                name = escape_name(str(key))
+                child_path = f"{path}.{name}" if path else name
+                if isinstance(key, str) and (bad := unstorable_char(key)) is not None:
+                    return child_path, f"{bad} in the key"
+                stack.append((child, child_path))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+    return None
+
+
+def escape_name(name: str) -> str:
+    """A key name safe to store and print: NUL and surrogates (and other control characters) escaped."""
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+
+
+def check_storable(data: dict[str, Any], row: int) -> list[Issue]:
+    """One error per top-level field holding a NUL character or a lone surrogate anywhere inside it."""
+    issues = []
+    for name, value in data.items():
+        found = find_unstorable({name: value})
+        if found is not None:
+            where, what = found
+            issues.append(Issue(row, where, "unstorable_text",
+                                f"{where} contains {what}, which cannot be stored; remove or replace it"))
     return issues
 
 
