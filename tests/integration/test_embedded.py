@@ -64,7 +64,8 @@ def test_serve_embedded_runs_a_job_end_to_end(tmp_path: Path) -> None:
             assert job["artifacts"]["adapter_id"] == adapter["id"]
             check_gateway(url, key, adapter["name"])
             check_eval_job(client, adapter["id"])
-        assert Path(job["artifacts"]["adapter"], "adapter_model.safetensors").is_file()
+        assert Path(tmp_path / "state" / "jobs" / job["id"], job["artifacts"]["adapter"],
+                    "adapter_model.safetensors").is_file()
         assert (tmp_path / "state" / "realign.db").is_file()
         assert (tmp_path / "state" / "local-api-key").stat().st_mode & 0o077 == 0
     finally:

@@ -20,8 +20,8 @@ def test_synthetic_job_succeeds_with_an_adapter_and_is_idempotent(shared_stack: 
     done = shared_stack.wait_done(job["id"], timeout=180)
     assert done["state"] == "succeeded", done
     assert sum(done["category_counts"].values()) == 24
-    adapter = Path(done["artifacts"]["adapter"])
-    assert adapter == shared_stack.settings.data_dir / "jobs" / job["id"] / "train" / "adapter"
+    assert done["artifacts"]["adapter"] == "train/adapter"  # relative to the job folder: no server paths
+    adapter = shared_stack.settings.data_dir / "jobs" / job["id"] / done["artifacts"]["adapter"]
     assert (adapter / "adapter_model.safetensors").is_file()
     provenance = json.loads((adapter / "realign.json").read_text())
     assert provenance["variant"] == "trace"
