@@ -23,7 +23,7 @@ import re
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,17 +129,7 @@ def sanitise_error_text(text: str, *, settings: Settings | None = None, max_len:
 def sanitise_error(error: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """A job error dict with every string in it (nested too) sanitised; keys and non-strings kept."""
     values = secret_values(settings)
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            return sanitise_error_text(value, settings=settings, secrets=values)
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    return clean(dict(error))
+    return map_strings(dict(error), lambda text: sanitise_error_text(text, settings=settings, secrets=values))
 
 
 def scrub_server_paths(value: Any, settings: Settings | None = None) -> Any:
@@ -150,15 +140,20 @@ def scrub_server_paths(value: Any, settings: Settings | None = None) -> Any:
     urls = sorted({u.rstrip("/") for u in (settings.serving_url, settings.serving_api_url) if u}, key=len,
                   reverse=True) if settings is not None else []
 
-    def clean(item: Any) -> Any:
-        if isinstance(item, str):
-            for url in urls:
-                item = item.replace(url, "<serving>")
-            return _ABS_PATH.sub(_shorten_path, _replace_roots(item, roots)) if "/" in item else item
-        if isinstance(item, Mapping):
-            return {k: clean(v) for k, v in item.items()}
-        if isinstance(item, (list, tuple)):
-            return [clean(v) for v in item]
-        return item
+    def clean(text: str) -> str:
+        for url in urls:
+            text = text.replace(url, "<serving>")
+        return _ABS_PATH.sub(_shorten_path, _replace_roots(text, roots)) if "/" in text else text
 
-    return clean(value)
+    return map_strings(value, clean)
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """`value` (JSON-like) with `fn` applied to every string inside it; keys and other scalars kept."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_strings(v, fn) for v in value]
+    return value

@@ -398,16 +398,12 @@ def record_stage_error(session: Session, *, job_id: str, stage: Stage, error: Ma
                     .values(last_error=dict(error)).execution_options(synchronize_session=False))
 
 
-def attempts_exhausted_error(stage: Stage, attempts: int, last_error: Mapping[str, Any] | None) -> dict[str, Any]:
-    reason = (last_error or {}).get("message") or "unknown (the worker stopped without saying why)"
-    return {"stage": stage.value, "kind": "stage_attempts_exhausted", "attempts": attempts,
-            "message": f"stage {stage.value} failed {attempts} times; last error: {reason}"}
-
-
 def fail_exhausted(session: Session, *, job_id: str, stage: Stage, attempts: int,
                    last_error: Mapping[str, Any] | None) -> dict[str, Any]:
     """Fail the job because this stage was started `attempts` times and never finished; returns the error."""
-    error = attempts_exhausted_error(stage, attempts, last_error)
+    reason = (last_error or {}).get("message") or "unknown (the worker stopped without saying why)"
+    error = {"stage": stage.value, "kind": "stage_attempts_exhausted", "attempts": attempts,
+             "message": f"stage {stage.value} failed {attempts} times; last error: {reason}"}
     add_event(session, job_id=job_id, type=EventType.ERROR, stage=stage, data=error)
     with contextlib.suppress(InvalidTransition):  # already terminal
         transition_job(session, job_id=job_id, to_state=JobState.FAILED, error=error)
@@ -728,7 +724,7 @@ def remove_worker(session: Session, *, name: str) -> None:
 
 
 def live_workers_by_queue(session: Session, *, queues: Sequence[str], stale_after_s: float) -> dict[str, int]:
-    """How many workers seen within `stale_after_s` consume each of `queues`; also prunes rows stale for long."""
+    """How many workers seen within `stale_after_s` consume each of `queues`."""
     now = utcnow()
     counts = {queue: 0 for queue in queues}
     for worker_queues in session.scalars(select(WorkerHeartbeat.queues)
@@ -737,12 +733,6 @@ def live_workers_by_queue(session: Session, *, queues: Sequence[str], stale_afte
             if queue in counts:
                 counts[queue] += 1
     return counts
-
-
-def prune_workers(session: Session, *, older_than_s: float) -> int:
-    result = session.execute(WorkerHeartbeat.__table__.delete()
-                             .where(WorkerHeartbeat.last_seen < utcnow() - timedelta(seconds=older_than_s)))
-    return result.rowcount  # type: ignore[attr-defined,no-any-return]
 
 
 # ---------------------------------------------------------------- quotas

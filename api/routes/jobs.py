@@ -198,7 +198,7 @@ def create_and_enqueue(request: Request, response: Response, session: Session, *
     session.commit()
     if created:
         request.app.state.metrics.jobs_submitted.inc()
-        enqueue_first_stage(request, session, job.id)
+        enqueue_stage(request, session, job.id)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"{location}/{job.id}"
@@ -224,17 +224,18 @@ def enforce_quotas(session: Session, settings: Settings, tenant_id: str, *, new_
                                slug="rate-limited", headers={"Retry-After": str(wait)})
 
 
-def enqueue_first_stage(request: Request, session: Session, job_id: str) -> None:
-    """The job is already committed; if the broker refuses, it stays queued and the reaper enqueues it later."""
+def enqueue_stage(request: Request, session: Session, job_id: str, stage: Stage = Stage.VALIDATE) -> None:
+    """The job is already committed; if the broker refuses, it stays put and the reaper enqueues it later."""
     try:
-        request.app.state.enqueue(job_id, Stage.VALIDATE.value)
+        request.app.state.enqueue(job_id, stage.value)
         access.mark_enqueued(session, job_id=job_id)  # confirmed: the reaper's lost-enqueue check skips it
         session.commit()
     except Exception as exc:
+        session.rollback()
         log.warning("enqueue of job %s failed: %s", job_id, type(exc).__name__)
         request.app.state.metrics.enqueue_failures.inc()
         access.add_event(session, job_id=job_id, type=EventType.WARNING,
-                         data={"message": f"enqueue failed ({type(exc).__name__}); the job stays queued and "
+                         data={"message": f"enqueue failed ({type(exc).__name__}); the job waits and "
                                           "will be enqueued again"})
         session.commit()
 
@@ -299,13 +300,7 @@ def retry_job(job_id: str, request: Request, session: SessionDep, principal: Pri
         raise ProblemError(409, f"job {job_id} is {exc.current.value}; only a failed job can be retried",
                            slug="job-not-failed") from None
     session.commit()
-    try:
-        request.app.state.enqueue(job_id, stage.value)
-        access.mark_enqueued(session, job_id=job_id)
-        session.commit()
-    except Exception as exc:  # the reaper re-sends it within enqueue_grace_s
-        session.rollback()
-        log.warning("enqueue of retried job %s failed: %s", job_id, type(exc).__name__)
+    enqueue_stage(request, session, job_id, stage)
     return job_out(session, access.load_job(session, job_id=job_id))
 
 

@@ -148,33 +148,27 @@ class ApiProcess:
 # ---------------------------------------------------------------- following a job
 
 
-def all_events(stack: Stack, job_id: str) -> list[dict[str, Any]]:
-    """Every event of the job, through the API's cursor pages."""
-    events: list[dict[str, Any]] = []
+def all_pages(stack: Stack, path: str) -> list[dict[str, Any]]:
+    """Every row of a cursor-paged list route (events, triage items), page by page."""
+    rows: list[dict[str, Any]] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
-        response = stack.client.get(f"/v1/jobs/{job_id}/events", params=params, headers=stack.headers)
+        response = stack.client.get(path, params=params, headers=stack.headers)
         assert response.status_code == 200, response.text
         page = response.json()
-        events += page["data"]
+        rows += page["data"]
         cursor = page["next_cursor"]
         if not cursor:
-            return events
+            return rows
+
+
+def all_events(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    return all_pages(stack, f"/v1/jobs/{job_id}/events")
 
 
 def all_triage_items(stack: Stack, job_id: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
-        response = stack.client.get(f"/v1/jobs/{job_id}/triage", params=params, headers=stack.headers)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        items += page["data"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items
+    return all_pages(stack, f"/v1/jobs/{job_id}/triage")
 
 
 def last_event_id(stack: Stack, job_id: str) -> int:
