@@ -154,7 +154,8 @@ def local_serving(settings: Settings, enabled: bool) -> Iterator[Settings]:
             "--num-threads", "1"]
     with spawn_local_server(serving_model_path(settings), extra_args=args, startup_timeout_s=180) as server:
         print(f"local serving backend on {server.base_url} (model {settings.serving_base_model})", flush=True)
-        yield settings.model_copy(update={"serving_url": server.base_url})
+        # the local server runs one adapter per batch: adapter-less requests never see LoRA weights (issue 17)
+        yield settings.model_copy(update={"serving_url": server.base_url, "serving_isolation": "off"})
 
 
 def serve(settings: Settings, *, host: str, port: int, start_worker: bool = True, worker_concurrency: int = 4,
@@ -196,7 +197,7 @@ def _serve(settings: Settings, *, host: str, port: int, start_worker: bool, work
             time.sleep(0.05)
         if not key:
             key = os.environ.get("REALIGN_API_KEY", "")
-        return submit(url, key, Path(demo_file), wait=True)
+        return submit(url, key, Path(demo_file), wait=True, data_dir=settings.data_dir)
     finally:
         server.should_exit = True
         if worker is not None:
@@ -216,9 +217,11 @@ def _start_worker(settings: Settings, concurrency: int) -> subprocess.Popen[byte
 # ---------------------------------------------------------------- submit (HTTP client)
 
 
-def submit(url: str, api_key: str | None, body_file: Path, *, wait: bool, poll_s: float = 1.0) -> int:
+def submit(url: str, api_key: str | None, body_file: Path, *, wait: bool, poll_s: float = 1.0,
+           data_dir: Path | None = None) -> int:
     """POST the body; with `wait`, print progress lines until the job ends, then the result. Exit code 0 only
-    for a succeeded job (or, without `wait`, an accepted one)."""
+    for a succeeded job (or, without `wait`, an accepted one). `data_dir`: the service's data dir when it runs
+    on this machine (embedded), so the result names the adapter's real folder."""
     key = api_key or os.environ.get("REALIGN_API_KEY") or _saved_local_key()
     if not key:
         print("error: no API key (pass --api-key, set REALIGN_API_KEY, or start `realign serve` embedded)",
@@ -244,7 +247,7 @@ def submit(url: str, api_key: str | None, body_file: Path, *, wait: bool, poll_s
             if line != last_line:
                 print(f"[{time.monotonic() - started:6.1f}s] {line}", flush=True)
                 last_line = line
-        print(format_result(job), flush=True)
+        print(format_result(job, base_url=url, data_dir=data_dir), flush=True)
         return 0 if job["state"] == "succeeded" else 1
 
 
@@ -268,8 +271,9 @@ def progress_line(job: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def format_result(job: dict[str, Any]) -> str:
-    """The job's end: the before/after table for the synthetic world when present, then the JSON summary."""
+def format_result(job: dict[str, Any], *, base_url: str | None = None, data_dir: Path | None = None) -> str:
+    """The job's end: the before/after table for the synthetic world when present, where the adapter is (its
+    folder on this machine when the service's `data_dir` is local; how to download it), then the JSON summary."""
     lines = [f"job {job['id']}: {job['state']}"]
     if job.get("error"):
         lines.append("error: " + json.dumps(job["error"]))
@@ -278,12 +282,31 @@ def format_result(job: dict[str, Any]) -> str:
         from trace_engine.pipeline import format_summary
 
         lines.append(format_summary(eval_summary))
-    if job.get("artifacts", {}).get("adapter"):
-        lines.append(f"adapter: {job['artifacts']['adapter']}")
-    if job.get("artifacts", {}).get("adapter_id"):
-        lines.append(f"registered adapter: {job['artifacts'].get('adapter_name')} ({job['artifacts']['adapter_id']}); "
-                     "use it as `model` on /v1/chat/completions")
+    lines += adapter_lines(job, base_url=base_url, data_dir=data_dir)
     result = {k: job.get(k) for k in ("id", "state", "category_counts", "error")}
     result["metrics"] = {k: v for k, v in (job.get("metrics") or {}).items() if k in ("pairs", "train_steps", "eval")}
     lines.append(json.dumps(result, sort_keys=True))
     return "\n".join(lines)
+
+
+def adapter_lines(job: dict[str, Any], *, base_url: str | None, data_dir: Path | None) -> list[str]:
+    """Where the job's adapter is and how to use it: the absolute folder (embedded: this machine's data dir),
+    the registered name for the gateway, and the download command (a tar.gz of the adapter directory)."""
+    artifacts = job.get("artifacts") or {}
+    lines = []
+    relative = artifacts.get("adapter")
+    if relative and data_dir is not None:
+        folder = (Path(data_dir).expanduser() / "jobs" / job["id"] / relative).resolve()
+        if folder.is_dir():
+            lines.append(f"adapter directory: {folder}")
+            lines.append(f'  load it with peft.PeftModel.from_pretrained(base_model, "{folder}") or '
+                         f"vllm serve BASE --enable-lora --lora-modules NAME={folder}")
+    if artifacts.get("adapter_id"):
+        adapter_id, name = artifacts["adapter_id"], artifacts.get("adapter_name") or artifacts["adapter_id"]
+        lines.append(f"registered adapter: {name} ({adapter_id}); use it as `model` on /v1/chat/completions")
+        if base_url:
+            root = base_url.rstrip("/")
+            lines.append(f'download: curl -fsS -H "Authorization: Bearer $REALIGN_API_KEY" -o {name}.tar.gz '
+                         f"{root}/v1/adapters/{adapter_id}/download   (then: tar xzf {name}.tar.gz)")
+            lines.append(f"job artifacts (triaged pairs, scores, metrics, eval report): {root}/v1/jobs/{job['id']}/artifacts")
+    return lines

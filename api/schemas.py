@@ -275,6 +275,22 @@ class EvalJobOut(JobOut):
                                           "the comparisons")
 
 
+class AdapterBaseModelOut(BaseModel):
+    name_or_path: str | None = Field(description="the base model as the job's request named it (a Hub id, a name "
+                                     "under the model root, or synthetic-tiny)")
+    revision: str | None = None
+
+
+class LoraOut(BaseModel):
+    """The adapter's LoRA settings, as its adapter_config.json (what peft and vLLM load) has them."""
+
+    r: int | None = Field(default=None, description="rank")
+    alpha: float | None = Field(default=None, description="lora_alpha (the update is scaled by alpha / r)")
+    dropout: float | None = None
+    target_modules: list[str] | str | None = Field(default=None, description="module names (or peft's regex)")
+    peft_type: str | None = None
+
+
 class AdapterOut(BaseModel):
     id: str
     object: Literal["adapter"] = "adapter"
@@ -282,6 +298,8 @@ class AdapterOut(BaseModel):
     job_id: str | None
     sha256: str = Field(description="sha256 of adapter_model.safetensors")
     size_bytes: int
+    base_model: AdapterBaseModelOut
+    lora: LoraOut | None = Field(description="None when the adapter's adapter_config.json is unreadable")
     provenance: dict[str, Any]
     eval_report: dict[str, Any] | None
     deploy_gate: dict[str, Any] | None = Field(description="the deploy gate's cached result (None: not served yet)")
@@ -292,6 +310,50 @@ class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterOut]
     next_cursor: str | None
+
+
+class ArtifactOut(BaseModel):
+    name: str = Field(description="the name to download it by: GET /v1/jobs/{job_id}/artifacts/{name}")
+    kind: str = Field(description="triaged_pairs | impact_scores | metrics_history | eval_report | eval_prompts | "
+                      "dataset_snapshot | triage_summary | impact_score_summary | adapter")
+    file: str = Field(description="its place in the job's folder (relative; for reference only)")
+    size_bytes: int = Field(description="of the stored file (the adapter: of its weights)")
+    sha256: str | None = Field(description="of the file's bytes; None for large files, the adapter archive and "
+                               "the triaged pairs (served with judge error texts sanitised)")
+    content_type: str
+    url: str = Field(description="download path on this service")
+
+
+class ArtifactList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ArtifactOut]
+
+
+class MetricsHistory(BaseModel):
+    """Training metrics per optimizer step, as the trainer appends them to train/metrics.jsonl (a step's line is
+    on disk before the next step starts, so the history survives a crash up to the last finished step)."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]] = Field(description="one object per step: step, epoch, loss, loss_pref, loss_npo, "
+                                       "kl, reward_chosen, reward_rejected, margin, accuracy, npo_reward, lr, "
+                                       "grad_norm, tokens, tokens_per_s, seconds, example counts")
+    next_cursor: str | None = Field(description="the last step returned (else the cursor sent): pass it as "
+                                    "`cursor` for later steps; an empty page means none yet")
+
+
+class ScoreOut(BaseModel):
+    pair_id: str
+    category: str | None = Field(description="the pair's triage category")
+    impact_score: float | None = Field(description="normalised impact weight (None: not a conflicting pair)")
+    impact_raw: float | None = Field(description="the raw impact score before normalisation")
+    impact_kind: str | None
+
+
+class ScoreList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ScoreOut]
+    next_cursor: str | None
+    summary: dict[str, Any] = Field(default_factory=dict, description="the scoring summary (score/summary.json)")
 
 
 class EventOut(BaseModel):
@@ -367,3 +429,7 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
     workers: dict[str, int] = Field(default_factory=dict, description="live workers per queue (judge, gpu)")
+    serving: dict[str, Any] | None = Field(default=None, description="the gateway's serving backend, when one is "
+                                           "configured: `isolation` (mode, the null adapter, whether adapters "
+                                           "are served, the self-test's measured differences); does not make "
+                                           "the API unready")

@@ -1,13 +1,20 @@
 """The gateway wired to the adapter registry: `model` names one of the caller's adapters (id or name) or the
-base model; an adapter passes the deploy gate (weights hash = registry, outputs differ from base on probe
-prompts) before it is first served. Gate results are cached in the registry row (per weights hash) and in
-memory; a passed adapter's file hash is still re-checked once per process before it is trusted.
+base model; an adapter passes the deploy gate (weights hash = registry, its teacher-forced log-probs differ from
+the base model's on generic and job probe prompts: api/gateway/deploy_gate.py) before it is first served. Gate
+results are cached in the registry row (per weights hash) and in memory; a passed adapter's file hash is still
+re-checked once per process before it is trusted.
+
+Isolation (`serving_isolation`, issue 17): by default the base model is served through a zero adapter written
+under `<data_dir>/serving/` from the base model's config.json, and the backend runs its isolation self-test before
+the first generation (api/gateway/backend.py); its state is in `/readyz` under `serving`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,9 +25,16 @@ from api.auth import Principal, require_principal
 from api.db import access
 from api.db.engine import session_scope
 from api.gateway.backend import AdapterRef, GatewayError, ServingBackend
-from api.gateway.deploy_gate import DEFAULT_PROBES, check_weights_hash, run_deploy_gate
+from api.gateway.deploy_gate import DEFAULT_PROBES, Probe, check_weights_hash, run_deploy_gate
+from api.gateway.deploy_gate import METHODS as GATE_METHODS
+from api.gateway.null_adapter import (
+    IsolationUnavailable,
+    read_base_config,
+    write_null_adapter,
+    write_selftest_adapter,
+)
 from api.gateway.router import BASE_MODEL, BaseModelTarget, make_gateway_router
-from api.registry import local_adapter_dir, serving_adapter_dir
+from api.registry import job_probe_prompts, local_adapter_dir, serving_adapter_dir
 from api.settings import Settings
 
 log = logging.getLogger("realign.gateway")
@@ -28,15 +42,24 @@ SYNTHETIC_NAMES = ("synthetic-tiny", "synthetic")
 LIST_LIMIT = 500
 
 
-def probe_prompts(provenance: dict[str, Any]) -> list[str]:
+def probe_prompts(provenance: dict[str, Any], settings: Settings | None = None) -> list[Probe]:
     """The generic probes, plus held-out prompts of the synthetic world the adapter was trained in (a tiny
-    synthetic model answers generic English poorly; its own world's prompts show the adapter's effect)."""
-    probes = list(DEFAULT_PROBES)
+    synthetic model answers generic English poorly; its own world's prompts show the adapter's effect), plus (with
+    `settings`) up to `deploy_gate_job_probes` prompts of the adapter's own job: its INVERT/PUNISH pairs and its
+    held-out eval prompts (api/registry.py `job_probe_prompts`), where the policy change should show."""
+    probes: list[Probe] = list(DEFAULT_PROBES)
     reference = (provenance.get("dataset") or {}).get("reference") or {}
     if reference.get("type") == "synthetic":
         from trace_engine.synthetic.world import make_world
 
         probes += [t.prompt for t in make_world(int(reference.get("seed", 0))).test_prompts(6)]
+    job_id = provenance.get("job_id")
+    if settings is not None and isinstance(job_id, str):
+        try:
+            own = job_probe_prompts(settings, job_id, settings.deploy_gate_job_probes)
+        except ValueError:  # not a job id: no files to read
+            own = []
+        probes += [p for p in own if p not in probes]
     return probes
 
 
@@ -95,8 +118,10 @@ class RegistryGateway:
             elif cached.get("sha256") == sha and _output_check_failed(cached):
                 result = cached  # an adapter that does not change outputs will not start to: no re-probe
             else:
-                gate = await run_deploy_gate(self.backend, ref, folder, sha, probe_prompts(record["provenance"]),
-                                             max_tokens=self.settings.deploy_gate_max_tokens)
+                probes = await run_in_threadpool(probe_prompts, record["provenance"], self.settings)
+                gate = await run_deploy_gate(self.backend, ref, folder, sha, probes,
+                                             max_tokens=self.settings.deploy_gate_max_tokens,
+                                             min_delta=self.settings.deploy_gate_min_logprob_delta)
                 result = {**gate.to_dict(), "sha256": sha}
             await run_in_threadpool(self._store_gate, adapter_id, result)
             if not result.get("passed"):
@@ -120,7 +145,66 @@ class RegistryGateway:
 
 
 def _output_check_failed(result: dict[str, Any]) -> bool:
-    return any(c.get("name") == "changes_outputs" and not c.get("passed") for c in result.get("checks", []))
+    """A stored refusal by this gate's measurement (an older gate's text-only verdict is measured again)."""
+    return any(c.get("name") == "changes_outputs" and not c.get("passed") and c.get("method") in GATE_METHODS
+               for c in result.get("checks", []))
+
+
+def base_model_config_path(settings: Settings) -> Path | None:
+    """Where the base model's config.json is for this process: `serving_base_model_path`, else
+    `model_root/<serving_base_model>`, else the newest Hugging Face cache snapshot of that Hub id."""
+    if settings.serving_base_model_path is not None:
+        return settings.serving_base_model_path
+    name = settings.serving_base_model
+    local = settings.models_root / name
+    if ".." not in Path(name).parts and (local / "config.json").is_file():
+        return local
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
+                                                        "huggingface") / "hub")
+    snapshots = sorted((hub / f"models--{name.replace('/', '--')}" / "snapshots").glob("*/config.json"),
+                       key=lambda p: p.stat().st_mtime)
+    return snapshots[-1].parent if snapshots else None
+
+
+def serving_dir_for_backend(settings: Settings, name: str) -> str:
+    """`<data_dir>/serving/<name>` as the serving backend sees it (like registry.serving_adapter_dir)."""
+    root = settings.serving_adapter_root if settings.serving_adapter_root is not None else settings.data_dir
+    return str(Path(root) / "serving" / name)
+
+
+def isolation_adapters(settings: Settings) -> tuple[AdapterRef, AdapterRef]:
+    """Write the null and self-test adapters for the base model under `<data_dir>/serving`; IsolationUnavailable
+    says what to set when that is impossible."""
+    path = base_model_config_path(settings)
+    if path is None:
+        raise IsolationUnavailable(
+            f"isolation needs the base model's config.json and none was found for {settings.serving_base_model!r} "
+            f"(looked in {settings.models_root / settings.serving_base_model} and the Hugging Face cache): set "
+            "REALIGN_SERVING_BASE_MODEL_PATH to the model folder, or REALIGN_SERVING_ISOLATION=off for a backend "
+            "that batches per adapter")
+    try:
+        config = read_base_config(path)
+    except IsolationUnavailable as exc:
+        raise IsolationUnavailable(f"{exc}: set REALIGN_SERVING_BASE_MODEL_PATH to the base model folder") from exc
+    out = settings.data_dir / "serving"
+    null = write_null_adapter(config, out, base_model=settings.serving_base_model)
+    probe = write_selftest_adapter(config, out, base_model=settings.serving_base_model)
+    return (AdapterRef(null.name, serving_dir_for_backend(settings, null.name)),
+            AdapterRef(probe.name, serving_dir_for_backend(settings, probe.name)))
+
+
+def make_backend(settings: Settings, url: str) -> ServingBackend:
+    """The backend client with the isolation the settings ask for (issue 17; api/gateway/backend.py)."""
+    if settings.serving_isolation == "off":
+        return ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters)
+    try:
+        base, probe = isolation_adapters(settings)
+    except (IsolationUnavailable, OSError) as exc:
+        reason = f"base-model isolation is unavailable: {exc}"
+        log.error("%s; the gateway answers 503 to generation requests", reason)
+        return ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters, unavailable=reason)
+    return ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters, base_adapter=base,
+                          selftest_adapter=probe)
 
 
 def make_serving(settings: Settings, sessions: sessionmaker[Session]) -> tuple[RegistryGateway, APIRouter] | None:
@@ -128,10 +212,11 @@ def make_serving(settings: Settings, sessions: sessionmaker[Session]) -> tuple[R
     url = settings.serving_api_url
     if not url:
         return None
-    backend = ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters)
+    backend = make_backend(settings, url)
     gateway = RegistryGateway(settings, sessions, backend)
     router = make_gateway_router(gateway.resolve_model, backend, require_principal, list_models=gateway.list_models)
     return gateway, router
 
 
-__all__ = ["RegistryGateway", "make_serving", "probe_prompts"]
+__all__ = ["RegistryGateway", "base_model_config_path", "isolation_adapters", "make_backend", "make_serving",
+           "probe_prompts"]

@@ -124,6 +124,22 @@ class Settings(BaseSettings):
                                               "dir (adapters are under it); None = the same path as data_dir")
     serving_max_adapters: int = Field(default=8, ge=1, description="adapters loaded on the backend at once (LRU)")
     deploy_gate_max_tokens: int = Field(default=16, ge=1, description="greedy tokens per deploy-gate probe")
+    deploy_gate_min_logprob_delta: float = Field(
+        default=1e-3, gt=0, description="the deploy gate serves an adapter when it changes the base model's "
+        "teacher-forced answer log-probs by more than this (mean |Δ log p| over the probes; zero-B adapters measure "
+        "0 to ~1e-5, trained ones ~1e-2: api/gateway/deploy_gate.py)")
+    deploy_gate_job_probes: int = Field(default=8, ge=0, le=64, description="prompts of the adapter's own job "
+                                        "(its INVERT/PUNISH pairs and held-out eval prompts) added to the generic "
+                                        "deploy-gate probes")
+    serving_isolation: Literal["null-adapter", "off"] = Field(
+        default="null-adapter", description="how base-model requests are kept apart from adapters on the "
+        "backend: `null-adapter` sends them as a zero adapter the gateway writes (vLLM with --enable-lora can "
+        "apply another request's LoRA to adapter-less rows of a batch, issue 17) and runs a start-up self-test; "
+        "`off` only for a backend that batches per adapter (the local server; embedded mode sets it)")
+    serving_base_model_path: Path | None = Field(default=None, description="the base model's folder (or its "
+                                                 "config.json) as the API sees it, to shape the null adapter; "
+                                                 "None = model_root/<serving_base_model> when that exists, else "
+                                                 "the Hugging Face cache's snapshot of that id")
     # ---- security (docs/security.md)
     judge_profiles: dict[str, JudgeProfile] = Field(default_factory=dict, description="named judge endpoints "
                                                     "(REALIGN_JUDGE_PROFILES as JSON: name -> profile); a request "

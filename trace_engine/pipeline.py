@@ -24,9 +24,10 @@ from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.noise import make_noisy
 from trace_engine.data.pairs import PreferencePair, Prompt, prompt_key
 from trace_engine.data.split import make_splits
-from trace_engine.evaluation.generation import LocalBackend
+from trace_engine.evaluation.generation import LocalBackend, Progress, generate_with_progress
 from trace_engine.evaluation.prompts import EvalPrompt
-from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval
+from trace_engine.evaluation.report import SAMPLE_COUNT
+from trace_engine.evaluation.runner import EvalData, EvalSettings, eval_units, run_eval
 from trace_engine.evaluation.stats import rate
 from trace_engine.judge.base import JudgeOutcome, Usage
 from trace_engine.judge.rules import RulesJudge
@@ -240,20 +241,30 @@ def eval_sets(world: World, cfg: PipelineConfig, held_out: Sequence[Mapping[str,
     return EvalSets(prompts_of(held_out), ood, harmful, benign, world.retention_probes(cfg.n_retention))
 
 
+SYNTHETIC_SUITES = ("tpa", "asr", "over_refusal")
+
+
+def evaluate_backend_units(sets: EvalSets) -> int:
+    """The `progress` units `evaluate_backend` reports for one model: prompts generated plus responses judged."""
+    data = EvalData(tpa_prompts=sets.tpa, harmful_prompts=sets.harmful, benign_prompts=sets.benign)
+    return eval_units(SYNTHETIC_SUITES, data) + len(sets.retention) + eval_units(("tpa",), EvalData(sets.ood))
+
+
 def evaluate_backend(backend: LocalBackend, world: World, sets: EvalSets, *, max_new_tokens: int, seed: int,
-                     resamples: int) -> dict[str, Any]:
-    """TPA (overall and per category, with CIs), ASR, over-refusal and retention of one model (+ adapter)."""
+                     resamples: int, progress: Progress | None = None) -> dict[str, Any]:
+    """TPA (overall and per category, with CIs), ASR, over-refusal and retention of one model (+ adapter);
+    `progress(n)` as prompts are generated and judged (`evaluate_backend_units` in all)."""
     judge = RulesJudge(world.rules("new"), "<synthetic rules_new, evaluation>")
     settings = EvalSettings(max_new_tokens=max_new_tokens, seed=seed, resamples=resamples, judge_concurrency=64)
     data = EvalData(tpa_prompts=sets.tpa, harmful_prompts=sets.harmful, benign_prompts=sets.benign)
-    report = run_eval(backend, ("tpa", "asr", "over_refusal"), judge, data, policy=world.policy("new"),
-                      settings=settings)
-    responses = backend.generate([p.prompt for p in sets.retention], max_new_tokens)
+    report = run_eval(backend, SYNTHETIC_SUITES, judge, data, policy=world.policy("new"), settings=settings,
+                      progress=progress)
+    responses = generate_with_progress(backend, [p.prompt for p in sets.retention], max_new_tokens, progress)
     correct = [p.is_correct(r) for p, r in zip(sets.retention, responses, strict=True)]
     retention = rate(correct, seed=seed, resamples=resamples)
     tpa = report.suites["tpa"].metrics
     ood = run_eval(backend, ("tpa",), judge, EvalData(tpa_prompts=sets.ood), policy=world.policy("new"),
-                   settings=settings).suites["tpa"].metrics
+                   settings=settings, progress=progress).suites["tpa"].metrics
     return {
         "tpa": tpa["overall"].to_dict(),
         "tpa_ood": ood["overall"].to_dict(),
@@ -262,17 +273,18 @@ def evaluate_backend(backend: LocalBackend, world: World, sets: EvalSets, *, max
         "asr": report.suites["asr"].metrics["overall"].to_dict(),
         "over_refusal": report.suites["over_refusal"].metrics["refused"].to_dict(),
         "retention": retention.to_dict(),
-        "examples": [{k: r[k] for k in ("category", "prompt", "response", "violating")}
-                     for r in report.suites["tpa"].records[:6]],
+        "examples": [{k: r[k] for k in ("id", "category", "prompt", "response", "violating")}
+                     for r in report.suites["tpa"].records[:SAMPLE_COUNT]],
     }
 
 
 def evaluate_model_dir(base_path: Path, adapter_dir: Path | None, world: World, sets: EvalSets,
-                       cfg: PipelineConfig, device: str | None = "cpu") -> dict[str, Any]:
+                       cfg: PipelineConfig, device: str | None = "cpu",
+                       progress: Progress | None = None) -> dict[str, Any]:
     backend = LocalBackend.from_pretrained(str(base_path), adapter_dir=adapter_dir, device=device,
                                            dtype="fp32" if device == "cpu" else None, batch_size=64)
     return evaluate_backend(backend, world, sets, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                            resamples=cfg.resamples)
+                            resamples=cfg.resamples, progress=progress)
 
 
 # ---------------------------------------------------------------- the whole run

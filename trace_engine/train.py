@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -305,9 +306,10 @@ def train(
                     if after < len(micro)
                     else ckpt.Position(position.step + 1, position.epoch + 1, 0)
                 )
-                if log is not None:
+                if log is not None:  # one line per step, on disk before the next step: a crash loses no step
                     log.write(json.dumps(last) + "\n")
                     log.flush()
+                    os.fsync(log.fileno())
                 if config.checkpoint_every and position.step % config.checkpoint_every == 0:
                     if rt.is_main:
                         ckpt.save_checkpoint(
@@ -677,18 +679,31 @@ def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
     return PreparedData(kept, counts, data.provenance)
 
 
+def _logged_steps(path: Path) -> Iterator[dict[str, Any]]:
+    """The metrics log's lines; a line torn by a crash mid-write (not JSON) is dropped."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            yield row
+
+
 def _truncate_metrics(path: Path, up_to_step: int) -> None:
-    """After a resume, drop log lines of steps the crashed run did after its last checkpoint."""
+    """After a resume, drop log lines of steps the crashed run did after its last checkpoint (and a torn one)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= up_to_step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = [row for row in _logged_steps(path) if row["step"] <= up_to_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
     last: dict[str, Any] = {}
     if path.exists():
-        for last in iter_jsonl(path):  # noqa: B007 - we want the final line
+        for last in _logged_steps(path):  # noqa: B007 - we want the final line
             pass
     return last
 

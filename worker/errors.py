@@ -35,7 +35,9 @@ WELL_KNOWN_SECRET_ENV = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
                          "ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "REALIGN_DATABASE_URL", "REALIGN_BROKER_URL",
                          "REALIGN_METRICS_TOKEN", "DATABASE_URL", "PGPASSWORD")
 _SECRET_ENV_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|AUTH)", re.IGNORECASE)
-_KEY_LIKE = re.compile(r"\b(sk|rk|pk|hf|ghp|gho|xox[abp]|key|api[_-]?key)[-_][A-Za-z0-9_\-*.]{6,}", re.IGNORECASE)
+# a key-like token has a digit somewhere (so field names such as `api_key_secret` stay readable)
+_KEY_LIKE = re.compile(r"\b(sk|rk|pk|hf|ghp|gho|xox[abp]|key|api[_-]?key)[-_](?=[A-Za-z0-9_\-*.]*\d)"
+                       r"[A-Za-z0-9_\-*.]{6,}", re.IGNORECASE)
 _BEARER = re.compile(r"\b(bearer|basic|token)\s+[A-Za-z0-9_\-.=+/*]{6,}", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@'\"]+@")
 _LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9_\-+=])(?=[A-Za-z0-9_\-+=]*[A-Z])(?=[A-Za-z0-9_\-+=]*[a-z])"

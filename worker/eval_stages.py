@@ -22,10 +22,12 @@ from api.schemas import BaseModelIn, EvalRequest, SyntheticDataset
 from trace_engine.data.io import write_json
 from worker.errors import scrub_server_paths
 from worker.stages import (
+    EvalProgress,
     StageContext,
     StageFailed,
     StageResult,
     build_judge,
+    judge_warning,
     load_dataset,
     probe_judge,
     resolve_base_model,
@@ -150,12 +152,12 @@ def _backend(ctx: StageContext, model: ModelUnderTest) -> Any:
     info = {"label": model.label, "base_model": model.base_model, "adapter_id": model.adapter_id}
     url = ctx.settings.serving_api_url
     if url:
-        from worker.http_generation import HttpGenerationBackend
+        from worker.http_generation import serving_backend
 
         adapter = None
         if model.adapter_path is not None:
             adapter = (str(model.adapter_id), serving_adapter_dir(ctx.settings, model.adapter_path))
-        return HttpGenerationBackend(url, adapter=adapter, info=info)
+        return serving_backend(ctx.settings, adapter, info)
     from trace_engine.evaluation.generation import LocalBackend
 
     source = _base_source(ctx, model)
@@ -167,8 +169,8 @@ def _backend(ctx: StageContext, model: ModelUnderTest) -> Any:
 
 
 def run_eval_evaluate(ctx: StageContext) -> StageResult:
-    from trace_engine.evaluation.report import compare_reports
-    from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval
+    from trace_engine.evaluation.report import compare_reports, side_by_side
+    from trace_engine.evaluation.runner import EvalData, EvalSettings, eval_units, run_eval
 
     request = _request(ctx)
     models = models_under_test(ctx)
@@ -182,30 +184,43 @@ def run_eval_evaluate(ctx: StageContext) -> StageResult:
         raise StageFailed("none of the requested suites can run on this dataset", kind="dataset_invalid")
     data = EvalData(tpa_prompts=prompts["tpa"], harmful_prompts=prompts["asr"], benign_prompts=prompts["over_refusal"])
     settings = EvalSettings(max_new_tokens=request.max_new_tokens, resamples=1000)
+    judged = any(s in JUDGED for s in suites)
+    warning = judge_warning(request.judge.provider, [m.base_model for m in models]) if judged else None
+    if warning is not None:
+        ctx.warn(warning)
     reports = {}
-    ctx.tick(0, len(models))
-    for index, model in enumerate(models):
-        judge = build_judge(request, ctx.settings)[0] if any(s in JUDGED for s in suites) else None
+    progress = EvalProgress(ctx, len(models) * eval_units(suites, data, settings))
+    for model in models:
+        judge = build_judge(request, ctx.settings)[0] if judged else None
         backend = _backend(ctx, model)
         try:
             reports[model.label] = run_eval(backend, tuple(suites), judge, data, policy=request.policy.to_policy(),
-                                            settings=settings)
+                                            settings=settings, progress=progress)
         finally:
             close: Callable[[], None] | None = getattr(backend, "close", None)
             if close is not None:
                 close()
-        ctx.tick(index + 1, len(models))
+            del backend
+    progress.finish()
     comparison = {f"vs_{label}": [d.to_dict() for d in compare_reports(reports[label], reports["target"])]
                   for label in reports if label != "target"}
     summary = {label: {name: rate.to_dict() for name, rate in report.metric_table().items()}
                for label, report in reports.items()}
+    # the same prompts answered by every model side by side (base, parent, then the target: before -> after)
+    sample_suite = next(s for s in (*JUDGED, "over_refusal") if s in suites)
+    order = [label for label in ("base", "parent", "target") if label in reports]
+    samples = side_by_side({label: reports[label].suites[sample_suite].records for label in order})
+    readable: dict[str, Any] = {"samples_suite": sample_suite, "samples": samples}
+    if warning is not None:
+        readable["judge_warning"] = warning
     report = {"model": request.model, "suites": suites, "summary": summary, "comparison": comparison,
-              "reports": {label: r.to_dict() for label, r in reports.items()},
+              **readable, "reports": {label: r.to_dict() for label, r in reports.items()},
               "models": [asdict(m) for m in models]}
     report = scrub_server_paths(report, ctx.settings)  # tenants read it (GET /v1/evals/{id})
     write_json(ctx.dir / "eval" / "report.json", report)
     return StageResult(summary={"suites": suites, "models": list(reports)},
-                       metrics={"eval": {"summary": summary, "comparison": comparison}},
+                       metrics={"eval": {"summary": summary, "comparison": comparison,
+                                         **{k: report[k] for k in readable}}},
                        artifacts={"eval_report": "eval/report.json"})
 
 

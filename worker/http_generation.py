@@ -9,8 +9,8 @@ part of the chat protocol: the evaluation stage runs capability in-process inste
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import httpx
@@ -24,10 +24,12 @@ class ServingGenerationError(RuntimeError):
 
 class HttpGenerationBackend:
     def __init__(self, base_url: str, *, adapter: tuple[str, str] | None = None, concurrency: int = 16,
-                 timeout_s: float = 300.0, info: dict[str, Any] | None = None) -> None:
-        """`base_url` without `/v1`; `adapter` = (name on the backend, path as the backend sees it)."""
+                 timeout_s: float = 300.0, info: dict[str, Any] | None = None, keep_loaded: bool = False) -> None:
+        """`base_url` without `/v1`; `adapter` = (name on the backend, path as the backend sees it);
+        `keep_loaded`: never unload it (the null adapter the gateway shares)."""
         self.base_url = base_url.rstrip("/")
         self.adapter = adapter
+        self.keep_loaded = keep_loaded
         self.concurrency = max(1, concurrency)
         self._client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0),
                                     limits=httpx.Limits(max_connections=self.concurrency))
@@ -36,7 +38,7 @@ class HttpGenerationBackend:
         self._model: str | None = None
 
     def close(self) -> None:
-        if self.adapter is not None and self._loaded_here:
+        if self.adapter is not None and self._loaded_here and not self.keep_loaded:
             self._client.post("/v1/unload_lora_adapter", json={"lora_name": self.adapter[0]})
             self._loaded_here = False
         self._client.close()
@@ -70,15 +72,27 @@ class HttpGenerationBackend:
         return {"backend": "serving-http", "url": self.base_url, "model": self.model_name(), **self._info}
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, *,
-                 batch_size: int | None = None) -> list[str]:
+                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Concurrent requests; `progress(1)` on this thread as each answer arrives."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not prompts:
             return []
         model = self.model_name()
         workers = min(batch_size or self.concurrency, self.concurrency, len(prompts))
+        out: list[str] = [""] * len(prompts)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-gen") as pool:
-            return list(pool.map(lambda p: self._one(model, p, max_new_tokens), prompts))
+            futures = {pool.submit(self._one, model, p, max_new_tokens): i for i, p in enumerate(prompts)}
+            try:
+                for future in as_completed(futures):
+                    out[futures[future]] = future.result()
+                    if progress is not None:
+                        progress(1)
+            except BaseException:  # a failed request or a cancel: drop the requests not yet sent
+                for future in futures:
+                    future.cancel()
+                raise
+        return out
 
     def loglikelihood(self, prompt: Prompt, continuations: Sequence[str]) -> list[float]:
         raise NotImplementedError("log-likelihoods are not part of the chat protocol; capability runs in-process")
@@ -95,3 +109,18 @@ class HttpGenerationBackend:
             raise ServingGenerationError(f"serving backend failed while {doing}: HTTP {response.status_code} "
                                          f"{response.text[:300]}")
         return response
+
+
+def serving_backend(settings: Any, adapter: tuple[str, str] | None, info: dict[str, Any] | None = None
+                    ) -> HttpGenerationBackend:
+    """The evaluation backend on the configured server. Base-model generations go through the operator's null
+    adapter when isolation is on (a LoRA-enabled vLLM can apply other rows' adapters to adapter-less rows of the
+    same batch: issue 17, docs/serving.md), loaded once and left loaded for the gateway."""
+    url = settings.serving_api_url
+    if adapter is not None or settings.serving_isolation == "off":
+        return HttpGenerationBackend(url, adapter=adapter, info=info)
+    from api.serving import isolation_adapters
+
+    null, _ = isolation_adapters(settings)
+    return HttpGenerationBackend(url, adapter=(null.name, null.path), info={**(info or {}), "isolation": null.name},
+                                 keep_loaded=True)

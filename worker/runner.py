@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import access
@@ -35,6 +36,7 @@ from api.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, S
 from api.schemas import EvalRequest, FileDataset, RealignRequest
 from api.settings import Settings
 from worker.errors import sanitise_error
+from worker.resources import StageResources, release_memory
 from worker.stages import (  # noqa: F401 - STAGE_FUNCTIONS: tests patch stages through it
     STAGE_FUNCTIONS,
     Cancelled,
@@ -157,9 +159,13 @@ def _run_started(services: WorkerServices, job_id: str, stage: Stage, owner: str
     settings = services.settings
     with session_scope(services.sessions) as session:
         job = access.load_job(session, job_id=job_id)
-        kind = job.kind
-        request = parse_request(kind, job.request)
-        tenant_id = job.tenant_id
+        kind, stored, tenant_id = job.kind, job.request, job.tenant_id
+    try:
+        request = parse_request(kind, stored)
+    except ValidationError as exc:  # stored by older code with fields refused since (e.g. judge.base_url)
+        _fail(services, job_id, stage, owner, stored_request_invalid(exc))
+        return FAILED
+    with session_scope(services.sessions) as session:
         file_format = _file_format(session, tenant_id, request)
         access.start_stage(session, job_id=job_id, stage=stage)
 
@@ -169,10 +175,14 @@ def _run_started(services: WorkerServices, job_id: str, stage: Stage, owner: str
                        tick=ProgressWriter(services, job_id, stage, heartbeat), file_format=file_format,
                        warn=lambda message: _event(services, job_id, stage, EventType.WARNING, {"message": message}),
                        lookup_adapter=lambda id_or_name: _lookup_adapter(services, tenant_id, id_or_name))
+    used = StageResources()  # wall time and peak memory; the stage's models are released on the way out
+    ended = False
     try:
-        result = stage_function(kind, stage)(ctx)
+        with used:
+            result = stage_function(kind, stage)(ctx)
         if heartbeat.should_stop():
             raise Cancelled("stop requested at the end of the stage")
+        ended = True
     except Cancelled:
         heartbeat.stop()
         if heartbeat.lease_lost.is_set():
@@ -187,7 +197,11 @@ def _run_started(services: WorkerServices, job_id: str, stage: Stage, owner: str
             raise  # KeyboardInterrupt / SystemExit: the lease expires and the reaper re-queues
         _fail(services, job_id, stage, owner, exc)
         return FAILED
+    finally:
+        if not ended:  # the exception's traceback held the stage's frames (and models) until here
+            release_memory()
     heartbeat.stop()
+    result.metrics = {**result.metrics, "resources": {stage.value: used.figures}}
     try:
         return _finish_stage(services, job_id, stage, owner, request, result, kind)
     except StageFailed as exc:  # registration refused the result (e.g. weights missing)
@@ -232,6 +246,15 @@ def parse_request(kind: str, stored: dict[str, Any]) -> RealignRequest | EvalReq
     return EvalRequest.model_validate(stored) if kind == "eval" else RealignRequest.model_validate(stored)
 
 
+def stored_request_invalid(exc: ValidationError) -> StageFailed:
+    """The job's stored request no longer validates (written by an older version, e.g. with `judge.base_url`):
+    the job fails at once with each field's reason; the stored values are never echoed (one may name a secret)."""
+    reasons = "; ".join(f"{'.'.join(str(part) for part in e['loc']) or 'request'}: "
+                        f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors(include_input=False))
+    return StageFailed(f"this job's stored request is no longer accepted ({reasons}); submit it again",
+                       kind="request_invalid")
+
+
 def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str,
                   request: RealignRequest | EvalRequest, result: StageResult, kind: str = "realign") -> str:
     following = next_stage(request, stage)
@@ -240,7 +263,11 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
             return LEASE_LOST
         if result.triage_items:
             access.add_triage_items(session, job_id=job_id, items=result.triage_items)
-        access.set_job_results(session, job_id=job_id, metrics=result.metrics, artifacts=result.artifacts,
+        metrics = result.metrics
+        if "resources" in metrics:  # one entry per stage: merged, not overwritten
+            earlier = (access.load_job(session, job_id=job_id).metrics or {}).get("resources") or {}
+            metrics = {**metrics, "resources": {**earlier, **metrics["resources"]}}
+        access.set_job_results(session, job_id=job_id, metrics=metrics, artifacts=result.artifacts,
                                category_counts=result.category_counts)
         access.complete_stage(session, job_id=job_id, stage=stage, summary=result.summary)
         target = STAGE_STATE[following] if following else JobState.SUCCEEDED

@@ -7,12 +7,16 @@ NAME the request gives and are never written anywhere.
 
 Layout of `<data_dir>/jobs/<job_id>/`: `data/pairs.jsonl` (the dataset snapshot taken at validation),
 `triage/` (triaged.jsonl, summary.json, verdicts.sqlite: the crash-safe verdict store), `score/`
-(scored.jsonl, reference_logps.json), `train/` (checkpoints/, adapter/, metrics.jsonl), `eval/report.json`.
+(scored.jsonl, reference_logps.json), `train/` (checkpoints/, adapter/, metrics.jsonl: one line per optimizer
+step, appended as it finishes), `eval/report.json`, `eval/prompts.jsonl` (the prompts TPA was measured on). A job
+on its own data that asks for TPA also has `data/held_out.jsonl`: prompts chosen at validation that training
+never sees, so TPA before and after is measured on prompts the adapter was not trained on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -43,6 +47,11 @@ _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 PROBE_PROMPT = "What is the capital of France?"
 PROBE_RESPONSE = "The capital of France is Paris."
 PROBE_ERROR_CHARS = 300  # at most this much of a judge's failure text reaches the job
+HELD_OUT_FILE = "data/held_out.jsonl"
+EVAL_PROMPTS_FILE = "eval/prompts.jsonl"
+HELD_OUT_MAX_SHARE = 5  # at most 1 in 5 distinct prompts is held out of training for evaluation
+MAX_LISTED_PROMPT_IDS = 200  # the report lists at most this many prompt ids (all are in eval/prompts.jsonl)
+TEXT_BLIND_JUDGES = {"rules": "keyword rules", "synthetic": "the synthetic world's rule judge"}
 
 ProgressTick = Callable[[int, "int | None"], None]
 
@@ -84,6 +93,33 @@ class StageResult:
     artifacts: dict[str, Any] = field(default_factory=dict)
     category_counts: dict[str, int] | None = None
     triage_items: list[dict[str, Any]] | None = None
+
+
+class EvalProgress:
+    """The evaluating stage's progress in prompts generated plus responses judged, all models together: the
+    engine calls it with each finished batch or verdict; `ctx.tick` throttles the writes and raises on cancel."""
+
+    def __init__(self, ctx: StageContext, total: int) -> None:
+        self.tick, self.total, self.done = ctx.tick, max(1, total), 0
+        self.tick(0, self.total)
+
+    def __call__(self, n: int) -> None:
+        self.done = min(self.total, self.done + n)
+        self.tick(self.done, self.total)
+
+    def finish(self) -> None:
+        self.done = self.total
+        self.tick(self.total, self.total)
+
+
+def judge_warning(provider: str, base_models: list[str]) -> str | None:
+    """Why the numbers may mislead, when a judge that matches fixed phrases grades a real model's free text."""
+    real = [name for name in dict.fromkeys(base_models) if name not in SYNTHETIC_BASE_NAMES]
+    if provider not in TEXT_BLIND_JUDGES or not real:
+        return None
+    return (f"the evaluation judge is {provider!r} ({TEXT_BLIND_JUDGES[provider]}): it matches fixed phrases and "
+            f"cannot judge free-form text, so on {', '.join(map(repr, real))} the TPA/ASR numbers may mislead; "
+            "read the sample answers, or evaluate again with an `openai` judge profile")
 
 
 def job_relative(ctx: StageContext, path: Any) -> str:
@@ -310,12 +346,33 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def training_rows(ctx: StageContext) -> list[dict[str, Any]]:
-    """The rows the last completed data stage wrote: scored > triaged > the raw snapshot."""
+    """The rows the last completed data stage wrote: scored > triaged > the raw snapshot; never a row whose
+    prompt was held out for evaluation (`data/held_out.jsonl`)."""
+    held = {prompt_key(r["prompt"]) for r in _read_jsonl(ctx.dir / HELD_OUT_FILE)} \
+        if (ctx.dir / HELD_OUT_FILE).is_file() else set()
     for relative in ("score/scored.jsonl", "triage/triaged.jsonl", "data/pairs.jsonl"):
         path = ctx.dir / relative
         if path.is_file() and (relative != "score/scored.jsonl" or needs_scoring(ctx.request)):
-            return _read_jsonl(path)
+            return [row for row in _read_jsonl(path) if prompt_key(row["prompt"]) not in held]
     raise StageFailed("no training data found for this job (did validation run?)", kind="missing_input")
+
+
+def evaluates_own_data(request: RealignRequest | EvalRequest) -> bool:
+    """A realign job measuring TPA on prompts of its own dataset (not the synthetic world's held-out sets)."""
+    return isinstance(request, RealignRequest) and "tpa" in request.eval.suites and not (
+        request.judge.provider == "synthetic" and is_synthetic_base(request))
+
+
+def choose_held_out(pairs: list[PreferencePair], limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` distinct prompts, and at most one in HELD_OUT_MAX_SHARE of them (the rest train), picked by a
+    hash of the prompt: deterministic and independent of row order. Under HELD_OUT_MAX_SHARE distinct prompts:
+    none (evaluation then falls back to training prompts, and says so)."""
+    first: dict[str, PreferencePair] = {}
+    for pair in pairs:
+        first.setdefault(prompt_key(pair.prompt), pair)
+    count = min(limit, len(first) // HELD_OUT_MAX_SHARE)
+    ranked = sorted(first, key=lambda key: hashlib.sha256(key.encode("utf-8")).hexdigest())[:count]
+    return [{"id": first[key].id, "prompt": first[key].prompt} for key in ranked]
 
 
 def snapshot_pairs(ctx: StageContext) -> list[PreferencePair]:
@@ -341,11 +398,17 @@ def run_validate(ctx: StageContext) -> StageResult:
         hyper_to_train_config(ctx.request, ctx.settings).validate()
     except ValueError as exc:  # trace_engine.train.ConfigError
         raise StageFailed(f"method: {exc}", kind="config_invalid") from exc
+    held_out = choose_held_out(pairs, ctx.settings.eval_size) if evaluates_own_data(ctx.request) else []
+    if held_out:
+        write_jsonl(ctx.dir / HELD_OUT_FILE, held_out)  # before the snapshot: a re-run sees the same split
     write_jsonl(ctx.dir / "data" / "pairs.jsonl", [p.to_row() for p in pairs])
     ctx.tick(3, 3)
     base_model = {"name_or_path": ctx.request.base_model.name_or_path, "revision": source.revision,
                   "local": source.is_local}  # the request's name, never the server path it resolved to
-    return StageResult(summary={"pairs": len(pairs), "base_model": base_model},
+    summary = {"pairs": len(pairs), "base_model": base_model}
+    if held_out:
+        summary["held_out_prompts"] = len(held_out)
+    return StageResult(summary=summary,
                        metrics={"pairs": len(pairs)},
                        artifacts={"dataset_snapshot": "data/pairs.jsonl",
                                   "dataset_report": {k: v for k, v in report.items() if k != "issues"}})
@@ -432,11 +495,18 @@ def run_evaluate(ctx: StageContext) -> StageResult:
         report = _evaluate_synthetic(ctx, Path(source.name_or_path), adapter)
     else:
         report = _evaluate_generic(ctx, source, adapter)
+    warning = judge_warning(ctx.request.judge.provider, [ctx.request.base_model.name_or_path])
+    if warning is not None and report.get("summary"):
+        ctx.warn(warning)
+        report["summary"]["judge_warning"] = report["judge_warning"] = warning
     report = scrub_server_paths(report, ctx.settings)  # tenants read it (GET /v1/evals, the adapter's report)
     write_json(ctx.dir / "eval" / "report.json", report)
+    artifacts = {"eval_report": "eval/report.json"}
+    if (ctx.dir / EVAL_PROMPTS_FILE).is_file():
+        artifacts["eval_prompts"] = EVAL_PROMPTS_FILE
     return StageResult(summary={"suites": list(ctx.request.eval.suites)}, metrics={"eval": report.get("summary",
                                                                                                      report)},
-                       artifacts={"eval_report": "eval/report.json"})
+                       artifacts=artifacts)
 
 
 def held_out_synthetic_rows(world: Any, train_rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -456,7 +526,14 @@ def held_out_synthetic_rows(world: Any, train_rows: list[dict[str, Any]], n: int
 
 
 def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> dict[str, Any]:
-    from trace_engine.pipeline import PipelineConfig, eval_sets, evaluate_model_dir, summary_json
+    from trace_engine.evaluation.report import side_by_side
+    from trace_engine.pipeline import (
+        PipelineConfig,
+        eval_sets,
+        evaluate_backend_units,
+        evaluate_model_dir,
+        summary_json,
+    )
     from trace_engine.synthetic.world import make_world
 
     world = make_world(synthetic_world_seed(ctx.request))
@@ -464,67 +541,139 @@ def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> di
                          n_asr=max(2, ctx.settings.eval_size // 10), n_over_refusal=max(5, ctx.settings.eval_size // 4),
                          resamples=1000, max_new_tokens=48)
     held_out = held_out_synthetic_rows(world, training_rows(ctx), cfg.n_test)
+    write_jsonl(ctx.dir / EVAL_PROMPTS_FILE, [{**row, "source": "synthetic_held_out"} for row in held_out])
     sets = eval_sets(world, cfg, held_out)  # TPA on held_out; "OOD" = the world's unseen templates
-    ctx.tick(0, 2)
-    if ctx.settings.serving_api_url:  # generation through the serving backend, as eval jobs and clients do
-        before = _evaluate_served(ctx, None, world, sets, cfg)
-        ctx.tick(1, 2)
-        after = _evaluate_served(ctx, adapter, world, sets, cfg)
+    progress = EvalProgress(ctx, 2 * evaluate_backend_units(sets))
+    if serves_job_base(ctx, str(base_path)):  # generation through the serving backend, as eval jobs and clients do
+        before = _evaluate_served(ctx, None, world, sets, cfg, progress)
+        after = _evaluate_served(ctx, adapter, world, sets, cfg, progress)
     else:
         device = ctx.settings.train_device
-        before = evaluate_model_dir(base_path, None, world, sets, cfg, device)
-        ctx.tick(1, 2)
-        after = evaluate_model_dir(base_path, adapter, world, sets, cfg, device)
-    ctx.tick(2, 2)
+        before = evaluate_model_dir(base_path, None, world, sets, cfg, device, progress=progress)
+        after = evaluate_model_dir(base_path, adapter, world, sets, cfg, device, progress=progress)
+    progress.finish()
     summary = summary_json(before, after, wall_s=0.0, variant=ctx.request.method.variant, eval_on="test")
     summary.pop("wall_s", None)
+    summary["samples"] = side_by_side({"before": before["examples"], "after": after["examples"]})
     return {"summary": summary, "before": before, "after": after}
 
 
-def _evaluate_served(ctx: StageContext, adapter: Path | None, world: Any, sets: Any, cfg: Any) -> dict[str, Any]:
-    """The synthetic suites with generation by the serving backend (vLLM in production, the local backend in
-    embedded mode); the job's adapter is loaded there under a job-scoped name and unloaded afterwards."""
+def serves_job_base(ctx: StageContext, base_dir: str) -> bool:
+    """Whether the configured serving backend runs this job's base model (then evaluation generates there, as
+    clients do). Embedded mode's backend serves the synthetic base; a job on another model is evaluated in-process
+    instead of on the wrong model."""
+    from api.serving import SYNTHETIC_NAMES
+
+    settings = ctx.settings
+    if not settings.serving_api_url:
+        return False
+    requested, served = ctx.request.base_model.name_or_path, settings.serving_base_model
+    if requested == served or (requested in SYNTHETIC_NAMES and served in SYNTHETIC_NAMES):
+        return True
+    folder = settings.serving_base_model_path or settings.models_root / served
+    try:
+        same = Path(base_dir).resolve() == Path(folder).resolve()
+    except (OSError, TypeError):
+        same = False
+    if not same:
+        ctx.warn(f"evaluated in this worker: the serving backend runs {served!r}, not this job's base model")
+    return same
+
+
+def _served_backend(ctx: StageContext, adapter: Path | None) -> Any:
+    """The serving backend (vLLM in production, the local backend in embedded mode) for the base model or the
+    job's adapter, loaded there under a job-scoped name and unloaded afterwards; the name carries the weights'
+    hash, so a retried job's new weights never reuse a name (vLLM keys its caches by name)."""
+    from api.gateway.deploy_gate import adapter_weights_sha256
     from api.registry import serving_adapter_dir
-    from trace_engine.pipeline import evaluate_backend
-    from worker.http_generation import HttpGenerationBackend
+    from worker.http_generation import serving_backend
 
     loaded = None
     if adapter is not None:
         relative = adapter.relative_to(ctx.settings.data_dir).as_posix()
-        loaded = (f"eval-{ctx.job_id}", serving_adapter_dir(ctx.settings, relative))
-    with HttpGenerationBackend(ctx.settings.serving_api_url, adapter=loaded) as backend:
+        loaded = (f"eval-{ctx.job_id}-{adapter_weights_sha256(adapter)[:12]}",
+                  serving_adapter_dir(ctx.settings, relative))
+    return serving_backend(ctx.settings, loaded)
+
+
+def _evaluate_served(ctx: StageContext, adapter: Path | None, world: Any, sets: Any, cfg: Any,
+                     progress: EvalProgress | None = None) -> dict[str, Any]:
+    """The synthetic suites with generation by the serving backend."""
+    from trace_engine.pipeline import evaluate_backend
+
+    with _served_backend(ctx, adapter) as backend:
         return evaluate_backend(backend, world, sets, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,  # type: ignore[arg-type]
-                                resamples=cfg.resamples)
+                                resamples=cfg.resamples, progress=progress)
+
+
+def own_eval_prompts(ctx: StageContext) -> tuple[list[Any], str]:
+    """(prompts, source): the prompts held out of training at validation ("held_out"), or, for a job without
+    any (too few distinct prompts, or validated before held-out sets existed), the dataset's first distinct
+    prompts ("training_data")."""
+    from trace_engine.evaluation.prompts import EvalPrompt
+
+    held = ctx.dir / HELD_OUT_FILE
+    rows = _read_jsonl(held) if held.is_file() else []
+    if rows:
+        return [EvalPrompt(str(r["id"]), r["prompt"], "all") for r in rows], "held_out"
+    seen: set[str] = set()
+    prompts = []
+    for pair in snapshot_pairs(ctx):
+        key = prompt_key(pair.prompt)
+        if key not in seen and len(prompts) < ctx.settings.eval_size:
+            seen.add(key)
+            prompts.append(EvalPrompt(pair.id, pair.prompt, "all"))
+    return prompts, "training_data"
 
 
 def _evaluate_generic(ctx: StageContext, source: Any, adapter: Path) -> dict[str, Any]:
+    """TPA of the base model (before) and of the adapter (after) on the same prompts of the job's own data:
+    the prompts held out of training when there are any. The prompts used are in eval/prompts.jsonl and their
+    ids in the report."""
     from trace_engine.evaluation.generation import LocalBackend
-    from trace_engine.evaluation.prompts import EvalPrompt
-    from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval
+    from trace_engine.evaluation.report import side_by_side
+    from trace_engine.evaluation.runner import EvalData, EvalSettings, eval_units, run_eval
 
     suites = [s for s in ctx.request.eval.suites if s == "tpa"]
     for skipped in sorted(set(ctx.request.eval.suites) - set(suites)):
         ctx.warn(f"eval suite {skipped!r} needs its own data set, which this job does not have; skipped")
     if not suites:
         return {"summary": {}, "skipped": list(ctx.request.eval.suites)}
-    seen: set[str] = set()
-    prompts = []
-    for pair in snapshot_pairs(ctx):
-        key = json.dumps(pair.prompt, sort_keys=True)
-        if key not in seen and len(prompts) < ctx.settings.eval_size:
-            seen.add(key)
-            prompts.append(EvalPrompt(pair.id, pair.prompt, "all"))
+    prompts, origin = own_eval_prompts(ctx)
+    if origin == "training_data":
+        ctx.warn("TPA was measured on prompts the adapter was trained on (the dataset has too few distinct "
+                 f"prompts to hold {HELD_OUT_MAX_SHARE}:1 out); before and after use the same prompts")
+    write_jsonl(ctx.dir / EVAL_PROMPTS_FILE, [{"id": p.id, "prompt": p.prompt, "source": origin} for p in prompts])
     judge, _ = build_judge(ctx.request, ctx.settings)
-    backend = LocalBackend.from_pretrained(source.name_or_path, revision=source.revision, adapter_dir=adapter,
-                                           device=ctx.settings.train_device)
-    ctx.tick(0, 1)
-    report = run_eval(backend, tuple(suites), judge, EvalData(tpa_prompts=prompts),
-                      policy=ctx.request.policy.to_policy(), settings=EvalSettings(resamples=1000))
-    ctx.tick(1, 1)
-    tpa = report.suites["tpa"].metrics["overall"].to_dict()
-    ctx.warn("TPA was measured on prompts of the training dataset (no held-out set was given)")
-    return {"summary": {"tpa_after": tpa["value"], "tpa_after_ci": [tpa["ci_low"], tpa["ci_high"]]},
-            "tpa": tpa}
+    results: dict[str, dict[str, Any]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
+    data, settings = EvalData(tpa_prompts=prompts), EvalSettings(resamples=1000)
+    progress = EvalProgress(ctx, 2 * eval_units(suites, data, settings))
+    served = serves_job_base(ctx, source.name_or_path)  # then generate there, as eval jobs and clients do
+    for label, adapter_dir in (("before", None), ("after", adapter)):
+        if served:
+            with _served_backend(ctx, adapter_dir) as backend:
+                report = run_eval(backend, tuple(suites), judge, data, policy=ctx.request.policy.to_policy(),
+                                  settings=settings, progress=progress)
+        else:
+            backend = LocalBackend.from_pretrained(source.name_or_path, revision=source.revision,
+                                                   adapter_dir=adapter_dir, device=ctx.settings.train_device)
+            report = run_eval(backend, tuple(suites), judge, data, policy=ctx.request.policy.to_policy(),
+                              settings=settings, progress=progress)
+            del backend
+        results[label] = report.suites["tpa"].metrics["overall"].to_dict()
+        records[label] = report.suites["tpa"].records
+    progress.finish()
+    before, after = results["before"], results["after"]
+    ids = [p.id for p in prompts]
+    used = {"source": origin, "n": len(prompts), "ids": ids[:MAX_LISTED_PROMPT_IDS],
+            "ids_truncated": len(ids) > MAX_LISTED_PROMPT_IDS, "artifact": "eval_prompts"}
+    summary = {"tpa_before": before["value"], "tpa_before_ci": [before["ci_low"], before["ci_high"]],
+               "tpa_after": after["value"], "tpa_after_ci": [after["ci_low"], after["ci_high"]],
+               "tpa_delta": None if before["value"] is None or after["value"] is None
+               else after["value"] - before["value"],
+               "eval_prompts": used, "samples": side_by_side(records)}
+    return {"summary": summary, "tpa_before": before, "tpa": after, "eval_prompts": used}
 
 
 STAGE_FUNCTIONS: dict[Stage, Callable[[StageContext], StageResult]] = {

@@ -690,6 +690,8 @@ def retry_job(session: Session, *, tenant_id: str, job_id: str) -> tuple[Job, St
     current = JobState(job.state)
     stage = Stage(job.stage) if job.stage else Stage.VALIDATE
     target = STAGE_STATE[stage]
+    if current != JobState.FAILED:  # a queued job would pass the check below (queued -> validating is allowed)
+        raise InvalidTransition(job_id, current, target)
     check_transition(job_id, current, target, retry=True)
     previous_error = job.error
     now = utcnow()

@@ -7,6 +7,14 @@
 - If the backend forgot an adapter (it restarted), the 404 on the request reloads it and retries once.
 - Every failure leaves as a `GatewayError` carrying an OpenAI-style error body: backend unreachable -> 503,
   backend timeout -> 504, backend 5xx or nonsense -> 502, a backend 400 about the request -> 400 with its message.
+- Isolation (issue 17; api/gateway/isolation.py): with `base_adapter` set (the null adapter: A = B = 0), every
+  base-model request goes out as that adapter, so no request reaches a LoRA-enabled backend without one. It is
+  pinned: loaded on first use, never unloaded by the LRU and not counted in `max_loaded_adapters` (give vLLM
+  `--max-loras` one slot more than that). With `selftest_adapter` also set, the isolation self-test runs once,
+  lazily before the first generation (under a lock; a backend outage leaves it to the next request); its result
+  is `isolation["self_test"]`. A backend that fails it serves no adapters (503 saying the measured difference);
+  base requests still go out through the null adapter. `unavailable` (no config for the null adapter, an
+  unsupported architecture) answers every generation 503 with that reason.
 
 No torch here: this runs in the API process.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from api.gateway.isolation import run_self_test
 from trace_engine.serving.protocol import SSE_DONE, ServingError, error_body, iter_sse_data
 
 log = logging.getLogger("realign.gateway")
@@ -52,7 +62,8 @@ class ServingBackend:
 
     def __init__(self, base_url: str, *, max_loaded_adapters: int = 8, api_key: str | None = None,
                  base_model: str | None = None, timeout_s: float = 300.0, connect_timeout_s: float = 5.0,
-                 max_connections: int = 256) -> None:
+                 max_connections: int = 256, base_adapter: AdapterRef | None = None,
+                 selftest_adapter: AdapterRef | None = None, unavailable: str | None = None) -> None:
         if max_loaded_adapters < 1:
             raise ValueError(f"max_loaded_adapters must be >= 1, got {max_loaded_adapters}")
         self.base_url = base_url.rstrip("/")
@@ -69,6 +80,10 @@ class ServingBackend:
         self._evict_lock = asyncio.Lock()
         self.loads = 0  # adapter loads this client has sent (observability)
         self.unloads = 0
+        self.base_adapter, self.selftest_adapter, self.unavailable = base_adapter, selftest_adapter, unavailable
+        self._pinned_loaded = False
+        self._self_test: dict[str, Any] | None = None
+        self._self_test_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -81,8 +96,77 @@ class ServingBackend:
 
     @property
     def loaded_adapters(self) -> list[str]:
-        """Adapters this gateway has loaded on the backend, least recently used first."""
+        """Adapters this gateway has loaded on the backend, least recently used first (the pinned null adapter
+        is not among them)."""
         return list(self._loaded)
+
+    @property
+    def isolation(self) -> dict[str, Any]:
+        """How base requests are kept apart from adapters, and the self-test's result (JSON-ready)."""
+        if self.unavailable is not None:
+            mode = "unavailable"
+        else:
+            mode = "null-adapter" if self.base_adapter is not None else "off"
+        test = self._self_test
+        if self.unavailable is not None or (test is not None and not test.get("passed")):
+            adapters = "disabled"
+        elif self.base_adapter is not None and self.selftest_adapter is not None and test is None:
+            adapters = "pending self-test"
+        else:
+            adapters = "enabled"
+        return {"mode": mode, "base_adapter": self.base_adapter.name if self.base_adapter else None,
+                "adapters": adapters, "reason": self.unavailable or (test or {}).get("reason") or None,
+                "self_test": test}
+
+    async def check_isolation(self) -> dict[str, Any] | None:
+        """Run the isolation self-test unless it ran (None when there is nothing to test). Backend outages
+        (503/504) propagate and leave it for the next call; any other failure to run it is a failed test."""
+        if self.base_adapter is None or self.selftest_adapter is None or self.unavailable is not None:
+            return None
+        if self._self_test is not None:
+            return self._self_test
+        async with self._self_test_lock:
+            if self._self_test is None:
+                self._self_test = await self._run_self_test(self.base_adapter, self.selftest_adapter)
+                level = logging.INFO if self._self_test["passed"] else logging.ERROR
+                log.log(level, "isolation self-test on %s: %s", self.base_url,
+                        "passed" if self._self_test["passed"] else f"FAILED, adapters disabled: "
+                        f"{self._self_test['reason']}")
+        return self._self_test
+
+    async def _run_self_test(self, base: AdapterRef, probe: AdapterRef) -> dict[str, Any]:
+        async def generate(model: str, body: dict[str, Any]) -> dict[str, Any]:
+            response = await self._request("POST", CHAT_PATH, json={**body, "model": model})
+            _raise_for(response, "running the isolation self-test")
+            return dict(_json(response))
+
+        probe = AdapterRef(f"{probe.name}-{secrets.token_hex(3)}", probe.path)  # replicas test side by side
+        try:
+            await self._ensure(base)
+            await self._load(probe)
+            try:
+                return await run_self_test(generate, base=base.name, raw_base=await self.base_model(),
+                                           adapter=probe.name)
+            finally:
+                await self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": probe.name})
+        except GatewayError as exc:
+            if exc.status in (503, 504) and not isinstance(exc, AdapterLoadError):
+                raise
+            return {"passed": False, "reason": f"the isolation self-test could not run: {exc.message}"}
+        except ValueError as exc:
+            return {"passed": False, "reason": f"the isolation self-test could not run: {exc}"}
+
+    async def _admit(self, adapter: AdapterRef | None) -> None:
+        """Refuse what this backend must not serve: everything when isolation is unavailable, adapters when the
+        self-test failed."""
+        if self.unavailable is not None:
+            raise GatewayError(503, f"the gateway serves nothing from this backend: {self.unavailable}",
+                               type="api_error", code="isolation_unavailable")
+        test = await self.check_isolation()
+        if adapter is not None and test is not None and not test.get("passed"):
+            raise GatewayError(503, "adapters are not served from this backend: its isolation self-test failed: "
+                                    f"{test.get('reason')}", type="api_error", param="model",
+                               code="isolation_self_test_failed")
 
     # ------------------------------------------------------------ models
 
@@ -106,6 +190,13 @@ class ServingBackend:
 
     async def ensure_adapter(self, adapter: AdapterRef) -> None:
         """Load `adapter` on the backend unless this gateway already did; mark it most recently used."""
+        await self._admit(adapter)
+        await self._ensure(adapter)
+
+    async def _ensure(self, adapter: AdapterRef) -> None:
+        if adapter == self.base_adapter:
+            await self._ensure_pinned(adapter)
+            return
         if self._loaded.get(adapter.name) == adapter.path:
             self._loaded.move_to_end(adapter.name)
             return
@@ -118,6 +209,15 @@ class ServingBackend:
             await self._make_room()
             await self._load(adapter)
             self._loaded[adapter.name] = adapter.path
+
+    async def _ensure_pinned(self, adapter: AdapterRef) -> None:
+        """The null adapter: loaded once, outside the LRU (never evicted, not counted)."""
+        if self._pinned_loaded:
+            return
+        async with self._locks.setdefault(adapter.name, asyncio.Lock()):
+            if not self._pinned_loaded:
+                await self._load(adapter)
+                self._pinned_loaded = True
 
     async def unload_adapter(self, name: str) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -154,15 +254,21 @@ class ServingBackend:
                 await self._unload(victim)
 
     @asynccontextmanager
-    async def _using(self, adapter: AdapterRef | None) -> AsyncIterator[str]:
-        """Yield the backend model name; an adapter stays loaded (not evictable) until the block ends."""
+    async def _using(self, adapter: AdapterRef | None) -> AsyncIterator[tuple[str, AdapterRef | None]]:
+        """Yield the backend model name and the adapter it is (the null adapter for the base model when
+        isolating); an adapter stays loaded (not evictable) until the block ends."""
+        await self._admit(adapter)
+        if adapter is None and self.base_adapter is not None:
+            await self._ensure_pinned(self.base_adapter)
+            yield self.base_adapter.name, self.base_adapter
+            return
         if adapter is None:
-            yield await self.base_model()
+            yield await self.base_model(), None
             return
         self._in_use[adapter.name] += 1
         try:
-            await self.ensure_adapter(adapter)
-            yield adapter.name
+            await self._ensure(adapter)
+            yield adapter.name, adapter
         finally:
             self._in_use[adapter.name] -= 1
             if self._in_use[adapter.name] <= 0:
@@ -188,10 +294,10 @@ class ServingBackend:
     async def complete(self, path: str, body: dict[str, Any], adapter: AdapterRef | None, *,
                        client_model: str | None = None) -> dict[str, Any]:
         """Non-streaming request; `model` is rewritten to the backend's name and back to `client_model`."""
-        async with self._using(adapter) as target:
+        async with self._using(adapter) as (target, sent_as):
             response = await self._request("POST", path, json={**body, "model": target})
-            if adapter is not None and _model_missing(response):
-                response = await self._reload_and_retry(adapter, path, body, stream=False)
+            if sent_as is not None and _model_missing(response):
+                response = await self._reload_and_retry(sent_as, path, body, stream=False)
             _raise_for(response, "generating")
             data = _json(response)
         if client_model is not None and isinstance(data, dict):
@@ -203,13 +309,13 @@ class ServingBackend:
         """Start a streaming request. Errors before the first byte raise here (so the caller can still answer
         with an error status); the returned iterator relays the SSE events."""
         using = self._using(adapter)
-        target = await using.__aenter__()
+        target, sent_as = await using.__aenter__()
         try:
             response = await self._send_stream(path, {**body, "model": target})
-            if adapter is not None and _model_missing(response):
+            if sent_as is not None and _model_missing(response):
                 await response.aread()
                 await response.aclose()
-                response = await self._reload_and_retry(adapter, path, body, stream=True)
+                response = await self._reload_and_retry(sent_as, path, body, stream=True)
             if response.status_code >= 400:
                 await response.aread()
                 await response.aclose()
@@ -248,7 +354,9 @@ class ServingBackend:
                                 stream: bool) -> httpx.Response:
         log.warning("backend does not know adapter %s (restarted?): reloading it", adapter.name)
         self._loaded.pop(adapter.name, None)
-        await self.ensure_adapter(adapter)
+        if adapter == self.base_adapter:
+            self._pinned_loaded = False
+        await self._ensure(adapter)
         payload = {**body, "model": adapter.name}
         if stream:
             return await self._send_stream(path, payload)

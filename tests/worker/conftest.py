@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from api.db import access
 from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
@@ -43,6 +44,9 @@ def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkerS
                         progress_interval_s=0.0, requeue_after_s=60.0)
     engine = make_engine(settings.sqlalchemy_url)
     upgrade_head(engine)
+    if url is not None:  # the session's Postgres database is shared: no test sees another's jobs (the reaper would)
+        with engine.begin() as connection:
+            connection.execute(text("TRUNCATE TABLE jobs, worker_heartbeats RESTART IDENTITY CASCADE"))
     yield WorkerServices(settings, make_session_factory(engine), QueueRecorder())
     engine.dispose()
 

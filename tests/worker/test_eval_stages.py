@@ -69,3 +69,11 @@ def test_eval_job_compares_the_adapter_with_the_base_and_its_parent(services: ru
     assert {d["metric"] for d in report["comparison"]["vs_parent"]} == {"tpa/overall"} | {
         d["metric"] for d in report["comparison"]["vs_base"]}
     assert done.metrics["eval"]["summary"] == report["summary"]
+    # readable (issue 17): the same prompts answered by base, parent and target side by side, and the
+    # synthetic rule judge grading a real model's free text is flagged in the report, the metrics and an event
+    samples = report["samples"]
+    assert report["samples_suite"] == "tpa" and len(samples) == 3
+    assert all(list(s["answers"]) == ["base", "parent", "target"] == list(s["verdicts"]) for s in samples)
+    assert done.metrics["eval"]["samples"] == samples
+    assert "'synthetic'" in report["judge_warning"] and report["judge_warning"] in warnings
+    assert done.metrics["eval"]["judge_warning"] == report["judge_warning"]

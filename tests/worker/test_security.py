@@ -50,3 +50,12 @@ def test_validation_records_no_server_paths(services: runner.WorkerServices) -> 
     assert str(services.settings.data_dir) not in text and str(ensure_base_model().path) not in text
     assert job.artifacts["dataset_snapshot"] == "data/pairs.jsonl"
     assert job.artifacts["triaged"] == "triage/triaged.jsonl"
+
+
+def test_field_names_stay_readable_while_key_like_tokens_are_masked() -> None:
+    from api.settings import Settings
+    from worker.errors import sanitise_error_text
+
+    text = sanitise_error_text("judge.api_key_secret is not accepted; got sk-proj-AbCd0123456789xyz",
+                               settings=Settings(), secrets=())
+    assert "judge.api_key_secret" in text and "0123456789" not in text

@@ -129,8 +129,9 @@ def check_parquet_metadata(metadata: Any, file_size: int, limits: ParquetLimits,
 
 def iter_parquet(path: Path, batch_rows: int = 1024, limits: ParquetLimits | None = None) -> Iterator[RawRow]:
     """Stream a Parquet file row group by row group, in record batches, with bounded memory; row numbers are
-    1-based. Top-level string columns are read dictionary-encoded, so a value repeated in many rows is decoded
-    once; the text every batch references counts against `limits.budget(file size)`."""
+    1-based. String columns, top-level or nested (pyarrow decodes a nested column a whole page at a time, whatever
+    the batch size), are read dictionary-encoded, so a value repeated in many rows is decoded once; the text every
+    batch references counts against `limits.budget(file size)` before it becomes Python objects."""
     import pyarrow.parquet as pq
 
     limits = limits or ParquetLimits()
@@ -144,8 +145,11 @@ def iter_parquet(path: Path, batch_rows: int = 1024, limits: ParquetLimits | Non
         raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
     check_parquet_metadata(parquet_file.metadata, file_size, limits, str(path))
     flat_text = [f.name for f in schema if _is_byte_array(f.type)]
-    if flat_text:  # re-open so those columns come back as DictionaryArrays
-        parquet_file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1024 * 1024, read_dictionary=flat_text)
+    leaves = [parquet_file.schema.column(i) for i in range(len(parquet_file.schema))]
+    text_paths = [leaf.path for leaf in leaves
+                  if leaf.physical_type == "BYTE_ARRAY" and leaf.logical_type.type != "DECIMAL"]
+    if text_paths:  # re-open so those columns (or nested fields) come back as DictionaryArrays
+        parquet_file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1024 * 1024, read_dictionary=text_paths)
     batch_rows = _safe_batch_rows(parquet_file.metadata, set(flat_text), batch_rows, limits)
     budget, decoded, row_number = limits.budget(file_size), 0, 0
     for group in range(parquet_file.num_row_groups):
@@ -181,16 +185,23 @@ def _safe_batch_rows(metadata: Any, flat: set[str], wanted: int, limits: Parquet
 
 
 def _referenced_bytes(batch: Any) -> int:
-    """Bytes of data the batch's rows reference: dictionary columns count each row's value (not the dictionary
-    once), other columns their buffers."""
+    """Bytes of data the batch's rows reference: dictionary-encoded text (top-level or nested) counts each row's
+    value (not the dictionary once), other leaves their buffers."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    total = 0
-    for column in batch.columns:
-        if pa.types.is_dictionary(column.type):
+    total, stack = 0, list(batch.columns)
+    while stack:  # nested columns: their children as sliced by this batch (`flatten`), down to the leaves
+        column = stack.pop()
+        kind = column.type
+        if pa.types.is_dictionary(kind) and _is_byte_array(kind.value_type):
             lengths = pc.binary_length(column.dictionary)
             total += int(pc.sum(pc.take(lengths, column.indices)).as_py() or 0)
+        elif pa.types.is_struct(kind):
+            stack.extend(column.flatten())
+        elif (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+              or pa.types.is_map(kind)):
+            stack.append(column.flatten())
         else:
             total += column.nbytes
     return total

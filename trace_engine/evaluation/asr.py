@@ -12,7 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trace_engine.data.pairs import Prompt, prompt_as_text
-from trace_engine.evaluation.generation import DEFAULT_MAX_NEW_TOKENS, GenerationBackend
+from trace_engine.evaluation.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationBackend,
+    Progress,
+    generate_with_progress,
+)
 from trace_engine.evaluation.judging import DEFAULT_JUDGE_CONCURRENCY, JudgedItem, judge_items
 from trace_engine.evaluation.prompts import EvalPrompt
 from trace_engine.evaluation.report import SuiteResult
@@ -176,17 +181,19 @@ async def run_asr(
     seed: int = 0,
     resamples: int = DEFAULT_RESAMPLES,
     usage: Usage | None = None,
+    progress: Progress | None = None,
 ) -> SuiteResult:
     """Every harmful prompt under every template: one generation batch, one judging pass."""
     chosen = resolve_templates(templates)
     wrapped = [(t, p, wrap_prompt(t, p.prompt)) for t in chosen for p in harmful]
-    responses = backend.generate([w for _, _, w in wrapped], max_new_tokens)
+    responses = generate_with_progress(backend, [w for _, _, w in wrapped], max_new_tokens, progress)
     judged = await judge_items(
         judge,
         policy,
         [(p.prompt, r) for (_, p, _), r in zip(wrapped, responses, strict=True)],
         concurrency=concurrency,
         usage=usage,
+        progress=progress,
     )
     items = [(t, p, w, r) for (t, p, w), r in zip(wrapped, responses, strict=True)]
     return score_asr(items, judged, seed=seed, resamples=resamples)

@@ -9,7 +9,7 @@ tokens, so the BOS is never doubled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +22,8 @@ from trace_engine.tokenization import EncodedSequence, collate, pad_id_of, token
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_BATCH_SIZE = 8
 
+Progress = Callable[[int], None]  # called with how many more prompts are done (generated or judged)
+
 
 class GenerationBackend(Protocol):
     """Greedy generation and scoring for one model (+ optional adapter)."""
@@ -32,8 +34,11 @@ class GenerationBackend(Protocol):
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         *,
         batch_size: int | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
-        """Greedy (do_sample=False) responses, one per prompt, in the prompts' order, stopping at EOS."""
+        """Greedy (do_sample=False) responses, one per prompt, in the prompts' order, stopping at EOS;
+        `progress(n)` after each batch of n prompts finishes (optional: backends without it still work through
+        `generate_with_progress`)."""
         ...
 
     def loglikelihood(self, prompt: Prompt, continuations: Sequence[str]) -> list[float]:
@@ -106,6 +111,7 @@ class LocalBackend:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         *,
         batch_size: int | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -121,6 +127,8 @@ class LocalBackend:
             texts = self._generate_batch([prompt_ids[i] for i in batch], max_new_tokens)
             for i, text in zip(batch, texts, strict=True):
                 out[i] = text
+            if progress is not None:
+                progress(len(batch))
         return [t if t is not None else "" for t in out]
 
     def _generate_batch(self, rows: list[list[int]], max_new_tokens: int) -> list[str]:
@@ -162,6 +170,14 @@ class LocalBackend:
             ).logits  # [N, T, V]
             scores.extend(sequence_logps(logits, batch.input_ids, batch.response_mask).tolist())
         return scores
+
+
+def generate_with_progress(backend: GenerationBackend, prompts: Sequence[Prompt], max_new_tokens: int,
+                           progress: Progress | None = None) -> list[str]:
+    """`backend.generate`, passing `progress` only when there is one (test doubles need not accept it)."""
+    if progress is None:
+        return backend.generate(prompts, max_new_tokens)
+    return backend.generate(prompts, max_new_tokens, progress=progress)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

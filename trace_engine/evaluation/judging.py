@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trace_engine.data.pairs import Prompt
@@ -38,8 +38,10 @@ async def judge_items(
     *,
     concurrency: int = DEFAULT_JUDGE_CONCURRENCY,
     usage: Usage | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[JudgedItem]:
-    """Judge every (prompt, response); results keep the input order. A judge error never aborts the batch."""
+    """Judge every (prompt, response); results keep the input order. A judge error never aborts the batch.
+    `progress(1)` after each item is judged."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     gate = asyncio.Semaphore(concurrency)
@@ -49,9 +51,13 @@ async def judge_items(
             try:
                 outcome = await judge.judge(policy, prompt, response)
             except JudgeError as exc:
+                if progress is not None:
+                    progress(1)
                 return JudgedItem(None, error=f"{type(exc).__name__}: {exc}")
         if usage is not None:
             usage.add(outcome.usage)
+        if progress is not None:
+            progress(1)
         return _to_item(outcome)
 
     return list(await asyncio.gather(*(one(p, r) for p, r in items)))

@@ -12,7 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from trace_engine.evaluation.generation import DEFAULT_MAX_NEW_TOKENS, GenerationBackend
+from trace_engine.evaluation.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationBackend,
+    Progress,
+    generate_with_progress,
+)
 from trace_engine.evaluation.judging import DEFAULT_JUDGE_CONCURRENCY, JudgedItem, judge_items
 from trace_engine.evaluation.prompts import EvalPrompt
 from trace_engine.evaluation.report import SuiteResult
@@ -113,9 +118,10 @@ async def run_over_refusal(
     seed: int = 0,
     resamples: int = DEFAULT_RESAMPLES,
     usage: Usage | None = None,
+    progress: Progress | None = None,
 ) -> SuiteResult:
     """Generate on the benign prompts; detect refusals by pattern (and grade with the judge if given)."""
-    responses = backend.generate([p.prompt for p in benign], max_new_tokens)
+    responses = generate_with_progress(backend, [p.prompt for p in benign], max_new_tokens, progress)
     judged = None
     if judge is not None:
         if policy is None:
@@ -126,5 +132,6 @@ async def run_over_refusal(
             [(p.prompt, r) for p, r in zip(benign, responses, strict=True)],
             concurrency=concurrency,
             usage=usage,
+            progress=progress,
         )
     return score_over_refusal(benign, responses, judged, seed=seed, resamples=resamples)

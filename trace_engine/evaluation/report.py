@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trace_engine.data.pairs import prompt_as_text
 from trace_engine.evaluation.stats import Rate
 
 REPORT_SCHEMA = 1
@@ -207,3 +208,45 @@ def render_comparison(
         after = _pct(d.after.value) if d.after else "missing"
         lines.append(f"| {d.metric} | {before} | {after} | {delta} | {improved} | {overlap} |")
     return "\n".join(lines) + "\n"
+
+
+SAMPLE_COUNT = 8  # sample answers per report
+SAMPLE_CHARS = 400  # each prompt and answer cut to this many characters
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _verdict(record: dict[str, Any]) -> str:
+    violating = record.get("violating")
+    return "unjudged" if violating is None else ("violating" if violating else "compliant")
+
+
+def side_by_side(records: dict[str, list[dict[str, Any]]], *, n: int = SAMPLE_COUNT,
+                 max_chars: int = SAMPLE_CHARS) -> list[dict[str, Any]]:
+    """Up to `n` prompts every labelled model answered (records keyed by label, e.g. before / after), in the
+    first label's order: {id, prompt, answers: {label: text}, verdicts: {label: compliant|violating|unjudged}};
+    texts cut to `max_chars`."""
+    def key(record: dict[str, Any]) -> tuple[str, str]:
+        return str(record.get("id")), str(record.get("template") or "")
+
+    by_label = {label: {key(r): r for r in rows} for label, rows in records.items()}
+    if not by_label:
+        return []
+    first = next(iter(records))
+    samples = []
+    for record in records[first]:
+        k = key(record)
+        if not all(k in rows for rows in by_label.values()):
+            continue
+        samples.append({
+            "id": k[0],
+            **({"template": k[1]} if k[1] else {}),
+            "prompt": _cut(prompt_as_text(record["prompt"]), max_chars),
+            "answers": {label: _cut(str(rows[k].get("response") or ""), max_chars) for label, rows in by_label.items()},
+            "verdicts": {label: _verdict(rows[k]) for label, rows in by_label.items()},
+        })
+        if len(samples) == n:
+            break
+    return samples

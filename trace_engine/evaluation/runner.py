@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from trace_engine.evaluation.asr import run_asr
+from trace_engine.evaluation.asr import resolve_templates, run_asr
 from trace_engine.evaluation.capability import (
     DEFAULT_GSM8K_TOKENS,
     DEFAULT_LETTER_TOKENS,
@@ -15,7 +15,7 @@ from trace_engine.evaluation.capability import (
     MCMode,
     run_capability,
 )
-from trace_engine.evaluation.generation import DEFAULT_MAX_NEW_TOKENS, GenerationBackend
+from trace_engine.evaluation.generation import DEFAULT_MAX_NEW_TOKENS, GenerationBackend, Progress
 from trace_engine.evaluation.judging import DEFAULT_JUDGE_CONCURRENCY
 from trace_engine.evaluation.over_refusal import run_over_refusal
 from trace_engine.evaluation.prompts import EvalPrompt
@@ -79,6 +79,23 @@ def check_suites(suites: Sequence[str], data: EvalData, judge: Judge | None, pol
         )
 
 
+def eval_units(suites: Sequence[str], data: EvalData, settings: EvalSettings | None = None,
+               judge: Judge | None = None) -> int:
+    """How many `progress` units `run_eval` reports: one per prompt generated and one per response judged
+    (capability reports none)."""
+    settings = settings or EvalSettings()
+    units = 0
+    for suite in dict.fromkeys(suites):
+        if suite == "tpa":
+            units += 2 * len(data.tpa_prompts)
+        elif suite == "asr":
+            units += 2 * len(data.harmful_prompts) * len(resolve_templates(settings.asr_templates or None))
+        elif suite == "over_refusal":
+            judged = settings.judge_over_refusal and judge is not None
+            units += len(data.benign_prompts) * (2 if judged else 1)
+    return units
+
+
 async def arun_eval(
     backend: GenerationBackend,
     suites: Sequence[str],
@@ -89,7 +106,9 @@ async def arun_eval(
     settings: EvalSettings | None = None,
     triage_judge_id: str | None = None,
     on_suite_done: Callable[[SuiteResult], None] | None = None,
+    progress: Progress | None = None,
 ) -> EvalReport:
+    """`progress(n)`: n more prompts generated or responses judged (totals: `eval_units`)."""
     settings = settings or EvalSettings()
     check_suites(suites, data, judge, policy)
     usage = Usage()
@@ -97,6 +116,8 @@ async def arun_eval(
     gen = dict(
         max_new_tokens=settings.max_new_tokens, concurrency=settings.judge_concurrency, usage=usage, **common
     )
+    if progress is not None:
+        gen["progress"] = progress
     results: dict[str, SuiteResult] = {}
     for suite in dict.fromkeys(suites):
         if suite == "tpa":

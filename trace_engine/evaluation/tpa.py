@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trace_engine.evaluation.generation import DEFAULT_MAX_NEW_TOKENS, GenerationBackend
+from trace_engine.evaluation.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationBackend,
+    Progress,
+    generate_with_progress,
+)
 from trace_engine.evaluation.judging import DEFAULT_JUDGE_CONCURRENCY, JudgedItem, judge_items
 from trace_engine.evaluation.prompts import EvalPrompt
 from trace_engine.evaluation.report import SuiteResult
@@ -62,14 +67,16 @@ async def run_tpa(
     seed: int = 0,
     resamples: int = DEFAULT_RESAMPLES,
     usage: Usage | None = None,
+    progress: Progress | None = None,
 ) -> SuiteResult:
     """Generate greedily on every prompt, judge each response under `policy`, score."""
-    responses = backend.generate([p.prompt for p in prompts], max_new_tokens)
+    responses = generate_with_progress(backend, [p.prompt for p in prompts], max_new_tokens, progress)
     judged = await judge_items(
         judge,
         policy,
         [(p.prompt, r) for p, r in zip(prompts, responses, strict=True)],
         concurrency=concurrency,
         usage=usage,
+        progress=progress,
     )
     return score_tpa(prompts, responses, judged, seed=seed, resamples=resamples)

@@ -6,13 +6,18 @@ runs every method on the micro-batcher's single generation thread.
 
 Prompts are encoded with `trace_engine.tokenization.tokenize_prompts` (chat) so the chat formatting matches
 training and scoring exactly. Weights are safetensors only; `trust_remote_code` is never set.
+
+Rows that ask for `prompt_logprobs` (vLLM's extension, used for teacher-forced scoring by the deploy gate) get one
+extra forward pass over their prompt, right-padded, with the same adapter selection as their generation, through
+`trace_engine.logprobs.token_logps` (the function training and scoring use).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,14 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from trace_engine.evaluation.generation import eos_token_ids, left_pad
-from trace_engine.serving.protocol import GenerationRequest, SamplingParams, ServingError, bad_request
+from trace_engine.logprobs import token_logps
+from trace_engine.serving.protocol import (
+    GenerationRequest,
+    PromptLogprobs,
+    SamplingParams,
+    ServingError,
+    bad_request,
+)
 from trace_engine.tokenization import pad_id_of, tokenize_prompts
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -41,6 +53,7 @@ class RowJob:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    prompt_logprobs: PromptLogprobs | None = None  # filled when params.prompt_logprobs is set
     _emitted: int = 0
 
     @property
@@ -217,7 +230,14 @@ class AdapterEngine:
     # ------------------------------------------------------------ generation
 
     def encode(self, request: GenerationRequest) -> list[list[int]]:
-        """Token ids per prompt: chat through the training chat template, completions as raw text (+BOS)."""
+        """Token ids per prompt: chat through the training chat template, completions as raw text (+BOS) or as
+        the token ids sent."""
+        if request.token_prompts:
+            vocab = len(self.tokenizer)
+            for row in request.token_prompts:
+                if max(row) >= vocab:
+                    raise bad_request(f"token id {max(row)} is out of vocabulary (size {vocab})", "prompt")
+            return [list(r) for r in request.token_prompts]
         if request.kind == "chat":
             rows = tokenize_prompts(self.tokenizer, list(request.prompts))
         else:
@@ -225,20 +245,102 @@ class AdapterEngine:
         for row in rows:
             if not row:
                 raise bad_request("the prompt encodes to zero tokens", "prompt")
-            if len(row) + request.params.max_tokens > self.max_model_len:
+        return rows
+
+    def fit_rows(self, request: GenerationRequest, *, default_max_tokens: int | None = None) -> list[RowJob]:
+        """One job per prompt with its completion budget. A request without `max_tokens` gets what fits after
+        its prompt (`max_model_len - prompt tokens`, as vLLM does), at most `default_max_tokens` when the server
+        sets one; a request that sent `max_tokens` is refused, naming that value, when prompt + it do not fit."""
+        param = "messages" if request.kind == "chat" else "prompt"
+        jobs = []
+        for ids in self.encode(request):
+            room = self.max_model_len - len(ids)
+            sent = request.params.max_tokens
+            if room < 1:
+                raise bad_request(
+                    f"This model's maximum context length is {self.max_model_len} tokens, and the prompt alone is "
+                    f"{len(ids)} tokens: no room for a completion. Shorten the prompt.", param,
+                    "context_length_exceeded")
+            if sent is None:
+                budget = room if default_max_tokens is None else min(room, default_max_tokens)
+            elif sent > room:
                 raise bad_request(
                     f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                    f"{len(row) + request.params.max_tokens} tokens ({len(row)} in the prompt, "
-                    f"{request.params.max_tokens} for the completion). Shorten the prompt or lower max_tokens.",
-                    "max_tokens", "context_length_exceeded")
-        return rows
+                    f"{len(ids) + sent} tokens ({len(ids)} in the prompt, max_tokens={sent} for the completion). "
+                    f"Lower max_tokens to at most {room}, shorten the prompt, or leave max_tokens out to get as "
+                    "many tokens as fit.", "max_tokens", "context_length_exceeded")
+            else:
+                budget = sent
+            jobs.append(RowJob(ids, replace(request.params, max_tokens=budget)))
+        return jobs
+
+    def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt ids a chat request with these messages generates from (vLLM's `POST /tokenize`)."""
+        return tokenize_prompts(self.tokenizer, [messages])[0]
+
+    def tokenize_text(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        vocab = len(self.tokenizer)
+        if any(not 0 <= i < vocab for i in ids):
+            raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
+        return str(self.tokenizer.decode(list(ids)))
 
     @torch.no_grad()
     def generate_batch(self, adapter: str | None, rows: Sequence[RowJob]) -> None:
         """Continue every row with one `generate` call; rows share temperature/top_p/seed (see batch_key)."""
         if not rows:
             return
+        with self._active(adapter) as model:
+            scored = [r for r in rows if r.params.prompt_logprobs is not None]
+            if scored:
+                self._fill_prompt_logprobs(model, scored)
+            self._generate(model, rows)
+
+    @contextmanager
+    def _active(self, adapter: str | None) -> Iterator[Any]:
+        """The model with `adapter` applied (the base: adapters disabled) for the duration of the block."""
         model = self._select(adapter)
+        if adapter is None and self._peft is not None:
+            with self._peft.disable_adapter():
+                yield model
+        else:
+            yield model
+
+    def _fill_prompt_logprobs(self, model: Any, rows: Sequence[RowJob]) -> None:
+        """Teacher-forced log-probs of every prompt token given the ones before it: one forward pass over the
+        right-padded prompts (pads come after the real tokens, so positions and causal attention are as unpadded)."""
+        width = max(len(r.prompt_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row.prompt_ids)] = torch.tensor(row.prompt_ids, dtype=torch.long)
+            attention_mask[i, : len(row.prompt_ids)] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [N, T, V]
+        picked = token_logps(logits, input_ids)  # [N, T]; position 0 has no context
+        shifted = logits[:, :-1, :].float()  # [N, T-1, V] predicts tokens 1..T-1
+        chosen = torch.gather(shifted, 2, input_ids[:, 1:].unsqueeze(-1))  # [N, T-1, 1] the prompt token's logit
+        ranks = (shifted > chosen).sum(-1) + 1  # [N, T-1], 1 = the most likely token
+        top = max(r.params.prompt_logprobs or 0 for r in rows)
+        if top:
+            values, indices = torch.topk(torch.log_softmax(shifted, dim=-1), top, dim=-1)  # [N, T-1, top]
+        for i, row in enumerate(rows):
+            out: PromptLogprobs = [None]
+            for t in range(1, len(row.prompt_ids)):
+                token = row.prompt_ids[t]
+                entry = {str(token): self._logprob_entry(token, float(picked[i, t]), int(ranks[i, t - 1]))}
+                for k in range(row.params.prompt_logprobs or 0):
+                    other = int(indices[i, t - 1, k])
+                    entry.setdefault(str(other), self._logprob_entry(other, float(values[i, t - 1, k]), k + 1))
+                out.append(entry)
+            row.prompt_logprobs = out
+
+    def _logprob_entry(self, token: int, logprob: float, rank: int) -> dict[str, Any]:
+        return {"logprob": logprob, "rank": rank, "decoded_token": self.tokenizer.decode([token])}
+
+    def _generate(self, model: Any, rows: Sequence[RowJob]) -> None:
         params = rows[0].params
         input_ids, attention_mask = left_pad([r.prompt_ids for r in rows], self.pad_id)
         config = GenerationConfig(
@@ -254,13 +356,8 @@ class AdapterEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         monitor = _RowMonitor(rows, self.tokenizer, self.eos_ids)
-        kwargs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
-                  "generation_config": config, "stopping_criteria": StoppingCriteriaList([monitor])}
-        if adapter is None and self._peft is not None:
-            with self._peft.disable_adapter():
-                model.generate(**kwargs)
-        else:
-            model.generate(**kwargs)
+        model.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                       generation_config=config, stopping_criteria=StoppingCriteriaList([monitor]))
         for row in rows:  # generate may stop on its own limits before a row's monitor did
             if not row.done:
                 row.finish_reason = "length"

@@ -4,12 +4,16 @@
         --max-loras 8 [--max-batch-size 16 --max-wait-ms 5 --num-threads 1]
 
 Endpoints (vLLM-compatible): POST /v1/load_lora_adapter {lora_name, lora_path}, POST /v1/unload_lora_adapter
-{lora_name}, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with SSE streaming);
+{lora_name}, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with SSE streaming; completions
+also take token-id prompts, and both `prompt_logprobs: N`, vLLM's extension for teacher-forced scoring), POST
+/tokenize ({messages} rendered as chat generation would, or {prompt}) and POST /detokenize {tokens};
 plus GET /health and GET /stats (micro-batcher counters). With --port 0 the server picks a free port and prints
 one JSON line `{"base_url": ...}` on stdout once it accepts connections.
 
 Concurrent requests for the same adapter (and the same temperature/top_p) that arrive within --max-wait-ms are
-generated in one `generate` call; rows keep their own max_tokens and stop sequences.
+generated in one `generate` call; rows keep their own max_tokens and stop sequences. A request that sends no
+max_tokens gets as many tokens as fit in the context after its prompt, as vLLM does (`--default-max-tokens` caps
+that).
 """
 
 from __future__ import annotations
@@ -43,12 +47,12 @@ from trace_engine.serving.protocol import (
     model_not_found,
     new_response_id,
     parse_request,
+    parse_tokenize_request,
     sse,
     usage_chunk,
 )
 
 log = logging.getLogger("realign.serving")
-DEFAULT_MAX_TOKENS = 256
 _END = object()
 
 
@@ -63,7 +67,7 @@ class LocalServer:
     """Request handling on top of an engine and a micro-batcher (separate from the web app for testing)."""
 
     def __init__(self, engine: AdapterEngine, *, max_batch_size: int = 16, max_wait_s: float = 0.005,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+                 default_max_tokens: int | None = None) -> None:
         self.engine = engine
         self.batcher: MicroBatcher[RowJob] = MicroBatcher(self._run_batch, max_batch_size=max_batch_size,
                                                           max_wait_s=max_wait_s)
@@ -102,13 +106,35 @@ class LocalServer:
     # ------------------------------------------------------------ generation
 
     def parse(self, body: Any, kind: RequestKind) -> tuple[GenerationRequest, str | None, list[RowJob]]:
-        request = parse_request(body, kind, default_max_tokens=self.default_max_tokens,
-                                max_tokens_limit=self.engine.max_model_len)
+        request = parse_request(body, kind, max_tokens_limit=self.engine.max_model_len)
         if not self.engine.has_model(request.model):
             raise model_not_found(request.model)
         adapter = None if request.model == self.engine.model_name else request.model
-        rows = [RowJob(ids, request.params) for ids in self.engine.encode(request)]
+        rows = self.engine.fit_rows(request, default_max_tokens=self.default_max_tokens)
         return request, adapter, rows
+
+    def tokenize(self, body: Any) -> dict[str, Any]:
+        """vLLM's `POST /tokenize`: chat messages become exactly the ids a chat request generates from."""
+        request = parse_tokenize_request(body)
+        if request.model is not None and not self.engine.has_model(request.model):
+            raise model_not_found(request.model)
+        if request.messages is not None:
+            ids = self.engine.tokenize_chat(request.messages)
+        else:
+            ids = self.engine.tokenize_text(request.prompt or "", add_special_tokens=request.add_special_tokens)
+        out: dict[str, Any] = {"count": len(ids), "max_model_len": self.engine.max_model_len, "tokens": ids}
+        if isinstance(body, dict) and body.get("return_token_strs"):
+            out["token_strs"] = self.engine.tokenizer.convert_ids_to_tokens(ids)
+        return out
+
+    def detokenize(self, body: Any) -> dict[str, Any]:
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise bad_request("`tokens` must be a list of token ids", "tokens")
+        model = body.get("model")
+        if model is not None and not self.engine.has_model(model):
+            raise model_not_found(str(model))
+        return {"prompt": self.engine.detokenize(tokens)}
 
     def _key(self, adapter: str | None, request: GenerationRequest) -> Hashable:
         if request.params.seed is not None and not request.params.greedy:
@@ -161,7 +187,8 @@ class LocalServer:
 
 
 def _choices(rows: list[RowJob]) -> list[Choice]:
-    return [Choice(r.text, r.finish_reason or "length", r.completion_tokens, len(r.prompt_ids)) for r in rows]
+    return [Choice(r.text, r.finish_reason or "length", r.completion_tokens, len(r.prompt_ids), r.prompt_logprobs)
+            for r in rows]
 
 
 def _field(body: Any, name: str) -> str:
@@ -230,6 +257,14 @@ def create_app(server: LocalServer) -> FastAPI:
                                      headers={"Cache-Control": "no-cache"})
         return JSONResponse(await server.complete(body, kind))
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        return server.tokenize(await _json_body(request))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        return server.detokenize(await _json_body(request))
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await generate(request, "chat")
@@ -252,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loras", type=int, default=8, help="adapters loaded at once")
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--default-max-tokens", type=int, default=None,
+                   help="completion tokens for a request that sends no max_tokens (default: as many as fit in the "
+                        "context after the prompt, as vLLM does)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for batch-mates")
     p.add_argument("--device", default=None)
@@ -278,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         args.model, revision=args.revision, served_model_name=args.served_model_name, device=args.device,
         dtype=args.dtype, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_model_len=args.max_model_len)
-    server = LocalServer(engine, max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000)
+    if args.default_max_tokens is not None and args.default_max_tokens < 1:
+        raise SystemExit("--default-max-tokens must be >= 1")
+    server = LocalServer(engine, max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000,
+                         default_max_tokens=args.default_max_tokens)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))

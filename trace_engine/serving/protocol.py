@@ -2,6 +2,12 @@
 
 Request bodies are parsed by hand (not pydantic) so every rejection leaves as an OpenAI-style error
 `{"error": {"message", "type", "param", "code"}}` with a message that says what to fix.
+
+Two vLLM extensions are spoken, for teacher-forced scoring (the deploy gate, api/gateway/deploy_gate.py): a
+completions `prompt` may be token ids (one list of ints, or a list of them), and `prompt_logprobs: N` returns, per
+prompt token, its log-prob given the tokens before it (plus the top N), in vLLM's shape: `choices[i].prompt_logprobs`
+(completions; top-level `prompt_logprobs` in chat) = `[None, {"<token id>": {"logprob", "rank", "decoded_token"}},
+...]`, the first token having no context.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from trace_engine.data.pairs import Prompt
 
 RequestKind = Literal["chat", "completion"]
 MAX_STOP_SEQUENCES = 4
+MAX_PROMPT_LOGPROBS = 20  # vLLM's default --max-logprobs
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -49,13 +56,16 @@ def model_not_found(model: str) -> ServingError:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request generation settings. temperature 0 means greedy; a seed makes sampling reproducible."""
+    """Per-request generation settings. temperature 0 means greedy; a seed makes sampling reproducible.
+    `max_tokens` None: the client did not send one, so the engine generates as many as fit in the context after
+    the prompt (vLLM's default), see `AdapterEngine.fit_rows`."""
 
-    max_tokens: int
+    max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    prompt_logprobs: int | None = None  # vLLM extension: per prompt token, its log-prob and the top N
 
     @property
     def greedy(self) -> bool:
@@ -79,20 +89,24 @@ class GenerationRequest:
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
+    token_prompts: tuple[tuple[int, ...], ...] = ()  # completions prompts sent as token ids (then `prompts` is ())
 
 
-def parse_request(body: Any, kind: RequestKind, *, default_max_tokens: int, max_tokens_limit: int) -> GenerationRequest:
-    """Validate a /v1/chat/completions or /v1/completions body; raises ServingError(400) naming the bad field."""
+def parse_request(body: Any, kind: RequestKind, *, max_tokens_limit: int) -> GenerationRequest:
+    """Validate a /v1/chat/completions or /v1/completions body; raises ServingError(400) naming the bad field.
+    `max_tokens` (or `max_completion_tokens`) left out stays None: what fits is known only once the prompt is
+    tokenized."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("`model` is required: the name of a loaded adapter or of the base model", "model",
                           "missing_required_parameter")
+    token_prompts: tuple[tuple[int, ...], ...] = ()
     if kind == "chat":
         prompts: tuple[Prompt, ...] = (_parse_messages(body.get("messages")),)
     else:
-        prompts = _parse_completion_prompt(body.get("prompt"))
+        prompts, token_prompts = _parse_completion_prompt(body.get("prompt"))
     n = body.get("n", 1)
     if n != 1:
         raise bad_request("only n=1 is supported; send several requests (they are batched together)", "n")
@@ -101,13 +115,48 @@ def parse_request(body: Any, kind: RequestKind, *, default_max_tokens: int, max_
     if not isinstance(stream_options, dict):
         raise bad_request("`stream_options` must be an object", "stream_options")
     params = SamplingParams(
-        max_tokens=_max_tokens(body, default_max_tokens, max_tokens_limit),
+        max_tokens=_max_tokens(body, max_tokens_limit),
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, open_low=True),
         stop=_stop(body.get("stop")),
         seed=_seed(body.get("seed")),
+        prompt_logprobs=_prompt_logprobs(body.get("prompt_logprobs")),
     )
-    return GenerationRequest(kind, model, prompts, params, stream, bool(stream_options.get("include_usage", False)))
+    if stream and params.prompt_logprobs is not None:
+        raise bad_request("`prompt_logprobs` is not supported with `stream`: send it without streaming",
+                          "prompt_logprobs")
+    return GenerationRequest(kind, model, prompts, params, stream, bool(stream_options.get("include_usage", False)),
+                             token_prompts)
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """vLLM's `POST /tokenize`: chat `messages` (rendered by the chat template, with the generation prompt) or a
+    text `prompt`."""
+
+    model: str | None
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    add_special_tokens: bool = True
+
+
+def parse_tokenize_request(body: Any) -> TokenizeRequest:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise bad_request("`model` must be a model name", "model")
+    if "messages" in body:
+        if not _optional_bool(body, "add_generation_prompt", True) or _optional_bool(body, "continue_final_message",
+                                                                                     False):
+            raise bad_request("this server renders chat prompts with the generation prompt only "
+                              "(add_generation_prompt=true, continue_final_message=false)", "add_generation_prompt")
+        return TokenizeRequest(model, messages=_parse_messages(body["messages"]),
+                               add_special_tokens=_optional_bool(body, "add_special_tokens", False))
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise bad_request("`prompt` (a string) or `messages` is required", "prompt", "missing_required_parameter")
+    return TokenizeRequest(model, prompt=prompt, add_special_tokens=_optional_bool(body, "add_special_tokens", True))
 
 
 def _parse_messages(messages: Any) -> list[dict[str, str]]:
@@ -135,13 +184,32 @@ def _message_text(content: Any, index: int) -> str:
     raise bad_request(f"messages[{index}].content must be a string or a list of text parts", "messages")
 
 
-def _parse_completion_prompt(prompt: Any) -> tuple[str, ...]:
+def _parse_completion_prompt(prompt: Any) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """(text prompts, token-id prompts): one of them is empty."""
     if isinstance(prompt, str):
-        return (prompt,)
+        return (prompt,), ()
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return tuple(prompt)
-    raise bad_request("`prompt` must be a string or a non-empty list of strings (token-id prompts are not "
-                      "supported)", "prompt")
+        return tuple(prompt), ()
+    if _token_ids(prompt):
+        return (), (tuple(prompt),)
+    if isinstance(prompt, list) and prompt and all(_token_ids(p) for p in prompt):
+        return (), tuple(tuple(p) for p in prompt)
+    raise bad_request("`prompt` must be a string, a non-empty list of strings, a non-empty list of token ids, or a "
+                      "list of such lists", "prompt")
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
+def _prompt_logprobs(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROMPT_LOGPROBS:
+        raise bad_request(f"`prompt_logprobs` must be an integer in [0, {MAX_PROMPT_LOGPROBS}] (the top N per prompt "
+                          f"token besides the token itself), got {value!r}", "prompt_logprobs")
+    return value
 
 
 def _optional_bool(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -153,14 +221,17 @@ def _optional_bool(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def _max_tokens(body: dict[str, Any], default: int, limit: int) -> int:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
+def _max_tokens(body: dict[str, Any], limit: int) -> int | None:
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    value = body.get(key)
     if value is None:
-        return min(default, limit)
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request("`max_tokens` must be a positive integer", "max_tokens")
+        got = f", got {value}" if isinstance(value, int) and not isinstance(value, bool) else ""
+        raise bad_request(f"`{key}` must be a positive integer{got}", key)
     if value > limit:
-        raise bad_request(f"`max_tokens` is {value} but this server generates at most {limit} tokens", "max_tokens")
+        raise bad_request(f"`{key}` is {value}, but this model's context is {limit} tokens in all (prompt "
+                          f"included); lower `{key}` or leave it out to get as many tokens as fit", key)
     return value
 
 
@@ -199,12 +270,18 @@ def _seed(seed: Any) -> int | None:
 # ---------------------------------------------------------------- responses
 
 
+PromptLogprobs = list[dict[str, dict[str, Any]] | None]
+"""Per prompt token: None for the first, else {"<token id>": {"logprob", "rank", "decoded_token"}} (the token
+itself and the top N), as vLLM returns them."""
+
+
 @dataclass(frozen=True)
 class Choice:
     text: str
     finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
     completion_tokens: int
     prompt_tokens: int
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 def new_response_id(kind: RequestKind) -> str:
@@ -225,8 +302,11 @@ def completion_body(kind: RequestKind, response_id: str, model: str, choices: li
             rows.append({"index": i, "message": {"role": "assistant", "content": c.text},
                          "finish_reason": c.finish_reason, "logprobs": None})
         else:
-            rows.append({"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
-    return {
+            row = {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            if c.prompt_logprobs is not None:
+                row["prompt_logprobs"] = c.prompt_logprobs
+            rows.append(row)
+    body = {
         "id": response_id,
         "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": int(time.time()),
@@ -234,6 +314,9 @@ def completion_body(kind: RequestKind, response_id: str, model: str, choices: li
         "choices": rows,
         "usage": usage(choices),
     }
+    if kind == "chat" and choices and choices[0].prompt_logprobs is not None:
+        body["prompt_logprobs"] = choices[0].prompt_logprobs  # vLLM puts chat's at the top level
+    return body
 
 
 def chunk_body(kind: RequestKind, response_id: str, model: str, index: int, *, text: str | None = None,

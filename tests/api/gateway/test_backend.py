@@ -166,7 +166,8 @@ def test_a_stream_broken_midway_ends_with_an_in_band_error(fake: FakeVLLM) -> No
         return b"".join([chunk async for chunk in stream])
 
     events = [e.removeprefix(b"data: ") for e in run(scenario, fake).split(b"\n\n") if e]
-    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "fake-base"
+    assert json.loads(events[0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert json.loads(events[1])["choices"][0]["delta"]["content"] == "fake-base"
     assert json.loads(events[-2])["error"]["code"] == "backend_stream_broken"
     assert events[-1] == b"[DONE]"
 

@@ -56,3 +56,20 @@ def test_the_adapter_answers_through_the_gateway_and_differs_from_the_base(local
         adapter, base, streamed = asyncio.run(scenario(url))
     assert sum(a != b for a, b in zip(adapter, base, strict=True)) >= len(CHAT_PROMPTS) // 2
     assert streamed == adapter[0]
+
+
+def test_a_chat_request_without_max_tokens_is_answered_through_the_gateway(world: TinyWorld) -> None:
+    """The OpenAI SDK's default request sends no max_tokens: the local backend (a 40-token context here, as small
+    as the synthetic base's) fills in what fits after the prompt, as vLLM does, instead of answering 400."""
+    from trace_engine.serving.launcher import spawn_local_server
+
+    args = ["--served-model-name", "tiny-base", "--max-model-len", "40", "--num-threads", "1"]
+    with spawn_local_server(str(world.base), extra_args=args, startup_timeout_s=90) as server, \
+            serve_in_thread(gateway_app(server.base_url, world)) as url:
+        async def ask() -> Any:
+            client = AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+            return await client.chat.completions.create(model="support-v2", temperature=0,
+                                                        messages=[{"role": "user", "content": CHAT_PROMPTS[0]}])
+
+        reply = asyncio.run(ask())
+    assert reply.choices[0].message.content and reply.usage is not None and reply.usage.total_tokens <= 40

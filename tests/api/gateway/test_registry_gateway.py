@@ -19,7 +19,7 @@ from api.db.engine import session_scope
 from api.registry import local_adapter_dir
 from api.settings import Settings
 from tests.api.support import register_adapter, tenant_of
-from tests.support.fake_vllm import FakeVLLM
+from tests.support.fake_vllm import FakeVLLM, write_base_config
 from trace_engine.serving.uvicorn_thread import serve_in_thread
 
 
@@ -45,6 +45,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     with FakeVLLM() as fake:
         settings = Settings(data_dir=tmp_path / "state", serving_url=fake.base_url + "/v1",
                             serving_base_model="fake-base")
+        write_base_config(settings.models_root / "fake-base")  # isolation (the null adapter) is shaped from it
         app = create_app(settings, lambda job_id, stage: None)
         keys = {}
         with session_scope(app.state.sessions) as session:

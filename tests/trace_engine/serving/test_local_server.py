@@ -174,3 +174,75 @@ def test_streamed_text_never_leaks_a_stop_sequence(client: httpx.Client) -> None
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert streamed == full[: full.index(stop)]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_request_without_max_tokens_gets_what_fits_after_its_prompt(world: TinyWorld) -> None:
+    """vLLM's default: no max_tokens = the context left after the prompt. (It used to be the whole context, so
+    every such request was a 400 telling the client to lower a max_tokens it never sent.)"""
+    from fastapi.testclient import TestClient
+
+    engine = AdapterEngine.from_pretrained(str(world.base), served_model_name="tiny-base", max_model_len=40)
+    with TestClient(create_app(LocalServer(engine, max_wait_s=0.0))) as client:
+        messages = [{"role": "user", "content": CHAT_PROMPTS[0]}]
+        fits = client.post("/v1/chat/completions", json={"model": "tiny-base", "messages": messages,
+                                                          "temperature": 0})
+        assert fits.status_code == 200, fits.text
+        usage = fits.json()["usage"]
+        assert usage["completion_tokens"] > 0 and usage["total_tokens"] <= 40
+        room = 40 - usage["prompt_tokens"]
+        sent = client.post("/v1/chat/completions", json={"model": "tiny-base", "messages": messages,
+                                                         "max_tokens": room + 1})
+        error = sent.json()["error"]
+        assert sent.status_code == 400 and error["param"] == "max_tokens"
+        assert f"max_tokens={room + 1}" in error["message"] and f"at most {room}" in error["message"]
+        long = client.post("/v1/completions", json={"model": "tiny-base", "prompt": " ".join(CHAT_PROMPTS * 3)})
+        error = long.json()["error"]
+        assert long.status_code == 400 and error["param"] == "prompt" and "max_tokens" not in error["message"]
+
+
+def test_tokenize_gives_the_ids_chat_generates_from_and_detokenize_inverts(client: httpx.Client,
+                                                                          server: tuple[str, LocalServer]) -> None:
+    messages = [{"role": "user", "content": CHAT_PROMPTS[1]}]
+    tokens = client.post("/tokenize", json={"model": "a", "messages": messages, "add_generation_prompt": True}).json()
+    assert tokens["count"] == len(tokens["tokens"]) == chat(client, "tiny-base", CHAT_PROMPTS[1])["usage"][
+        "prompt_tokens"]
+    assert tokens["tokens"] == server[1].engine.tokenize_chat(messages)
+    text = client.post("/tokenize", json={"prompt": "reset the password", "add_special_tokens": False}).json()
+    assert client.post("/detokenize", json={"tokens": text["tokens"]}).json() == {"prompt": "reset the password"}
+    assert client.post("/tokenize", json={"model": "nope", "prompt": "x"}).status_code == 404
+    refused = client.post("/tokenize", json={"messages": messages, "add_generation_prompt": False})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "add_generation_prompt"
+
+
+def test_prompt_logprobs_equal_a_plain_forward_pass_per_adapter_also_when_batched(
+        server: tuple[str, LocalServer], world: TinyWorld) -> None:
+    """The fast path (rows of different lengths right-padded into one forward pass, adapter selected as for
+    generation) against the obvious computation: one unpadded row through plain peft."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trace_engine.logprobs import token_logps
+
+    engine = server[1].engine
+    rows = [engine.tokenize_chat([{"role": "user", "content": p}]) for p in CHAT_PROMPTS[:4]]
+
+    async def score(model: str) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=server[0], timeout=60) as c:
+            replies = await asyncio.gather(*(c.post("/v1/completions", json={
+                "model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2})
+                for ids in rows))
+        return [r.json()["choices"][0]["prompt_logprobs"] for r in replies]
+
+    base = AutoModelForCausalLM.from_pretrained(world.base, dtype=torch.float32).eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world.base, dtype=torch.float32),
+                                      world.adapter_a).eval()
+    for model, reference in (("tiny-base", base), ("a", tuned)):
+        for ids, got in zip(rows, asyncio.run(score(model)), strict=True):
+            with torch.no_grad():
+                want = token_logps(reference(torch.tensor([ids])).logits, torch.tensor([ids]))[0]
+            assert got[0] is None and len(got) == len(ids)
+            for t in range(1, len(ids)):
+                entry = got[t][str(ids[t])]
+                assert entry["logprob"] == pytest.approx(float(want[t]), abs=1e-5)
+                assert entry["rank"] >= 1 and len(got[t]) <= 3  # the token itself and the top 2
+                assert min(v["rank"] for v in got[t].values()) == 1

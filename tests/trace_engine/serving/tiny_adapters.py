@@ -46,6 +46,27 @@ def save_lora(base_dir: Path, out_dir: Path, *, seed: int, zero_b: bool, rank: i
     return out_dir
 
 
+def save_sharpening_lora(base_dir: Path, out_dir: Path, *, eps: float = 0.05) -> Path:
+    """A real, non-zero LoRA on lm_head whose B·A = eps·W_lm_head: logits become (1 + eps)·logits, so every
+    argmax (greedy text) stays the base model's while every log-prob changes (the adapter the old text-only
+    deploy gate refused). Rank = hidden size, A = I."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    hidden = base.config.hidden_size
+    weight = base.lm_head.weight.detach().clone()  # [V, H]
+    model = get_peft_model(base, LoraConfig(r=hidden, lora_alpha=hidden, target_modules=["lm_head"],
+                                            init_lora_weights=False))
+    layer = model.base_model.model.lm_head
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.eye(hidden))
+        layer.lora_B["default"].weight.copy_(eps * weight)
+    model.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)
+    return out_dir
+
+
 @functools.cache
 def tiny_world(root: Path) -> TinyWorld:
     from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer

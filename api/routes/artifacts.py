@@ -1,0 +1,221 @@
+"""A job's outputs over HTTP, tenant-scoped: the artifact list and downloads (triaged pairs, impact scores, the
+training metrics history, the evaluation report and its prompts, the adapter), the per-step metrics history as
+JSON, and the impact score of each pair.
+
+A name is looked up in the job's own artifact list (`api.registry.JOB_ARTIFACTS` plus the registered adapter);
+the file it names is resolved under the job's folder with `resolve_under_root`, so no request string ever becomes
+a path. Another tenant's job is a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy.orm import Session
+
+from api.db import access
+from api.db.models import Job
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.errors import ProblemError
+from api.paths import PathEscapesRoot, resolve_under_root
+from api.registry import JOB_ARTIFACTS, job_folder, weights_file
+from api.routes import problems
+from api.routes.adapters import adapter_archive
+from api.routes.jobs import not_found
+from api.schemas import ArtifactList, ArtifactOut, MetricsHistory, ScoreList, ScoreOut
+from api.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+HASH_LIMIT_BYTES = 16 * 1024 * 1024  # sha256 in the listing for files up to this size (larger: None)
+METRICS_PAGE, METRICS_PAGE_MAX = 1000, 10_000
+ADAPTER = "adapter"
+SANITISED = frozenset({"triaged"})  # served row by row with judge error texts sanitised (so: no sha256 listed)
+TRIAGE_ERROR_CHARS = 300  # as worker.stages.PROBE_ERROR_CHARS: what a triage item's error shows
+
+
+def _job(session: Session, tenant_id: str, job_id: str) -> Job:
+    try:
+        return access.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    except access.NotFound as exc:
+        raise not_found(exc) from None
+
+
+def _file(settings: Settings, job: Job, relative: str) -> Path | None:
+    """The artifact file inside the job's folder, or None when it is not there (yet)."""
+    try:
+        path = resolve_under_root(job_folder(settings, job.id), relative)
+    except (PathEscapesRoot, ValueError):
+        return None
+    return path if path.is_file() else None
+
+
+def _sha256(path: Path, size: int) -> str | None:
+    if size > HASH_LIMIT_BYTES:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sanitised_rows(path: Path, settings: Settings) -> Iterator[bytes]:
+    """Triaged rows as tenants may see them: a judge failure's text is the short sanitised excerpt the job's
+    triage items carry (no remote body, no endpoint, no secret), as in GET /v1/jobs/{id}/triage."""
+    from worker.errors import sanitise_error_text
+
+    for row in _jsonl(path):
+        if isinstance(row.get("error"), str):
+            row["error"] = sanitise_error_text(row["error"], settings=settings, max_len=TRIAGE_ERROR_CHARS)
+        yield (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def job_artifacts(session: Session, settings: Settings, job: Job) -> list[ArtifactOut]:
+    """The job's artifacts that exist now (the metrics history appears while training runs)."""
+    out = []
+    for name, (relative, kind, content_type) in JOB_ARTIFACTS.items():
+        path = _file(settings, job, relative)
+        if path is not None:
+            size = path.stat().st_size
+            digest = None if name in SANITISED else _sha256(path, size)
+            out.append(ArtifactOut(name=name, kind=kind, file=relative, size_bytes=size, sha256=digest,
+                                   content_type=content_type, url=f"/v1/jobs/{job.id}/artifacts/{name}"))
+    adapter = access.adapter_of_job(session, job_id=job.id)
+    if adapter is not None and adapter.tenant_id == job.tenant_id and weights_file(settings, adapter.path).is_file():
+        out.append(ArtifactOut(name=ADAPTER, kind="adapter", file=adapter.path.split("/", 2)[2] + "/",
+                               size_bytes=adapter.size_bytes, sha256=None, content_type="application/gzip",
+                               url=f"/v1/adapters/{adapter.id}/download"))
+    return out
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, responses=problems(401, 404),
+            summary="A job's downloadable artifacts: name, kind, size, sha256, content type and download URL")
+def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> ArtifactList:
+    return ArtifactList(data=job_artifacts(session, settings, _job(session, principal.tenant_id, job_id)))
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", responses={
+    **problems(401, 404, 410),
+    200: {"description": "the artifact's bytes (JSON, JSON lines, or the adapter as tar.gz)",
+          "content": {"application/json": {}, "application/x-ndjson": {}, "application/gzip": {}}}},
+    summary="Download one of a job's artifacts by its name in GET /v1/jobs/{job_id}/artifacts")
+def download_artifact(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
+                      principal: PrincipalDep) -> Response:
+    job = _job(session, principal.tenant_id, job_id)
+    if name == ADAPTER:
+        adapter = access.adapter_of_job(session, job_id=job.id)
+        if adapter is not None and adapter.tenant_id == job.tenant_id:
+            return adapter_archive(adapter, settings)
+    elif name in JOB_ARTIFACTS:
+        relative, _, content_type = JOB_ARTIFACTS[name]
+        path = _file(settings, job, relative)
+        filename = f"{job.id}-{Path(relative).name}"
+        if path is not None and name in SANITISED:
+            return StreamingResponse(_sanitised_rows(path, settings), media_type=content_type,
+                                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        if path is not None:
+            return FileResponse(path, media_type=content_type, filename=filename)
+    known = ", ".join(a.name for a in job_artifacts(session, settings, job)) or "none yet"
+    raise ProblemError(404, f"job {job_id} has no artifact {name[:80]!r}; its artifacts: {known}",
+                       slug="artifact-not-found")
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSON-lines file that is being appended to: a torn last line (a crash mid-write) is skipped."""
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def _cursor(value: str | None, what: str) -> int:
+    if value is None:
+        return 0
+    if not value.isdigit() or len(value) > 12:
+        raise ProblemError(400, f"bad cursor {value[:40]!r} for {what}; pass back the next_cursor of a previous page",
+                           slug="bad-cursor")
+    return int(value)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsHistory, responses=problems(400, 401, 404, 422),
+            summary="The training metrics history: loss components, rewards, margins per optimizer step")
+def metrics_history(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    limit: Annotated[int | None, Query(ge=1, description=f"steps per page (default {METRICS_PAGE}, at most "
+                                                          f"{METRICS_PAGE_MAX})")] = None,
+    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
+) -> MetricsHistory:
+    """Steps in order, as training appends them (poll with the last next_cursor to follow a running job); an
+    empty list before training started. A resumed run continues from its checkpoint's step."""
+    job = _job(session, principal.tenant_id, job_id)
+    after = _cursor(cursor, "the metrics history")
+    page = min(limit or METRICS_PAGE, METRICS_PAGE_MAX)
+    path = _file(settings, job, JOB_ARTIFACTS["train_metrics"][0])
+    rows: list[dict[str, Any]] = []
+    if path is not None:
+        for row in _jsonl(path):
+            step = row.get("step")
+            if isinstance(step, int) and not isinstance(step, bool) and step > after:
+                rows.append(row)
+                if len(rows) == page:
+                    break
+    return MetricsHistory(data=rows, next_cursor=str(rows[-1]["step"]) if rows else cursor)
+
+
+@router.get("/jobs/{job_id}/scores", response_model=ScoreList, responses=problems(400, 401, 404, 422),
+            summary="The impact score of each pair (pair id -> score), in dataset order, paginated")
+def impact_scores(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    limit: Annotated[int | None, Query(ge=1, description="pairs per page (server caps it)")] = None,
+    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
+) -> ScoreList:
+    """404 until the score stage has written the scores (and for variants that do not score)."""
+    job = _job(session, principal.tenant_id, job_id)
+    start = _cursor(cursor, "the scores")
+    page = min(limit or settings.default_page_size, settings.max_page_size)
+    path = _file(settings, job, JOB_ARTIFACTS["scored"][0])
+    if path is None:
+        raise ProblemError(404, f"job {job_id} has no impact scores (yet): they exist once its score stage has run, "
+                           "for variants that weight pairs by impact", slug="scores-not-found")
+    rows: list[ScoreOut] = []
+    more = False
+    for index, row in enumerate(_jsonl(path)):
+        if index < start:
+            continue
+        if len(rows) == page:
+            more = True
+            break
+        rows.append(ScoreOut(pair_id=str(row.get("id")), category=row.get("category"),
+                             impact_score=_number(row.get("impact_score")), impact_raw=_number(row.get("impact_raw")),
+                             impact_kind=row.get("impact_kind")))
+    summary_path = _file(settings, job, JOB_ARTIFACTS["score_summary"][0])
+    summary: dict[str, Any] = {}
+    if summary_path is not None and start == 0:
+        try:
+            loaded = json.loads(summary_path.read_text(encoding="utf-8"))
+            summary = {k: v for k, v in loaded.items() if k != "top"} if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            summary = {}
+    return ScoreList(data=rows, next_cursor=str(start + len(rows)) if more else None, summary=summary)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
