@@ -69,6 +69,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             env[name] = value
         else:
             env.pop(name, None)
+    env["REALIGN_SERVING_ISOLATION"] = settings.serving_isolation  # "off" for the local server embedded starts
     if settings.judge_profiles:  # operator config the worker needs to build judges (docs/security.md)
         env["REALIGN_JUDGE_PROFILES"] = json.dumps(settings.model_dump(mode="json")["judge_profiles"])
     repo_root = str(Path(__file__).resolve().parents[1])

@@ -138,6 +138,10 @@ def _stub_backend(request: httpx.Request) -> httpx.Response:
     if path == "/v1/chat/completions":
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                   "finish_reason": "stop"}
+        if body.get("logprobs") is True:  # as vLLM: per token, its log-prob and the top alternatives
+            steps = [{"token": word, "logprob": -0.1 * (1 + len(model) % 7), "top_logprobs": []}
+                     for word in text.split()]
+            choice["logprobs"] = {"content": steps}
     else:
         choice = {"index": 0, "text": text, "finish_reason": "stop"}
     if body.get("stream") is True:

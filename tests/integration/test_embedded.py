@@ -104,7 +104,7 @@ def check_eval_job(client: httpx.Client, adapter_id: str) -> None:
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
         job = client.get(f"/v1/evals/{job['id']}").json()
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", (job.get("error"), job.get("events"))
     summary = job["report"]["summary"]
     for label in ("target", "base"):
         tpa = summary[label]["tpa/overall"]

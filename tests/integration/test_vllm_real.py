@@ -204,11 +204,12 @@ def test_the_deploy_gate_refuses_an_adapter_that_does_not_change_real_outputs(se
     adapter_id = service.register(adapters.inert, "inert")
     with pytest.raises(UnprocessableEntityError) as refused:
         chat(service.sdk(), "inert", "hi", max_tokens=4)
-    assert "deploy gate" in str(refused.value)
+    assert "deploy gate" in str(refused.value) and "|Δ log p|" in str(refused.value)  # what was measured
     gate = service.adapter_record(adapter_id)["deploy_gate"]
     assert not gate["passed"]
     check = next(c for c in gate["checks"] if c["name"] == "changes_outputs")
     assert not check["passed"] and check["changed"] == 0
+    assert check["method"] == "greedy_path_logprobs" and check["delta_mean"] < check["floor"]
     assert adapter_id not in service.loaded_on_vllm()  # refused adapters are unloaded again
 
 
@@ -258,5 +259,9 @@ def test_a_job_on_smollm2_evaluates_through_vllm_and_its_adapter_is_served(
         assert reply.json()["model"] == "home-help" and reply.json()["choices"][0]["message"]["content"]
         gate = stack.client.get(f"/v1/adapters/{adapter_id}", headers=headers).json()["deploy_gate"]
         assert gate["passed"], gate
+        measured = next(c for c in gate["checks"] if c["name"] == "changes_outputs")
+        print(f"\njob adapter on vLLM: mean |Δ log p| {measured['delta_mean']:.3g} over {measured['probes']} probes, "
+              f"{measured['changed']} answers changed, floor {measured['floor']}")
+        assert measured["delta_mean"] > measured["floor"]
     finally:
         _close(stack)
