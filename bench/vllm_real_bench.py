@@ -31,35 +31,17 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
 
-from bench.serving_bench import API_KEY, PROMPTS, _p90, child, machine, serve_gateway  # noqa: E402
+from bench.serving_bench import API_KEY, PROMPTS, _p90, child, machine, serve_gateway, timed_chats  # noqa: E402
 
 CONCURRENCY = 16
 
 
-async def timed_chats(url: str, model: str, prompts: list[str], max_tokens: int, concurrent: bool,
-                      extra: dict[str, Any]) -> tuple[float, int]:
-    async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
-        async def one(prompt: str) -> int:
-            response = await client.post("/v1/chat/completions", json={
-                "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                "temperature": 0, **extra})
-            response.raise_for_status()
-            return int(response.json()["usage"]["completion_tokens"])
-
-        start = time.perf_counter()
-        if concurrent:
-            tokens = await asyncio.gather(*(one(p) for p in prompts))
-        else:
-            tokens = [await one(p) for p in prompts]
-        return time.perf_counter() - start, sum(tokens)
-
-
-def generation(url: str, max_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+def generation(url: str, max_tokens: int) -> dict[str, Any]:
     prompts = PROMPTS[:CONCURRENCY]
-    asyncio.run(timed_chats(url, "adapter", prompts[:2], 4, False, extra))  # warm-up (and adapter load)
+    asyncio.run(timed_chats(url, prompts[:2], 4, False))  # warm-up (and adapter load)
     out: dict[str, Any] = {}
     for label, concurrent in (("1", False), (str(CONCURRENCY), True)):
-        seconds, tokens = asyncio.run(timed_chats(url, "adapter", prompts, max_tokens, concurrent, extra))
+        seconds, tokens = asyncio.run(timed_chats(url, prompts, max_tokens, concurrent))
         out[label] = {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
     return out
 
@@ -111,7 +93,7 @@ def main() -> int:
             report["vllm_startup_s"] = round(time.perf_counter() - started, 1)
             httpx.post(vllm.base_url + "/v1/load_lora_adapter",
                        json={"lora_name": "adapter", "lora_path": str(adapter)}, timeout=300).raise_for_status()
-            report["vllm"] = generation(vllm.base_url, args.max_tokens, {})
+            report["vllm"] = generation(vllm.base_url, args.max_tokens)
             print("vllm:", json.dumps(report["vllm"]), flush=True)
             report["gateway_overhead"] = overhead(vllm.base_url, args.requests)
             print("gateway overhead:", json.dumps(report["gateway_overhead"]), flush=True)
@@ -122,7 +104,7 @@ def main() -> int:
         with spawn_local_server(str(base), extra_args=local_args, startup_timeout_s=300) as server:
             httpx.post(server.base_url + "/v1/load_lora_adapter",
                        json={"lora_name": "adapter", "lora_path": str(adapter)}, timeout=300).raise_for_status()
-            report["local"] = generation(server.base_url, args.max_tokens, {})
+            report["local"] = generation(server.base_url, args.max_tokens)
             print("local:", json.dumps(report["local"]), flush=True)
     report["vllm_over_local"] = {k: round(report["vllm"][k]["tokens_per_s"] / report["local"][k]["tokens_per_s"], 2)
                                  for k in report["vllm"]}

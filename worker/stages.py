@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,16 +652,12 @@ def _evaluate_generic(ctx: StageContext, source: Any, adapter: Path) -> dict[str
     progress = EvalProgress(ctx, 2 * eval_units(suites, data, settings))
     served = serves_job_base(ctx, source.name_or_path)  # then generate there, as eval jobs and clients do
     for label, adapter_dir in (("before", None), ("after", adapter)):
-        if served:
-            with _served_backend(ctx, adapter_dir) as backend:
-                report = run_eval(backend, tuple(suites), judge, data, policy=ctx.request.policy.to_policy(),
-                                  settings=settings, progress=progress)
-        else:
-            backend = LocalBackend.from_pretrained(source.name_or_path, revision=source.revision,
-                                                   adapter_dir=adapter_dir, device=ctx.settings.train_device)
-            report = run_eval(backend, tuple(suites), judge, data, policy=ctx.request.policy.to_policy(),
+        backend = _served_backend(ctx, adapter_dir) if served else nullcontext(LocalBackend.from_pretrained(
+            source.name_or_path, revision=source.revision, adapter_dir=adapter_dir, device=ctx.settings.train_device))
+        with backend as generator:
+            report = run_eval(generator, tuple(suites), judge, data, policy=ctx.request.policy.to_policy(),
                               settings=settings, progress=progress)
-            del backend
+        del backend, generator  # the local model is released before the next one loads
         results[label] = report.suites["tpa"].metrics["overall"].to_dict()
         records[label] = report.suites["tpa"].records
     progress.finish()
