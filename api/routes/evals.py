@@ -58,8 +58,13 @@ def eval_job_out(session: Session, settings: Settings, job: Any) -> EvalJobOut:
     return EvalJobOut(**base.model_dump(), report=_report(settings, job.id, job.state))
 
 
-@router.post("/evals", status_code=202, response_model=EvalJobOut, responses=problems(401, 422),
-             summary="Evaluate an adapter (or the base model) against a policy")
+@router.post("/evals", status_code=202, response_model=EvalJobOut, responses=problems(401, 413, 422, 429),
+             summary="Evaluate an adapter (or the base model) against a policy",
+             description="Queues an evaluation job (202): the suites (tpa: target-policy agreement; asr: attack "
+             "success rate; over_refusal; capability) on the named model, judged under the policy, with "
+             "confidence intervals; with `compare` the base model and the adapter's parent are evaluated too. "
+             "`model` is one of your adapters (id or name) or a base model; anything else is a 422. "
+             "`Idempotency-Key` and the 429 quotas work as for `POST /v1/realign`.")
 def submit_eval(
     body: EvalRequest,
     request: Request,
@@ -77,7 +82,9 @@ def submit_eval(
 
 
 @router.get("/evals/{job_id}", response_model=EvalJobOut, responses=problems(401, 404),
-            summary="An evaluation job with its report")
+            summary="An evaluation job with its report",
+            description="The evaluation job's state and progress, and once it has succeeded its `report`: per "
+            "model (target, base, parent) the metrics with confidence intervals, and the comparisons.")
 def get_eval(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> EvalJobOut:
     try:
         job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)

@@ -70,8 +70,13 @@ def _copy_limited(upload: UploadFile, target: Path, limit: int) -> tuple[int, st
     return size, digest.hexdigest()
 
 
-@router.post("/files", status_code=201, response_model=FileOut, responses=problems(401, 413, 422),
-             summary="Upload a pair file (JSONL, JSON or Parquet)")
+@router.post("/files", status_code=201, response_model=FileOut, responses=problems(401, 413, 422, 429),
+             summary="Upload a pair file (JSONL, JSON or Parquet)",
+             description="A multipart upload (`file`) of preference pairs: rows `{prompt, chosen, rejected}` (plus "
+             "an optional `id` and any extra fields, kept). The format comes from the file name (.jsonl, .json, "
+             ".parquet). Every row is checked now: a row error rejects the upload with each error's row and field "
+             "(422), and so does a file without a usable pair; 413 past the upload limit. Use the returned `id` as "
+             "`dataset.file_id` of a job.")
 def upload_file(
     request: Request,
     file: Annotated[UploadFile, FormFile(description="rows of {prompt, chosen, rejected[, id, ...]}")],
@@ -122,7 +127,9 @@ def upload_file(
     return file_out(record)
 
 
-@router.get("/files", response_model=FileList, responses=problems(400, 401, 422), summary="List files, newest first")
+@router.get("/files", response_model=FileList, responses=problems(400, 401, 422), summary="List files, newest first",
+            description="Your uploaded pair files with their validation reports, newest first, paginated "
+            "(`next_cursor` back as `cursor`).")
 def list_files(
     session: SessionDep,
     settings: SettingsDep,
@@ -138,7 +145,9 @@ def list_files(
     return FileList(data=[file_out(f) for f in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/files/{file_id}", response_model=FileOut, responses=problems(401, 404), summary="One file")
+@router.get("/files/{file_id}", response_model=FileOut, responses=problems(401, 404), summary="One file",
+            description="One uploaded file: name, format, size, sha256, rows read, pairs kept and the validation "
+            "report.")
 def get_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> FileOut:
     try:
         return file_out(access.get_file(session, tenant_id=principal.tenant_id, file_id=file_id))

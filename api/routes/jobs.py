@@ -161,8 +161,17 @@ def bad_cursor(exc: access.BadCursor) -> ProblemError:
 # ---------------------------------------------------------------- routes
 
 
-@router.post("/realign", status_code=202, response_model=JobOut, responses=problems(401, 422),
-             summary="Submit a re-alignment job")
+@router.post("/realign", status_code=202, response_model=JobOut, responses=problems(401, 413, 422, 429),
+             summary="Submit a re-alignment job",
+             description="Queues a TRACE job: triage your preference pairs against the new policy with the judge, "
+             "score the conflicting pairs' impact, train one LoRA adapter on the base model, evaluate it and "
+             "register it. Answers 202 with the job (`Location` names it); follow it with `GET /v1/jobs/{job_id}` "
+             "or its events. States: queued, validating, triaging, scoring, training, evaluating, then succeeded, "
+             "failed or cancelled. References are checked first (an unknown file, a path outside the dataset root, "
+             "an unknown judge profile or parent adapter is a 422 naming the field). With an `Idempotency-Key` "
+             "header the same key and body return the same job (`Idempotent-Replayed: true`), the same key with "
+             "another body is a 422. 429 with `Retry-After` when the tenant has too many unfinished jobs or "
+             "submissions in the last minute.")
 def submit_job(
     body: RealignRequest,
     request: Request,
@@ -240,7 +249,9 @@ def enqueue_stage(request: Request, session: Session, job_id: str, stage: Stage 
         session.commit()
 
 
-@router.get("/jobs", response_model=JobList, responses=problems(400, 401, 422), summary="List jobs, newest first")
+@router.get("/jobs", response_model=JobList, responses=problems(400, 401, 422), summary="List jobs, newest first",
+            description="Your jobs (re-alignment and evaluation), newest first, optionally only those in the "
+            "given states. Paginated: pass `next_cursor` back as `cursor` until it is null.")
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
@@ -257,7 +268,10 @@ def list_jobs(
     return JobList(data=jobs_out(session, page.items), next_cursor=page.next_cursor)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 404), summary="A job's state")
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 404), summary="A job's state",
+            description="The job's state and current stage, progress per stage (done, total, rate, ETA), triage "
+            "category counts, metrics (training summary; `metrics.eval` once evaluated), artifacts (with "
+            "`adapter_id` once registered), the error of a failed job (sanitised), and the stored request.")
 async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Response:
     """The hot polling path: one query and one thread hop."""
 
@@ -273,7 +287,9 @@ async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Res
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, responses=problems(401, 404, 409),
-             summary="Cancel a job")
+             summary="Cancel a job",
+             description="A queued job is cancelled at once; a running one goes to `cancelling` and its worker "
+             "stops it at the next check (within a few seconds). 409 when the job has already finished.")
 def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
     """A queued job is cancelled at once; a running one goes to `cancelling` and its worker stops it."""
     try:
@@ -288,7 +304,10 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=problems(401, 404, 409),
-             summary="Retry a failed job from the stage it failed in")
+             summary="Retry a failed job from the stage it failed in",
+             description="A failed job goes back to the stage it failed in, keeping what earlier stages produced "
+             "(and that stage's stored verdicts and training checkpoints), with the stage's attempt count reset. "
+             "409 unless the job failed.")
 def retry_job(job_id: str, request: Request, session: SessionDep, principal: PrincipalDep) -> JobOut:
     """A failed job goes back to the stage it failed in, keeping what earlier stages produced (and the stored
     verdicts / training checkpoints of that stage), with that stage's attempts reset; 409 unless it failed."""
@@ -308,7 +327,11 @@ def retry_job(job_id: str, request: Request, session: SessionDep, principal: Pri
     **problems(400, 401, 404),
     200: {"description": f"Events as JSON, or as a stream when `Accept: {SSE_MEDIA_TYPE}`",
           "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
-    summary="A job's typed events (list, or server-sent events)")
+    summary="A job's typed events (list, or server-sent events)",
+    description="By default a JSON page of the job's events (state changes, stage starts and ends, progress, "
+    "warnings, errors), oldest first. With `Accept: text/event-stream`: the events after `Last-Event-ID` (all when "
+    "absent), then new ones as they happen, until the job has finished; each frame's `id` is the event id, its "
+    "`event` the type and its `data` the event as JSON.")
 async def job_events(
     job_id: str,
     request: Request,
@@ -388,7 +411,11 @@ async def _sse_stream(request: Request, job_id: str, after: int | None) -> Async
 
 
 @router.get("/jobs/{job_id}/triage", response_model=TriageList, responses=problems(400, 401, 404, 422),
-            summary="Triaged pairs with their verdicts")
+            summary="Triaged pairs with their verdicts",
+            description="Each pair the triage stage judged, in dataset order: its category under the new policy "
+            "(INVERT: the old chosen now violates and the old rejected does not; PUNISH: both violate; RETAIN: "
+            "unchanged) and the judge's verdicts on both responses (clauses, rationale). Filter by `category`; "
+            "`category_counts` covers the whole job. Empty until triage has run.")
 def job_triage(
     job_id: str,
     session: SessionDep,
