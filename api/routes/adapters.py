@@ -73,7 +73,9 @@ def adapter_out(adapter: Adapter, settings: Settings) -> AdapterOut:
 
 
 @router.get("/adapters", response_model=AdapterList, responses=problems(400, 401, 422),
-            summary="Your registered adapters, newest first")
+            summary="Your registered adapters, newest first",
+            description="Every adapter a succeeded job registered for your tenant, newest first, with its base "
+            "model, LoRA settings, provenance and evaluation report. Paginated (`next_cursor` back as `cursor`).")
 def list_adapters(
     session: SessionDep,
     settings: SettingsDep,
@@ -97,7 +99,10 @@ def _owned(session: SessionDep, tenant_id: str, adapter_id: str) -> Adapter:
 
 
 @router.get("/adapters/{adapter_id}", response_model=AdapterOut, responses=problems(401, 404),
-            summary="One adapter with its base model, LoRA settings, provenance, evaluation and deploy-gate result")
+            summary="One adapter with its base model, LoRA settings, provenance, evaluation and deploy-gate result",
+            description="One adapter by id or name: the base model it was trained on, its LoRA settings as its "
+            "adapter_config.json has them, provenance (job, policy hash, dataset and its hash, judge, method, "
+            "parent), the evaluation report, and the deploy gate's cached result once the gateway has served it.")
 def get_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> AdapterOut:
     return adapter_out(_owned(session, principal.tenant_id, adapter_id), settings)
 
@@ -108,7 +113,11 @@ def get_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, pri
                          "adapter_model.safetensors, loadable by peft and vLLM once extracted; format=safetensors: "
                          "the weights file alone",
           "content": {"application/gzip": {}, "application/octet-stream": {}}}},
-    summary="Download the adapter: its directory as a tar.gz, or only its safetensors weights")
+    summary="Download the adapter: its directory as a tar.gz, or only its safetensors weights",
+    description="The default tar.gz holds `<name>/adapter_config.json` and `<name>/adapter_model.safetensors`: "
+    "extract it and load `<name>` with `peft.PeftModel.from_pretrained(base, name)` or "
+    "`vllm serve BASE --enable-lora --lora-modules name=name`. `format=safetensors` sends the weights file alone, "
+    "with its sha256 in `X-Content-SHA256`. 410 when the adapter's files are gone from storage.")
 def download_adapter(
     adapter_id: str,
     session: SessionDep,
@@ -156,7 +165,9 @@ def adapter_archive(adapter: Adapter, settings: Settings) -> StreamingResponse:
 
 
 @router.delete("/adapters/{adapter_id}", status_code=204, responses=problems(401, 404),
-               summary="Delete an adapter: unloaded from serving, removed from the registry and from storage")
+               summary="Delete an adapter: unloaded from serving, removed from the registry and from storage",
+               description="Unloads the adapter from the serving backend, removes it from the registry and "
+               "deletes its files; the job that produced it is kept. Answers 204 with no body.")
 async def delete_adapter(adapter_id: str, request: Request, principal: PrincipalDep) -> Response:
     settings = request.app.state.settings
 

@@ -95,7 +95,10 @@ def job_artifacts(session: Session, settings: Settings, job: Job) -> list[Artifa
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, responses=problems(401, 404),
-            summary="A job's downloadable artifacts: name, kind, size, sha256, content type and download URL")
+            summary="A job's downloadable artifacts: name, kind, size, sha256, content type and download URL",
+            description="What the job has produced so far (triaged pairs, impact scores, the training metrics "
+            "history, the evaluation report and its prompts, the adapter, summaries); each entry's `url` "
+            "downloads it. A running job lists the artifacts of the stages it has finished.")
 def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> ArtifactList:
     return ArtifactList(data=job_artifacts(session, settings, _job(session, principal.tenant_id, job_id)))
 
@@ -104,7 +107,10 @@ def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, prin
     **problems(401, 404, 410),
     200: {"description": "the artifact's bytes (JSON, JSON lines, or the adapter as tar.gz)",
           "content": {"application/json": {}, "application/x-ndjson": {}, "application/gzip": {}}}},
-    summary="Download one of a job's artifacts by its name in GET /v1/jobs/{job_id}/artifacts")
+    summary="Download one of a job's artifacts by its name in GET /v1/jobs/{job_id}/artifacts",
+    description="The artifact's bytes with its content type: JSON, JSON lines (the triaged pairs are served with "
+    "judge error texts sanitised) or, for `adapter`, the adapter directory as a tar.gz. 404 names the job's "
+    "artifacts when `name` is not one of them; 410 when the file is gone from storage.")
 def download_artifact(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
                       principal: PrincipalDep) -> Response:
     job = _job(session, principal.tenant_id, job_id)
@@ -150,7 +156,10 @@ def _cursor(value: str | None, what: str) -> int:
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsHistory, responses=problems(400, 401, 404, 422),
-            summary="The training metrics history: loss components, rewards, margins per optimizer step")
+            summary="The training metrics history: loss components, rewards, margins per optimizer step",
+            description="One object per optimizer step, in order, as training appends them (a step is on disk "
+            "before the next starts). Follow a running job by passing the last `next_cursor` as `cursor`; an "
+            "empty page means no new step yet. A resumed run continues from its checkpoint's step.")
 def metrics_history(
     job_id: str,
     session: SessionDep,
@@ -178,7 +187,10 @@ def metrics_history(
 
 
 @router.get("/jobs/{job_id}/scores", response_model=ScoreList, responses=problems(400, 401, 404, 422),
-            summary="The impact score of each pair (pair id -> score), in dataset order, paginated")
+            summary="The impact score of each pair (pair id -> score), in dataset order, paginated",
+            description="Each pair's triage category and its impact weight (normalised, and raw) from the score "
+            "stage: how much training on it helps the gold batch; RETAIN pairs have none. `summary` is the "
+            "stage's summary (counts, share clamped to zero). 404 until the score stage has run.")
 def impact_scores(
     job_id: str,
     session: SessionDep,

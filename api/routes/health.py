@@ -16,12 +16,17 @@ from api.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="The process is up")
+@router.get("/healthz", response_model=Health, summary="The process is up",
+            description="Liveness: answers 200 while the process serves requests; checks nothing else. Needs no "
+            "API key.")
 def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses=problems(503), summary="Database and broker reachable")
+@router.get("/readyz", response_model=Health, responses=problems(503), summary="Database and broker reachable",
+            description="Readiness: 200 when the database and the broker answer, 503 otherwise, with `checks` per "
+            "dependency, `workers` (live workers per queue) and the gateway's serving state. Missing workers alone "
+            "do not make the API unready unless `require_workers=true`. Needs no API key.")
 def readyz(request: Request, require_workers: Annotated[bool, Query(
         description="also answer 503 when a queue (judge, gpu) has no live worker")] = False) -> Health:
     """Database and broker reachable (503 otherwise), plus `workers`: live workers per queue. Missing workers
@@ -75,6 +80,9 @@ def _live_workers(request: Request) -> dict[str, int]:
 
 
 @router.get("/metrics", summary="Prometheus metrics (operator token)", response_class=Response,
+            description="Prometheus text format, for the operator only: `Authorization: Bearer "
+            "<REALIGN_METRICS_TOKEN>` (tenant API keys never open it; without a configured token it answers 404). "
+            "Job counts by state and HTTP requests by method, route template and status; no tenant labels.",
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **problems(401, 403, 404)})
 def metrics(request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
     """For the operator only: `Authorization: Bearer <REALIGN_METRICS_TOKEN>`. Without a configured token the
