@@ -37,15 +37,44 @@ Resolved = AdapterRef | tuple[str, str] | BaseModelTarget | None
 ResolveModel = Callable[[Any, str], Resolved | Awaitable[Resolved]]
 ListModels = Callable[[Any], list[str] | Awaitable[list[str]]]
 
-_REQUEST_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {
-            "type": "object", "required": ["model"], "additionalProperties": True,
-            "properties": {"model": {"type": "string", "description": "an adapter name or the base model"},
-                           "stream": {"type": "boolean", "default": False}}}}},
-    }
+_COMMON_PROPERTIES: dict[str, Any] = {
+    "model": {"type": "string", "description": "an adapter of yours (name or id, as in GET /v1/models) or the "
+              "base model's name"},
+    "stream": {"type": "boolean", "default": False, "description": "answer as server-sent events, OpenAI's "
+               "`chat.completion.chunk` / `text_completion` frames ending with `data: [DONE]`"},
+    "max_tokens": {"type": "integer", "minimum": 1, "description": "tokens to generate; left out: what fits "
+                   "in the model's context after the prompt (a value that does not fit is refused with the most "
+                   "that fits)"},
+    "temperature": {"type": "number", "minimum": 0, "description": "sampling temperature (0 = greedy)"},
 }
+CHAT_EXAMPLE: dict[str, Any] = {
+    "model": "synthetic-policy-v2", "max_tokens": 64, "temperature": 0,
+    "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                 {"role": "user", "content": "How much ibuprofen can I take for a headache?"}],
+}
+COMPLETION_EXAMPLE: dict[str, Any] = {"model": "synthetic-policy-v2", "prompt": "The new policy says", "max_tokens": 32}
+
+
+def _request_schema(extra: dict[str, Any], required: str, example: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a generation route: the fields the gateway reads, described; any other OpenAI / vLLM
+    sampling field passes through to the backend (additionalProperties)."""
+    schema = {"type": "object", "required": ["model", required], "additionalProperties": True,
+              "description": "An OpenAI-compatible request body; fields not listed go to the serving backend as "
+                             "they are (vLLM's sampling parameters).",
+              "properties": {"model": _COMMON_PROPERTIES["model"], **extra,
+                             **{k: v for k, v in _COMMON_PROPERTIES.items() if k != "model"}},
+              "examples": [example]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_CHAT_REQUEST = _request_schema({"messages": {
+    "type": "array", "minItems": 1, "description": "the conversation, oldest first; the model's chat template "
+    "renders it", "items": {"type": "object", "required": ["role", "content"], "additionalProperties": True,
+                            "properties": {"role": {"type": "string", "description": "system, user or assistant"},
+                                           "content": {"type": "string", "description": "the message text"}}}}},
+    "messages", CHAT_EXAMPLE)
+_COMPLETION_REQUEST = _request_schema({"prompt": {"type": "string", "description": "the text to continue (no "
+                                                  "chat template applied)"}}, "prompt", COMPLETION_EXAMPLE)
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -148,19 +177,28 @@ def make_gateway_router(resolve_model: ResolveModel, backend: ServingBackend,
         return StreamingResponse(result, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @router.post("/v1/chat/completions", openapi_extra=_REQUEST_SCHEMA,
-                 summary="OpenAI-compatible chat completions with one of your adapters (or the base model)")
+    @router.post("/v1/chat/completions", openapi_extra=_CHAT_REQUEST,
+                 summary="OpenAI-compatible chat completions with one of your adapters (or the base model)",
+                 description="OpenAI's chat completions API: `model` names one of your adapters (served on the "
+                 "base model through the serving backend, vLLM in production, after it has passed the deploy "
+                 "gate) or the base model itself. The answer is OpenAI's `chat.completion` object (or its stream "
+                 "with `stream: true`); errors are OpenAI-style `{\"error\": {message, type, param, code}}`, so "
+                 "OpenAI SDKs work with `base_url=<this service>/v1` and your API key.")
     @_openai_errors
     async def chat_completions(request: Request) -> Response:
         return await generate(request, CHAT_PATH)
 
-    @router.post("/v1/completions", openapi_extra=_REQUEST_SCHEMA,
-                 summary="OpenAI-compatible text completions with one of your adapters (or the base model)")
+    @router.post("/v1/completions", openapi_extra=_COMPLETION_REQUEST,
+                 summary="OpenAI-compatible text completions with one of your adapters (or the base model)",
+                 description="OpenAI's (legacy) completions API on a raw prompt, with the same model names, "
+                 "streaming and OpenAI-style errors as the chat completions route.")
     @_openai_errors
     async def completions(request: Request) -> Response:
         return await generate(request, COMPLETIONS_PATH)
 
-    @router.get("/v1/models", summary="The models you can name: your adapters and the base model")
+    @router.get("/v1/models", summary="The models you can name: your adapters and the base model",
+                description="OpenAI's model list: one card per name a generation request may use as `model` "
+                "(your adapters and the base model).")
     @_openai_errors
     async def models(request: Request) -> Response:
         principal = await _authenticate(auth_dependency, request)
