@@ -4,6 +4,10 @@ Up to B/3 RETAIN pairs as they are, up to B/3 INVERT pairs (already swapped by t
 paired as (x, a compliant response, y_w). The compliant response is the prompt's own oracle rewrite when one exists,
 otherwise one drawn from the compliant pool (RETAIN chosen ∪ INVERT preferred) of a DIFFERENT prompt.
 Deterministic for a given seed and row order; uses its own `random.Random`, never the global RNG.
+
+Which rows the batch may come from (`gold_candidates`): all triaged rows (published), or only rows marked
+`"trusted": true` (e.g. a few dozen pairs whose triage a person checked). Noisy triage labels that reach the gold
+batch corrupt g_J for every score (docs/benchmarks.md, noise robustness), so trusted rows are worth marking.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from trace_engine.data.pairs import Prompt, prompt_key
 
 RETAIN, INVERT, PUNISH = "RETAIN", "INVERT", "PUNISH"
 ORACLE = "oracle"
+GoldSource = Literal["all", "trusted", "auto"]
+GOLD_SOURCES: tuple[str, ...] = ("all", "trusted", "auto")
 MAX_DRAWS = 10_000  # rejection-sampling bound; only reached if nearly every pool entry shares the prompt
 
 
@@ -50,6 +56,24 @@ class GoldReport:
     @property
     def size(self) -> int:
         return self.retain + self.invert + self.punish
+
+
+def is_trusted(row: Mapping[str, Any]) -> bool:
+    """Only a JSON `true` counts (a string "false" must not make a row trusted)."""
+    return row.get("trusted") is True
+
+
+def gold_candidates(rows: Sequence[Mapping[str, Any]], source: str) -> list[Mapping[str, Any]]:
+    """Rows the gold batch may be drawn from: `all`, `trusted` (rows with `"trusted": true`; an error if there are
+    none) or `auto` (the trusted rows when any row is trusted, else all)."""
+    if source not in GOLD_SOURCES:
+        raise ValueError(f"gold source must be one of {', '.join(GOLD_SOURCES)}, got {source!r}")
+    if source == "all":
+        return list(rows)
+    trusted = [r for r in rows if is_trusted(r)]
+    if source == "trusted" and not trusted:
+        raise ValueError('gold source "trusted" needs rows marked "trusted": true, and none is')
+    return trusted or list(rows)
 
 
 def build_gold_batch(

@@ -189,9 +189,10 @@ class Scored:
 
 def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str, config: TrainConfig, *,
                normalise: str, gold_size: int, seed: int, device: str | None = "cpu",
-               progress: Callable[[int, int], None] | None = None) -> Scored:
+               progress: Callable[[int, int], None] | None = None, gold_from: str = "all",
+               shaping: Any = None) -> Scored:
     """Impact weights for the variant's conflicting rows (`impact_score`), plus the reference log-prob cache.
-    `device=None` picks CUDA when present (bf16 there, fp32 on CPU)."""
+    `device=None` picks CUDA when present (bf16 there, fp32 on CPU). gold_from / shaping: see `score_conflicts`."""
     from trace_engine.impact import LossSettings, attach_scores, seed_lora_
     from trace_engine.modeling import attach_lora, load_causal_lm, load_tokenizer
     from trace_engine.scoring import score_conflicts
@@ -205,7 +206,7 @@ def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str,
     result = score_conflicts(model, load_tokenizer(source), rows, variant=SCORING_VARIANT[variant],
                              settings=settings, gold_size=gold_size, seed=seed, mode=normalise,  # type: ignore[arg-type]
                              rows_per_batch=64, limits=LengthLimits(config.max_prompt_len, config.max_len),
-                             progress=progress)
+                             progress=progress, gold_from=gold_from, shaping=shaping)  # type: ignore[arg-type]
     return Scored(attach_scores(rows, result.scored, result.weights), result.reference_logps, result.summary)
 
 

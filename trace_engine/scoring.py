@@ -9,16 +9,23 @@ returns everything the next stage needs: raw scores, normalised weights, a summa
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
-from trace_engine.gold import GoldPair, GoldReport, build_gold_batch
+from trace_engine.gold import (
+    GoldPair,
+    GoldReport,
+    GoldSource,
+    build_gold_batch,
+    gold_candidates,
+)
 from trace_engine.impact import (
     ARITY,
     LossSettings,
@@ -166,6 +173,8 @@ def score_conflicts(
     checkpoint: bool = False,
     runtime: Runtime | None = None,
     progress: Callable[[int, int], None] | None = None,
+    gold_from: GoldSource = "all",
+    shaping: WeightShaping | None = None,
 ) -> ImpactResult:
     """Gold batch -> g_J at the model's current adapter (θ_ref when fresh) -> raw scores -> normalised weights.
 
@@ -173,9 +182,12 @@ def score_conflicts(
     gold batches (summed over ranks: the same g_J everywhere) and scores every world_size-th conflict batch; the
     scores are gathered so every rank returns the same, complete result in input order.
     progress: (conflict batches done, total) on this rank, after each batch; it may raise to stop scoring.
+    gold_from: which rows the gold batch is drawn from (`gold.gold_candidates`); shaping: cap / uniform mix applied
+    after clamping and normalising (`WeightShaping`).
     """
     settings = settings or LossSettings()
-    gold, gold_report = build_gold_batch(rows, gold_size, seed)
+    shaping = shaping or WeightShaping()
+    gold, gold_report = build_gold_batch(gold_candidates(rows, gold_from), gold_size, seed)
     if not gold:
         raise ValueError(
             "the gold batch is empty (no RETAIN/INVERT pairs, and no PUNISH pair with a compliant response): "
@@ -200,7 +212,7 @@ def score_conflicts(
         results = [s for part in runtime.gather_objects(mine_scored) for s in part]
     by_id = {s.sample_id: s for s in results}
     scored = [by_id[s.sample_id] for s in samples]  # input order
-    weights = normalise_scores([s.raw_score for s in scored], mode)
+    weights = shape_weights(normalise_scores([s.raw_score for s in scored], mode), shaping)
     ref: dict[str, float] = {}
     for sample, result in zip(samples, scored, strict=True):
         for text, value in zip(sample.responses, result.reference_logps, strict=True):
@@ -208,7 +220,9 @@ def score_conflicts(
     summary = {
         **summarize_scores(scored, weights),
         "variant": variant,
-        "gold": {**gold_report.__dict__, "size": gold_report.size},
+        "gold": {**gold_report.__dict__, "size": gold_report.size, "source": gold_from},
+        "shaping": {"cap": shaping.cap, "uniform_mix": shaping.uniform_mix},
+        "concentration": weight_concentration(weights.weights),
         "truncation": truncation.to_dict(),
     }
     return ImpactResult(scored, weights, summary, gold_report, truncation, ref)
@@ -216,6 +230,99 @@ def score_conflicts(
 
 def _batch_progress(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None] | None:
     return None if progress is None else (lambda done: progress(done, total))
+
+
+# ---------------------------------------------------------------- weight shaping (after clamp + normalise)
+
+
+@dataclass(frozen=True)
+class WeightShaping:
+    """What happens to the clamped, normalised impact weights before training (issue 12: noise robustness).
+
+    cap: no row may weigh more than `cap` times the uniform weight (total / n); the excess goes to the other
+         positive rows in proportion (water-filling), so one noisy row cannot carry the whole conflict loss.
+    uniform_mix: λ in [0, 1]; w <- (1 - λ) w + λ · total / n, i.e. a floor under every conflict row.
+    Both keep the total (the `sum`/`mean` scale), except that a cap cannot hand weight to rows clamped at 0: with
+    fewer than n / cap positive rows the total shrinks (said by `weight_concentration`'s `total`).
+    """
+
+    cap: float | None = None
+    uniform_mix: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cap is not None and not (math.isfinite(self.cap) and self.cap >= 1.0):
+            raise ValueError(f"weight cap must be a finite multiple of the uniform weight >= 1, got {self.cap}")
+        if not (math.isfinite(self.uniform_mix) and 0.0 <= self.uniform_mix <= 1.0):
+            raise ValueError(f"uniform mix must be in [0, 1], got {self.uniform_mix}")
+
+    @property
+    def active(self) -> bool:
+        return self.cap is not None or self.uniform_mix > 0.0
+
+
+def cap_weights(weights: Sequence[float], cap: float) -> list[float]:
+    """Water-filling cap at `cap` × mean weight; the excess is spread over uncapped positive rows pro rata."""
+    n = len(weights)
+    if n == 0:
+        return []
+    total = math.fsum(weights)
+    if total <= 0.0:
+        return [float(w) for w in weights]
+    limit = cap * total / n
+    out = [float(w) for w in weights]
+    capped: set[int] = set()
+    while True:
+        over = [i for i, w in enumerate(out) if i not in capped and w > limit]
+        if not over:
+            return out
+        excess = math.fsum(out[i] - limit for i in over)
+        for i in over:
+            out[i] = limit
+            capped.add(i)
+        free = [i for i, w in enumerate(out) if i not in capped and w > 0.0]
+        free_total = math.fsum(out[i] for i in free)
+        if free_total <= 0.0:
+            return out  # nobody left to take the excess: the total shrinks
+        for i in free:
+            out[i] += excess * out[i] / free_total
+
+
+def mix_uniform(weights: Sequence[float], lam: float) -> list[float]:
+    """(1 - λ) w + λ · mean(w): the same total, every row at least λ · mean."""
+    if not weights:
+        return []
+    mean = math.fsum(weights) / len(weights)
+    return [(1.0 - lam) * float(w) + lam * mean for w in weights]
+
+
+def shape_weights(weights: NormalisedWeights, shaping: WeightShaping) -> NormalisedWeights:
+    """Cap first (it reads the impact ranking), then mix with uniform."""
+    values = list(weights.weights)
+    if shaping.cap is not None:
+        values = cap_weights(values, shaping.cap)
+    if shaping.uniform_mix > 0.0:
+        values = mix_uniform(values, shaping.uniform_mix)
+    return replace(weights, weights=values)
+
+
+def weight_concentration(weights: Sequence[float], top_k: int = 5) -> dict[str, float]:
+    """How few rows carry the weight: share of the top-k rows, the largest row's share, and the effective sample
+    size (Σw)² / Σw² (n for uniform weights, 1 when one row has everything) also as a share of n."""
+    n = len(weights)
+    total = math.fsum(weights)
+    if n == 0 or total <= 0.0:
+        return {"n": n, "total": total, "top_k": top_k, "top_k_share": 0.0, "max_share": 0.0, "ess": 0.0,
+                "ess_share": 0.0, "share_zero": 1.0 if n else 0.0}
+    ranked = sorted(weights, reverse=True)
+    ess = total * total / math.fsum(w * w for w in weights)
+    return {
+        "n": n, "total": total, "top_k": top_k,
+        "top_k_share": math.fsum(ranked[:top_k]) / total,
+        "max_share": ranked[0] / total,
+        "ess": ess,
+        "ess_share": ess / n,
+        "share_zero": sum(1 for w in weights if w <= 0.0) / n,
+    }
 
 
 # ---------------------------------------------------------------- reference log-prob cache on disk

@@ -113,3 +113,34 @@ def test_punish_without_any_compliant_response_is_skipped_and_counted():
 def test_bad_size_is_refused():
     with pytest.raises(ValueError, match="size"):
         build_gold_batch(rows(1, 1, 1), size=0, seed=0)
+
+
+def test_gold_candidates_trusted_rows_only_and_auto_fallback():
+    from trace_engine.gold import gold_candidates
+
+    data = rows(4, 4, 4)
+    data[0]["trusted"] = True
+    data[5]["trusted"] = True
+    data[6]["trusted"] = "true"  # a string is not a JSON true: not trusted
+    assert [r["id"] for r in gold_candidates(data, "trusted")] == ["r0", "i1"]
+    assert [r["id"] for r in gold_candidates(data, "auto")] == ["r0", "i1"]
+    assert len(gold_candidates(data, "all")) == len(data)
+    untrusted = rows(2, 2, 2)
+    assert gold_candidates(untrusted, "auto") == untrusted
+    with pytest.raises(ValueError, match="none is"):
+        gold_candidates(untrusted, "trusted")
+    with pytest.raises(ValueError, match="gold source"):
+        gold_candidates(untrusted, "verified")
+
+
+def test_gold_batch_from_trusted_rows_never_contains_an_untrusted_pair():
+    from trace_engine.gold import gold_candidates
+
+    data = rows(9, 9, 9)
+    for r in data[::3]:
+        r["trusted"] = True
+    trusted = {r["id"] for r in data if r.get("trusted") is True}
+    gold, report = build_gold_batch(gold_candidates(data, "trusted"), size=9, seed=1)
+    assert report.size == len(gold) > 0
+    assert {g.source_id for g in gold if g.category != PUNISH} <= trusted
+    assert {g.source_id for g in gold if g.category == PUNISH} <= trusted

@@ -136,3 +136,74 @@ def test_reference_cache_round_trips_through_safetensors(tmp_path):
     path = save_reference_cache(tmp_path / "ref.safetensors", cache, {"max_len": 96})
     loaded, meta = load_reference_cache(path)
     assert loaded == cache and meta == {"max_len": 96}
+
+
+# ---------------------------------------------------------------- weight shaping (hand-computed)
+
+
+def test_cap_weights_water_fills_the_excess_and_keeps_the_total():
+    from trace_engine.scoring import cap_weights
+
+    # total 10, n 5: uniform weight 2, cap 1.5 -> limit 3. Row 0 gives 3 to rows 1-3 pro rata (1.5, 0.75, 0.75);
+    # row 1 then exceeds (3.5) and gives 0.5 to rows 2-3 (0.25 each). The zero row stays zero.
+    assert cap_weights([6.0, 2.0, 1.0, 1.0, 0.0], 1.5) == pytest.approx([3.0, 3.0, 2.0, 2.0, 0.0])
+    assert cap_weights([1.0, 1.0], 1.0) == [1.0, 1.0]
+    assert cap_weights([], 2.0) == []
+
+
+def test_cap_weights_shrinks_the_total_when_too_few_rows_are_positive():
+    from trace_engine.scoring import cap_weights
+
+    # two positive rows of ten, cap 2 x uniform (1.0): nothing may take the excess
+    assert cap_weights([5.0, 5.0] + [0.0] * 8, 2.0) == pytest.approx([2.0, 2.0] + [0.0] * 8)
+
+
+def test_mix_uniform_floors_every_row():
+    from trace_engine.scoring import mix_uniform
+
+    assert mix_uniform([3.0, 1.0, 0.0, 0.0], 0.5) == pytest.approx([2.0, 1.0, 0.5, 0.5])
+    assert mix_uniform([3.0, 1.0], 0.0) == [3.0, 1.0]
+    assert mix_uniform([3.0, 1.0], 1.0) == [2.0, 2.0]
+
+
+def test_weight_concentration_by_hand():
+    from trace_engine.scoring import weight_concentration
+
+    c = weight_concentration([4.0, 2.0, 1.0, 1.0, 0.0], top_k=2)
+    assert c["top_k_share"] == pytest.approx(6 / 8) and c["max_share"] == pytest.approx(0.5)
+    assert c["ess"] == pytest.approx(64 / 22) and c["ess_share"] == pytest.approx(64 / 22 / 5)
+    assert c["share_zero"] == pytest.approx(0.2)
+    assert weight_concentration([1.0] * 4)["ess_share"] == pytest.approx(1.0)
+    assert weight_concentration([0.0, 0.0])["ess"] == 0.0
+
+
+def test_shape_weights_caps_then_mixes_and_rejects_bad_settings():
+    from trace_engine.impact import NormalisedWeights
+    from trace_engine.scoring import WeightShaping, shape_weights
+
+    w = NormalisedWeights([0.6, 0.2, 0.1, 0.1, 0.0], "sum", 0.2, False)
+    shaped = shape_weights(w, WeightShaping(cap=1.5, uniform_mix=0.5))
+    # cap -> [0.3, 0.3, 0.2, 0.2, 0.0]; mix with mean 0.2 at λ 0.5 -> [0.25, 0.25, 0.2, 0.2, 0.1]
+    assert shaped.weights == pytest.approx([0.25, 0.25, 0.2, 0.2, 0.1])
+    assert shaped.mode == "sum" and shaped.share_clamped == 0.2
+    assert shape_weights(w, WeightShaping()).weights == w.weights
+    for bad in ({"cap": 0.5}, {"cap": float("inf")}, {"uniform_mix": -0.1}, {"uniform_mix": 1.5}):
+        with pytest.raises(ValueError):
+            WeightShaping(**bad)
+
+
+def test_score_conflicts_draws_gold_from_trusted_rows_and_shapes_weights(tokenizer):
+    from trace_engine.scoring import WeightShaping
+
+    model = get_peft_model(build_tiny_model(tokenizer, "llama", hidden_size=32, intermediate_size=64),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    seed_lora_(model, 0)
+    rows = triaged()
+    rows[0]["trusted"] = True
+    result = score_conflicts(model, tokenizer, rows, gold_size=6, seed=0, rows_per_batch=4, gold_from="trusted",
+                             shaping=WeightShaping(uniform_mix=1.0))
+    assert result.gold_report.size == 1 and result.summary["gold"]["source"] == "trusted"
+    assert result.weights.weights == pytest.approx([1 / 3] * 3)  # λ = 1: uniform, still summing to 1
+    assert result.summary["concentration"]["ess_share"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="trusted"):
+        score_conflicts(model, tokenizer, triaged(), gold_size=6, gold_from="trusted")
