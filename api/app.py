@@ -63,6 +63,7 @@ def create_app(
         lifespan=_lifespan,
         version="0.1.0",
         description="Re-align a deployed LLM to a changed policy (TRACE) as queued jobs.",
+        docs_url=None, redoc_url=None,  # api.openapi serves /docs from vendored Swagger UI (no CDN)
         responses={401: {"description": "Missing or invalid API key", "content": {
             "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
     )

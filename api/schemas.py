@@ -428,7 +428,7 @@ class LoraOut(BaseModel):
 class AdapterOut(BaseModel):
     """A registered LoRA adapter."""
 
-    id: str = Field(description="the adapter's id (`adp_...`); `model` in the gateway takes it or the name")
+    id: str = Field(description="the adapter's id (`ada_...`); `model` in the gateway takes it or the name")
     object: Literal["adapter"] = Field(default="adapter", description=_OBJECT)
     name: str = Field(description="its unique name in your tenant (the request's adapter_name, or a default)")
     job_id: str | None = Field(description="the job that trained it")

@@ -48,14 +48,14 @@ _COMMON_PROPERTIES: dict[str, Any] = {
     "temperature": {"type": "number", "minimum": 0, "description": "sampling temperature (0 = greedy)"},
 }
 CHAT_EXAMPLE: dict[str, Any] = {
-    "model": "synthetic-policy-v2", "max_tokens": 64, "temperature": 0,
+    "model": "smollm2-home-help", "max_tokens": 64, "temperature": 0,
     "messages": [{"role": "system", "content": "You are a helpful assistant."},
                  {"role": "user", "content": "How much ibuprofen can I take for a headache?"}],
 }
-COMPLETION_EXAMPLE: dict[str, Any] = {"model": "synthetic-policy-v2", "prompt": "The new policy says", "max_tokens": 32}
+COMPLETION_EXAMPLE: dict[str, Any] = {"model": "smollm2-home-help", "prompt": "The new policy says", "max_tokens": 32}
 
 
-def _request_schema(extra: dict[str, Any], required: str, example: dict[str, Any]) -> dict[str, Any]:
+def _request_schema(extra: dict[str, Any], required: str, example: dict[str, Any], summary: str) -> dict[str, Any]:
     """`openapi_extra` for a generation route: the fields the gateway reads, described; any other OpenAI / vLLM
     sampling field passes through to the backend (additionalProperties)."""
     schema = {"type": "object", "required": ["model", required], "additionalProperties": True,
@@ -64,7 +64,8 @@ def _request_schema(extra: dict[str, Any], required: str, example: dict[str, Any
               "properties": {"model": _COMMON_PROPERTIES["model"], **extra,
                              **{k: v for k, v in _COMMON_PROPERTIES.items() if k != "model"}},
               "examples": [example]}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    media = {"schema": schema, "examples": {"example": {"summary": summary, "value": example}}}
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
 
 
 _CHAT_REQUEST = _request_schema({"messages": {
@@ -72,9 +73,10 @@ _CHAT_REQUEST = _request_schema({"messages": {
     "renders it", "items": {"type": "object", "required": ["role", "content"], "additionalProperties": True,
                             "properties": {"role": {"type": "string", "description": "system, user or assistant"},
                                            "content": {"type": "string", "description": "the message text"}}}}},
-    "messages", CHAT_EXAMPLE)
+    "messages", CHAT_EXAMPLE, "A chat turn with an adapter, greedy, at most 64 new tokens")
 _COMPLETION_REQUEST = _request_schema({"prompt": {"type": "string", "description": "the text to continue (no "
-                                                  "chat template applied)"}}, "prompt", COMPLETION_EXAMPLE)
+                                                  "chat template applied)"}}, "prompt", COMPLETION_EXAMPLE,
+                                     "Continue a raw prompt with an adapter")
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:

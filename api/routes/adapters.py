@@ -100,7 +100,7 @@ def _owned(session: SessionDep, tenant_id: str, adapter_id: str) -> Adapter:
 
 @router.get("/adapters/{adapter_id}", response_model=AdapterOut, responses=problems(401, 404),
             summary="One adapter with its base model, LoRA settings, provenance, evaluation and deploy-gate result",
-            description="One adapter by id or name: the base model it was trained on, its LoRA settings as its "
+            description="One adapter: the base model it was trained on, its LoRA settings as its "
             "adapter_config.json has them, provenance (job, policy hash, dataset and its hash, judge, method, "
             "parent), the evaluation report, and the deploy gate's cached result once the gateway has served it.")
 def get_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> AdapterOut:
