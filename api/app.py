@@ -17,7 +17,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
-from api.routes import adapters, artifacts, evals, files, health, jobs
+from api.routes import adapters, artifacts, evals, files, health, jobs, review, ui
 from api.serving import make_serving
 from api.settings import Settings
 
@@ -81,6 +81,8 @@ def create_app(
     app.include_router(adapters.router)
     app.include_router(artifacts.router)
     app.include_router(evals.router)
+    app.include_router(review.router)  # triage review (jobs with review: true)
+    app.include_router(ui.router)  # the dashboard at /ui (static files)
     serving = make_serving(settings, sessions)  # the OpenAI-compatible gateway, when a backend is configured
     app.state.serving = serving[0] if serving else None
     if serving is not None:

@@ -309,6 +309,9 @@ class RealignRequest(StrictModel):
                                      description="name of the registered adapter (default: policy name + job id)")
     metadata: dict[str, Any] = Field(default_factory=dict, description=f"free-form, at most {MAX_METADATA_BYTES} "
                                      "bytes of JSON")
+    review: bool = Field(default=False, description="stop after triage in `awaiting_review` so a person can check "
+                         "and override categories (PATCH /v1/jobs/{id}/triage/{pair_id}), then POST "
+                         "/v1/jobs/{id}/continue")
 
     @field_validator("metadata")
     @classmethod

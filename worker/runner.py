@@ -271,6 +271,8 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
                                category_counts=result.category_counts)
         access.complete_stage(session, job_id=job_id, stage=stage, summary=result.summary)
         target = STAGE_STATE[following] if following else JobState.SUCCEEDED
+        if following is not None and awaits_review(request, stage):
+            target, following = JobState.AWAITING_REVIEW, None  # parked: POST .../continue enqueues the rest
         if target == JobState.SUCCEEDED and kind == "realign":
             from worker.registration import register_job_adapter
 
@@ -289,6 +291,11 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
     if following is not None:
         _enqueue(services, job_id, following)  # if lost, the reaper re-sends it within `enqueue_grace_s`
     return DONE
+
+
+def awaits_review(request: RealignRequest | EvalRequest, finished: Stage) -> bool:
+    """A job created with `review: true` stops after triage for a person to check the categories."""
+    return isinstance(request, RealignRequest) and request.review and finished == Stage.TRIAGE
 
 
 def _finish_cancel(session: Session, job_id: str, owner: str) -> None:

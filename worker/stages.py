@@ -27,6 +27,7 @@ from typing import Any
 
 from api.db.states import Stage
 from api.paths import PathEscapesRoot, resolve_under_root
+from api.review import apply_review, read_review
 from api.schemas import (
     EvalRequest,
     FileDataset,
@@ -354,7 +355,10 @@ def training_rows(ctx: StageContext) -> list[dict[str, Any]]:
     for relative in ("score/scored.jsonl", "triage/triaged.jsonl", "data/pairs.jsonl"):
         path = ctx.dir / relative
         if path.is_file() and (relative != "score/scored.jsonl" or needs_scoring(ctx.request)):
-            return [row for row in _read_jsonl(path) if prompt_key(row["prompt"]) not in held]
+            rows = _read_jsonl(path)
+            if relative == "triage/triaged.jsonl":  # a reviewer's overrides (scored rows already have them)
+                rows = apply_review(rows, read_review(ctx.dir))
+            return [row for row in rows if prompt_key(row["prompt"]) not in held]
     raise StageFailed("no training data found for this job (did validation run?)", kind="missing_input")
 
 

@@ -36,6 +36,7 @@ from api.db.models import (
     utcnow,
 )
 from api.db.states import (
+    PARKED_STATES,
     STAGE_STATE,
     STATE_STAGE,
     EventType,
@@ -47,6 +48,7 @@ from api.db.states import (
 )
 
 LIVE_STATES = tuple(s.value for s in JobState if not is_terminal(s))
+REQUEUE_STATES = tuple(s for s in LIVE_STATES if JobState(s) not in PARKED_STATES)  # what the reaper may re-send
 
 T = TypeVar("T")
 _Owned = TypeVar("_Owned", File, Job, Adapter)  # tenant-owned records with `id` and `tenant_id`
@@ -329,7 +331,8 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
         current = _current_state(session, job_id)
         if current == JobState.CANCELLING:
             break
-        target = JobState.CANCELLED if current == JobState.QUEUED else JobState.CANCELLING
+        unheld = current == JobState.QUEUED or current in PARKED_STATES  # no worker to stop: cancelled at once
+        target = JobState.CANCELLED if unheld else JobState.CANCELLING
         check_transition(job_id, current, target)
         try:
             if transition_job(session, job_id=job_id, to_state=target):
@@ -635,7 +638,7 @@ def claim_requeues(session: Session, *, older_than_s: float, enqueue_grace_s: fl
                      & (Job.updated_at < now - timedelta(seconds=enqueue_grace_s)))
     rows = session.execute(
         select(Job.id, Job.state, Job.lease_owner, Job.lease_expires_at, Job.updated_at)
-        .where(Job.state.in_(LIVE_STATES), or_(*stale))
+        .where(Job.state.in_(REQUEUE_STATES), or_(*stale))
         .order_by(Job.id).limit(limit)
     ).all()
     claimed = []

@@ -178,6 +178,9 @@ class TriageItem(Base):
     category: Mapped[str] = mapped_column(String(16))
     verdicts: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # a reviewer's override (jobs with `review: true`): the judge's category it replaced, and when
+    original_category: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Adapter(Base):

@@ -12,6 +12,7 @@ class JobState(str, Enum):
     SCORING = "scoring"
     TRAINING = "training"
     EVALUATING = "evaluating"
+    AWAITING_REVIEW = "awaiting_review"  # triage done, a reviewer checks categories (request `review: true`)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLING = "cancelling"
@@ -39,21 +40,28 @@ STAGE_STATE: dict[Stage, JobState] = {
 STATE_STAGE: dict[JobState, Stage] = {state: stage for stage, state in STAGE_STATE.items()}
 RUNNING_STATES: tuple[JobState, ...] = tuple(STAGE_STATE[s] for s in STAGE_ORDER)
 TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# Live but parked: no stage runs and nothing is queued until a person acts (POST /v1/jobs/{id}/continue), so the
+# reaper leaves such a job alone and a cancel ends it at once.
+PARKED_STATES: frozenset[JobState] = frozenset({JobState.AWAITING_REVIEW})
 
 
 def _allowed() -> dict[JobState, frozenset[JobState]]:
     """Forward only: a running stage may hand over to any later stage (variants skip stages, e.g. `dpo` has no
     triage), the last stages may succeed, anything live may fail, and cancel goes through `cancelling` unless
-    the job never started."""
+    no worker holds the job (queued, awaiting review). A reviewed job parks in `awaiting_review` after triage and
+    goes on to any later stage."""
     table: dict[JobState, set[JobState]] = {
         JobState.QUEUED: {JobState.VALIDATING, JobState.CANCELLED, JobState.FAILED},
         JobState.CANCELLING: {JobState.CANCELLED, JobState.FAILED},
+        JobState.AWAITING_REVIEW: set(RUNNING_STATES[RUNNING_STATES.index(JobState.TRIAGING) + 1:])
+        | {JobState.CANCELLED, JobState.FAILED},
     }
     for index, state in enumerate(RUNNING_STATES):
         later = set(RUNNING_STATES[index + 1:])
         table[state] = later | {JobState.FAILED, JobState.CANCELLING}
         if state in (JobState.TRAINING, JobState.EVALUATING):
             table[state].add(JobState.SUCCEEDED)
+    table[JobState.TRIAGING].add(JobState.AWAITING_REVIEW)
     for state in TERMINAL_STATES:
         table[state] = set()
     return {state: frozenset(targets) for state, targets in table.items()}
@@ -96,3 +104,4 @@ class EventType(str, Enum):
     CANCEL_REQUESTED = "cancel_requested"
     RETRIED = "retried"
     ARTIFACT = "artifact"
+    REVIEWED = "reviewed"  # a reviewer changed a triaged pair's category (or continued the job)

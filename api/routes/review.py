@@ -1,0 +1,139 @@
+"""Triage review (jobs created with `review: true`): read the reviewer's overrides, change a triaged pair's
+category while the job is `awaiting_review`, then continue the job into scoring / training.
+
+Tenant-scoped like every job route: another tenant's job is a 404. A change outside `awaiting_review` is a 409
+(the categories are what training used or will use), an unknown category a 422.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db import access
+from api.db.models import Job, TriageItem, utcnow
+from api.db.states import STAGE_STATE, EventType, JobState, Stage
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.errors import ProblemError
+from api.registry import job_folder
+from api.review import write_review
+from api.routes import problems
+from api.routes.jobs import enqueue_stage, job_out, not_found
+from api.schemas import JobOut, RealignRequest
+
+router = APIRouter(prefix="/v1", tags=["review"])
+
+
+class CategoryChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: Literal["INVERT", "PUNISH", "RETAIN"] = Field(
+        description="the category training will use for this pair (INVERT: train on the swapped pair; PUNISH: "
+                    "suppress both responses; RETAIN: keep as it is)",
+        json_schema_extra={"examples": ["RETAIN"]})
+
+
+class ReviewedItem(BaseModel):
+    pair_id: str
+    position: int
+    category: str = Field(description="the category in force (the reviewer's, when overridden)")
+    original_category: str | None = Field(description="the judge's category when a reviewer changed it, else None")
+    reviewed_at: datetime | None
+
+
+class ReviewOut(BaseModel):
+    object: Literal["review"] = "review"
+    job_id: str
+    state: str
+    awaiting_review: bool = Field(description="categories can be changed now")
+    overrides: list[ReviewedItem] = Field(description="the pairs whose category a reviewer changed")
+
+
+def _locked_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job, row-locked on Postgres so a change and a continue cannot interleave."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
+    if job is None:
+        raise not_found(access.NotFound(f"job {job_id} not found"))
+    return job
+
+
+def _not_awaiting(job: Job, action: str) -> ProblemError:
+    hint = "" if job.request.get("review") else " (submit the job with \"review\": true to review it)"
+    return ProblemError(409, f"job {job.id} is {job.state}; {action} only while it is awaiting_review{hint}",
+                        slug="job-not-awaiting-review")
+
+
+def _item_out(item: TriageItem) -> ReviewedItem:
+    return ReviewedItem(pair_id=item.pair_id, position=item.position, category=item.category,
+                        original_category=item.original_category, reviewed_at=item.reviewed_at)
+
+
+def _overridden(session: Session, job_id: str) -> list[TriageItem]:
+    return list(session.scalars(select(TriageItem).where(TriageItem.job_id == job_id,
+                                                         TriageItem.original_category.is_not(None))
+                                .order_by(TriageItem.position)))
+
+
+@router.get("/jobs/{job_id}/review", response_model=ReviewOut, responses=problems(401, 404),
+            summary="A job's review: whether it awaits review and the overridden pairs")
+def get_review(job_id: str, session: SessionDep, principal: PrincipalDep) -> ReviewOut:
+    try:
+        job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    except access.NotFound as exc:
+        raise not_found(exc) from None
+    return ReviewOut(job_id=job.id, state=job.state, awaiting_review=job.state == JobState.AWAITING_REVIEW.value,
+                     overrides=[_item_out(i) for i in _overridden(session, job.id)])
+
+
+@router.patch("/jobs/{job_id}/triage/{pair_id}", response_model=ReviewedItem, responses=problems(401, 404, 409, 422),
+              summary="Override a triaged pair's category (job awaiting review)")
+def change_category(job_id: str, pair_id: str, change: CategoryChange, session: SessionDep,
+                    principal: PrincipalDep) -> ReviewedItem:
+    """Set the category training will use for one pair; the judge's category is kept as `original_category`
+    (setting it back clears the override). 409 unless the job is `awaiting_review`."""
+    job = _locked_job(session, principal.tenant_id, job_id)
+    item = session.get(TriageItem, (job.id, pair_id))
+    if item is None:
+        raise ProblemError(404, f"job {job_id} has no triaged pair {pair_id!r}", slug="not-found")
+    if job.state != JobState.AWAITING_REVIEW.value:
+        raise _not_awaiting(job, "categories can be changed")
+    judge_category = item.original_category or item.category
+    if change.category != item.category:
+        item.category = change.category
+        item.original_category = None if change.category == judge_category else judge_category
+        item.reviewed_at = utcnow()
+        session.flush()
+        job.category_counts = access.triage_category_counts(session, job_id=job.id)
+        job.updated_at = utcnow()
+        access.add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
+                         data={"pair_id": pair_id, "from": judge_category, "to": change.category})
+    session.commit()
+    return _item_out(item)
+
+
+@router.post("/jobs/{job_id}/continue", status_code=202, response_model=JobOut, responses=problems(401, 404, 409),
+             summary="Continue a reviewed job: train on the reviewed categories")
+def continue_job(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+                 principal: PrincipalDep) -> JobOut:
+    """Writes the overrides to the job's `triage/review.json` (what scoring and training read), moves the job to
+    its next stage and enqueues it. 409 unless the job is `awaiting_review`."""
+    from worker.stages import next_stage  # stdlib + pydantic only; the API still never imports torch
+
+    job = _locked_job(session, principal.tenant_id, job_id)
+    if job.state != JobState.AWAITING_REVIEW.value:
+        raise _not_awaiting(job, "it can be continued")
+    overrides = {i.pair_id: i.category for i in _overridden(session, job.id)}
+    following = next_stage(RealignRequest.model_validate(job.request), Stage.TRIAGE) or Stage.TRAIN
+    write_review(job_folder(settings, job.id), overrides)
+    access.add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
+                     data={"continued": True, "overrides": len(overrides)})
+    access.transition_job(session, job_id=job.id, to_state=STAGE_STATE[following])
+    access.expect_enqueue(session, job_id=job.id)
+    session.commit()
+    enqueue_stage(request, session, job.id, following)
+    return job_out(session, access.load_job(session, job_id=job.id))
