@@ -132,8 +132,8 @@ class HfDataset(StrictModel):
     type: Literal["hf"] = Field(description="a Hugging Face Hub dataset")
     repo: str = Field(min_length=1, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)?$",
                       description="the dataset's Hub id, e.g. `PKU-Alignment/PKU-SafeRLHF`")
-    revision: str = Field(min_length=1, max_length=100, description="the commit sha or tag to read; always pinned, "
-                          "so a job is reproducible")
+    revision: str = Field(min_length=1, max_length=100, description="the commit sha to read (a tag is accepted "
+                          "but can move); required, so a job is reproducible")
     split: str = Field(default="train", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-\[\]:%+]+$",
                        description="the split, with an optional slice (`train[:2000]`)")
     preset: str | None = Field(default=None, description="a column mapping for a known dataset "
@@ -180,8 +180,9 @@ class BaseModelIn(StrictModel):
     name_or_path: str = Field(min_length=1, max_length=500, description="a folder under the server's model root "
                               "(REALIGN_MODEL_ROOT), a Hugging Face Hub id, or `synthetic-tiny` (the synthetic "
                               "world's cached tiny model)")
-    revision: str | None = Field(default=None, max_length=100, description="a Hub model's commit sha or tag (pin "
-                                 "it for a reproducible job); not used for local folders")
+    revision: str | None = Field(default=None, max_length=100, description="required for a Hub model: its "
+                                 "40-character commit sha (a branch like `main` can change under you); not used "
+                                 "for local folders")
 
 
 REMOVED_JUDGE_FIELDS = ("base_url", "api_key_secret", "api_key_env", "api_key")

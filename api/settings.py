@@ -23,15 +23,17 @@ class JudgeProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: Literal["openai"] = "openai"
+    provider: Literal["openai"] = Field(default="openai", description="the API the endpoint speaks (OpenAI chat "
+                                        "completions)")
     base_url: AnyHttpUrl | None = Field(default=None, description="OpenAI-compatible endpoint; None = OpenAI's")
     api_key_env: str | None = Field(default="OPENAI_API_KEY", pattern=SECRET_ENV_NAME, description="NAME of the "
                                     "environment variable holding this endpoint's key (None: the endpoint needs "
                                     "no key); the only names the worker ever reads a secret from")
     models: list[str] = Field(default_factory=list, description="models a request may name; empty = any")
     default_model: str | None = Field(default=None, description="the model when a request names none")
-    timeout_s: float = Field(default=30.0, gt=0)
-    max_retries: int = Field(default=3, ge=0, le=20)
+    timeout_s: float = Field(default=30.0, gt=0, description="seconds per judge call before it is retried")
+    max_retries: int = Field(default=3, ge=0, le=20, description="retries of a call on 429, 5xx and timeouts "
+                             "(with backoff, honouring Retry-After)")
 
     @model_validator(mode="after")
     def _default_allowed(self) -> JudgeProfile:
@@ -61,10 +63,12 @@ class Settings(BaseSettings):
     dataset_root: Path | None = Field(default=None, description="root for `path` datasets; None = data_dir/datasets")
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="POST /v1/files size limit")
     max_json_bytes: int = Field(default=2 * 1024 * 1024, gt=0, description="size limit of every other request body")
-    sse_poll_interval_s: float = Field(default=0.5, gt=0)
+    sse_poll_interval_s: float = Field(default=0.5, gt=0, description="how often an SSE event stream checks the "
+                                       "database for new events")
     sse_max_duration_s: float = Field(default=3600.0, gt=0, description="an SSE stream closes after this long")
-    default_page_size: int = Field(default=50, ge=1)
-    max_page_size: int = Field(default=500, ge=1)
+    default_page_size: int = Field(default=50, ge=1, description="items per page of a list when the request "
+                                   "gives no `limit`")
+    max_page_size: int = Field(default=500, ge=1, description="the most items per page, whatever `limit` asks")
     auth_cache_ttl_s: float = Field(default=5.0, ge=0, description="how long a checked API key is trusted without "
                                     "a database read (a revoked key stops working within this time)")
     db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per API process "
@@ -86,7 +90,8 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=30.0, gt=0, description="a stage owner that stops heart-beating for this "
                                "long loses the stage; the reaper re-queues it")
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="lease renewal and cancel check period")
-    reaper_interval_s: float = Field(default=5.0, gt=0)
+    reaper_interval_s: float = Field(default=5.0, gt=0, description="how often the reaper looks for expired "
+                                     "leases and lost enqueues")
     requeue_after_s: float = Field(default=120.0, gt=0, description="a queued (or between-stages) job that no "
                                    "worker picked up for this long is enqueued again (a message the broker lost)")
     enqueue_grace_s: float = Field(default=5.0, gt=0, description="a job handed to its next stage whose enqueue "
