@@ -54,6 +54,12 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
 REQUEST_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     RealignRequest.__name__: REALIGN_EXAMPLES,
     EvalRequest.__name__: EVAL_EXAMPLES,
+    "CategoryChange": {  # api/routes/review.py
+        "retain": {"summary": "The reviewer disagrees with the judge: keep this pair as it was",
+                   "value": {"category": "RETAIN"}},
+        "invert": {"summary": "The old chosen answer violates the new policy: train on the swapped pair",
+                   "value": {"category": "INVERT"}},
+    },
 }
 
 

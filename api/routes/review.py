@@ -39,17 +39,21 @@ class CategoryChange(BaseModel):
 
 
 class ReviewedItem(BaseModel):
-    pair_id: str
-    position: int
+    """One triaged pair's category after review."""
+
+    pair_id: str = Field(description="the pair's id")
+    position: int = Field(description="its row in the dataset (0-based)")
     category: str = Field(description="the category in force (the reviewer's, when overridden)")
     original_category: str | None = Field(description="the judge's category when a reviewer changed it, else None")
-    reviewed_at: datetime | None
+    reviewed_at: datetime | None = Field(description="when a reviewer last changed it (UTC); null if never")
 
 
 class ReviewOut(BaseModel):
-    object: Literal["review"] = "review"
-    job_id: str
-    state: str
+    """A job's triage review."""
+
+    object: Literal["review"] = Field(default="review", description="the object's type (OpenAI-style)")
+    job_id: str = Field(description="the job reviewed")
+    state: str = Field(description="the job's state")
     awaiting_review: bool = Field(description="categories can be changed now")
     overrides: list[ReviewedItem] = Field(description="the pairs whose category a reviewer changed")
 
@@ -80,7 +84,10 @@ def _overridden(session: Session, job_id: str) -> list[TriageItem]:
 
 
 @router.get("/jobs/{job_id}/review", response_model=ReviewOut, responses=problems(401, 404),
-            summary="A job's review: whether it awaits review and the overridden pairs")
+            summary="A job's review: whether it awaits review and the overridden pairs",
+            description="Whether the job is `awaiting_review` (created with `review: true` and triaged), and the "
+            "pairs whose category a reviewer changed, each with the judge's original category. GET "
+            "/v1/jobs/{job_id}/triage lists every pair with its verdicts.")
 def get_review(job_id: str, session: SessionDep, principal: PrincipalDep) -> ReviewOut:
     try:
         job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
@@ -91,7 +98,10 @@ def get_review(job_id: str, session: SessionDep, principal: PrincipalDep) -> Rev
 
 
 @router.patch("/jobs/{job_id}/triage/{pair_id}", response_model=ReviewedItem, responses=problems(401, 404, 409, 422),
-              summary="Override a triaged pair's category (job awaiting review)")
+              summary="Override a triaged pair's category (job awaiting review)",
+              description="Sets the category training will use for one pair; the judge's category is kept as "
+              "`original_category` (setting it back clears the override). 409 unless the job is "
+              "`awaiting_review`; 422 for an unknown category.")
 def change_category(job_id: str, pair_id: str, change: CategoryChange, session: SessionDep,
                     principal: PrincipalDep) -> ReviewedItem:
     """Set the category training will use for one pair; the judge's category is kept as `original_category`
@@ -117,7 +127,10 @@ def change_category(job_id: str, pair_id: str, change: CategoryChange, session: 
 
 
 @router.post("/jobs/{job_id}/continue", status_code=202, response_model=JobOut, responses=problems(401, 404, 409),
-             summary="Continue a reviewed job: train on the reviewed categories")
+             summary="Continue a reviewed job: train on the reviewed categories",
+             description="Records the overrides (the job's `triage/review.json`, which scoring and training "
+             "read), moves the job to its next stage and queues it (202). 409 unless the job is "
+             "`awaiting_review`.")
 def continue_job(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                  principal: PrincipalDep) -> JobOut:
     """Writes the overrides to the job's `triage/review.json` (what scoring and training read), moves the job to

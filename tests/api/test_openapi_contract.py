@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
-from api.routes import adapters, artifacts, evals, files, health, jobs
+from api.routes import adapters, artifacts, evals, files, health, jobs, review
 
 from .support import Harness, realign_body, register_adapter, tenant_of
 
@@ -66,14 +66,16 @@ def check(spec: dict[str, Any], path: str, method: str, response: Any) -> None:
 def test_every_route_is_documented(harness: Harness) -> None:
     spec = harness.app.openapi()
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
-    routers = (files.router, health.router, jobs.router, adapters.router, artifacts.router, evals.router)
+    routers = (files.router, health.router, jobs.router, adapters.router, artifacts.router, evals.router,
+               review.router)
     routes = {(r.path, m) for router in routers for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
     assert routes == documented
     assert {"/v1/realign", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
             "/v1/jobs/{job_id}/triage", "/v1/files", "/v1/files/{file_id}", "/healthz", "/readyz",
             "/metrics", "/v1/adapters", "/v1/adapters/{adapter_id}", "/v1/adapters/{adapter_id}/download",
             "/v1/evals", "/v1/evals/{job_id}", "/v1/jobs/{job_id}/artifacts", "/v1/jobs/{job_id}/artifacts/{name}",
-            "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/scores"} <= set(spec["paths"])
+            "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/scores", "/v1/jobs/{job_id}/review",
+            "/v1/jobs/{job_id}/triage/{pair_id}", "/v1/jobs/{job_id}/continue"} <= set(spec["paths"])
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     assert harness.client.get("/docs").status_code == 200
 

@@ -130,8 +130,9 @@ def test_request_examples_validate_against_their_schemas(spec: dict[str, Any]) -
     assert {("POST /v1/realign", "synthetic"), ("POST /v1/realign", "own_data"), ("POST /v1/evals", "synthetic"),
             ("POST /v1/evals", "adapter"), ("POST /v1/chat/completions", "example"),
             ("POST /v1/completions", "example")} <= seen
-    for component, examples in REQUEST_EXAMPLES.items():  # the schema-level copies are the same values
-        assert spec["components"]["schemas"][component]["examples"] == [e["value"] for e in examples.values()]
+    for component in MODELS:  # the models' schema-level copies are the same values
+        expected = [e["value"] for e in REQUEST_EXAMPLES[component].values()]
+        assert spec["components"]["schemas"][component]["examples"] == expected
 
 
 def test_a_broken_example_is_caught(spec: dict[str, Any]) -> None:
