@@ -51,6 +51,20 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "Last-Event-ID": "with `Accept: text/event-stream`: resume after this event id (browsers' EventSource sends "
                      "it when they reconnect)",
 }
+TAGS: list[dict[str, str]] = [  # the groups of /docs, in this order
+    {"name": "jobs", "description": "Re-alignment jobs: submit, follow (state, progress, events), cancel, retry; "
+                                    "their triaged pairs, artifacts, training metrics and impact scores"},
+    {"name": "review", "description": "Human review of a job's triage before training (jobs with `review: true`)"},
+    {"name": "files", "description": "Upload and inspect preference-pair files"},
+    {"name": "adapters", "description": "The registry of trained LoRA adapters: provenance, download, delete"},
+    {"name": "evals", "description": "Evaluation jobs: an adapter or base model against a policy"},
+    {"name": "gateway", "description": "OpenAI-compatible generation with your adapters (when a serving backend "
+                                       "is configured)"},
+    {"name": "health", "description": "Liveness, readiness and the operator's metrics"},
+]
+# FastAPI's "Successful Response" says nothing; what a success means per status code.
+SUCCESS_DESCRIPTIONS = {"200": "OK", "201": "Created: the new object", "202": "Accepted: the job as it stands now "
+                        "(its work goes on in the background)", "204": "Done (no body)"}
 REQUEST_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     RealignRequest.__name__: REALIGN_EXAMPLES,
     EvalRequest.__name__: EVAL_EXAMPLES,
@@ -74,6 +88,9 @@ def _document_operation(operation: dict[str, Any]) -> None:
         if name in REQUEST_EXAMPLES:
             media.setdefault("examples", REQUEST_EXAMPLES[name])
     responses = operation.get("responses", {})
+    for status, response in responses.items():
+        if response.get("description") == "Successful Response" and status in SUCCESS_DESCRIPTIONS:
+            response["description"] = SUCCESS_DESCRIPTIONS[status]
     if "422" in responses:
         responses["422"] = {"description": "Invalid request (field errors in `errors`)", "content": PROBLEM_CONTENT}
 
@@ -102,6 +119,8 @@ def install_openapi(app: FastAPI) -> None:
             "type": "http", "scheme": "bearer",
             "description": "an API key (`realign keys create --tenant NAME` prints one)"}}
         schema["security"] = [{"bearer": []}]
+        used = {tag for item in schema.get("paths", {}).values() for op in item.values() for tag in op.get("tags", [])}
+        schema["tags"] = [tag for tag in TAGS if tag["name"] in used]
         app.openapi_schema = schema
         return schema
 

@@ -16,7 +16,7 @@ from api.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="The process is up",
+@router.get("/healthz", response_model=Health, summary="The process is up", openapi_extra={"security": []},
             description="Liveness: answers 200 while the process serves requests; checks nothing else. Needs no "
             "API key.")
 def healthz() -> Health:
@@ -24,6 +24,7 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses=problems(503), summary="Database and broker reachable",
+            openapi_extra={"security": []},
             description="Readiness: 200 when the database and the broker answer, 503 otherwise, with `checks` per "
             "dependency, `workers` (live workers per queue) and the gateway's serving state. Missing workers alone "
             "do not make the API unready unless `require_workers=true`. Needs no API key.")

@@ -78,6 +78,17 @@ def test_every_operation_parameter_and_response_is_described(spec: dict[str, Any
     assert not missing, "\n".join(missing)
 
 
+def test_every_tag_is_described_and_public_routes_need_no_key(spec: dict[str, Any]) -> None:
+    used = {tag for _, operation in operations(spec) for tag in operation.get("tags", [])}
+    described = {tag["name"]: tag.get("description") for tag in spec["tags"]}
+    assert used == set(described) and all(described.values()), described
+    public = {name for name, operation in operations(spec) if operation.get("security") == []}
+    assert public == {"GET /healthz", "GET /readyz"}
+    assert not [name for name, operation in operations(spec)
+                for status, response in operation["responses"].items() if response["description"] ==
+                "Successful Response"]
+
+
 def test_every_schema_property_is_described(spec: dict[str, Any]) -> None:
     missing = list(undescribed_properties(spec["components"]["schemas"], "components"))
     missing += undescribed_properties(spec["paths"], "paths")
