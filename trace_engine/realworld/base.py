@@ -1,0 +1,169 @@
+"""The deployed model of the real-text world: SmolLM2-135M-Instruct briefly fine-tuned to follow the OLD policy.
+
+Recipe: LoRA SFT (response tokens only, the model's chat template) on OLD-policy responses to TRAIN prompts drawn
+apart from the pairs, plus the capability probes' answers, then merged into plain safetensors weights. Cached under
+`<cache>/realworld/base-<key>` where the key hashes the recipe, the source model's file hash and the world's content;
+written to a temporary folder and renamed, so a crash never leaves a folder that looks complete.
+
+`python -m trace_engine.realworld.base --source DIR` builds (or finds) it and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trace_engine.data.pairs import sha256_text
+from trace_engine.modeling import LoraSettings, ModelSource, attach_lora, load_causal_lm, load_tokenizer
+from trace_engine.realworld import content
+from trace_engine.realworld.world import POLICIES, RealWorld, rules_json
+from trace_engine.synthetic.base_model import StepProgress, _warmup_cosine, response_nll, stderr_log
+from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of
+
+CODE_VERSION = "realworld-base-v1"
+COMPLETE_MARKER = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class RealBaseRecipe:
+    """Everything that determines the OLD-policy base; its hash (plus the source's) is the cache key."""
+
+    world_seed: int = 0
+    sft_examples: int = 320
+    steps: int = 48
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    train_seed: int = 0
+    max_prompt_len: int = 64
+    max_len: int = 128
+    code_version: str = CODE_VERSION
+
+    def key(self, source_id: str) -> str:
+        recipe = json.dumps(asdict(self), sort_keys=True)
+        return sha256_text("realworld-base", recipe, source_id, world_fingerprint())[:20]
+
+
+def world_fingerprint() -> str:
+    """Hash of the world's text and rules, so editing the world retrains the base."""
+    parts = {k: getattr(content, k) for k in dir(content) if k.isupper()}
+    return sha256_text(json.dumps(parts, sort_keys=True, default=list), rules_json("old"), rules_json("new"),
+                       json.dumps(POLICIES, sort_keys=True))
+
+
+def source_id(source: Path) -> str:
+    """The imported model's identity: its GGUF sha256 when it came from `import-gguf`, else its config + weights
+    file sizes (cheap; a different model folder gets a different key)."""
+    marker = source / "COMPLETE"
+    if marker.is_file():
+        try:
+            return str(json.loads(marker.read_text()).get("gguf_sha256"))
+        except (ValueError, OSError):
+            pass
+    files = sorted((p.name, p.stat().st_size) for p in source.iterdir() if p.is_file())
+    return sha256_text(json.dumps(files))
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("REALIGN_CACHE_DIR")
+    return Path(root) / "realworld" if root else Path.home() / ".cache" / "realign" / "realworld"
+
+
+def ensure_real_base(source: str | Path, recipe: RealBaseRecipe | None = None, cache_dir: str | Path | None = None,
+                     log: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """(folder of the OLD-policy base, its training metrics): cached, or trained now and cached atomically."""
+    recipe = recipe or RealBaseRecipe()
+    log = log or stderr_log
+    src = Path(source)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = root / f"base-{recipe.key(source_id(src))}"
+    if (final / COMPLETE_MARKER).is_file():
+        return final, json.loads((final / "train_metrics.json").read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-base-", dir=root))
+    try:
+        metrics = train_real_base(src, recipe, tmp, log)
+        (tmp / "recipe.json").write_text(json.dumps({**asdict(recipe), "source": str(src)}, indent=2) + "\n")
+        (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        if final.exists():
+            if (final / COMPLETE_MARKER).is_file():  # a concurrent writer finished first
+                shutil.rmtree(tmp)
+                return final, json.loads((final / "train_metrics.json").read_text())
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, metrics
+
+
+def train_real_base(source: Path, recipe: RealBaseRecipe, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """LoRA SFT on OLD-policy answers, merged and saved (safetensors + tokenizer) into `out`."""
+    started = time.perf_counter()
+    torch.manual_seed(recipe.train_seed)
+    src = ModelSource(str(source))
+    tokenizer = load_tokenizer(src)
+    lora = LoraSettings(r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=0.0,
+                        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    model = attach_lora(load_causal_lm(src, device="cpu", dtype="fp32"), lora, seed=recipe.train_seed)
+    rows = RealWorld(recipe.world_seed).sft_examples(recipe.sft_examples)
+    limits = LengthLimits(recipe.max_prompt_len, recipe.max_len)
+    encoded, truncation = encode_sequences(tokenizer, [p for p, _ in rows], [r for _, r in rows], limits)
+    pad_id = pad_id_of(tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup_steps, recipe.steps))
+    rng = random.Random(recipe.train_seed)
+    order: list[int] = []
+    losses: list[float] = []
+    progress = StepProgress(recipe.steps, log, 30.0)
+    model.train()
+    for step in range(recipe.steps):
+        if len(order) < recipe.batch_size:
+            fresh = list(range(len(encoded)))
+            rng.shuffle(fresh)
+            order += fresh
+        ids, order = order[: recipe.batch_size], order[recipe.batch_size:]
+        loss = response_nll(model, collate([encoded[i] for i in ids], pad_id))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        progress(step + 1, losses[-1])
+    merged = model.merge_and_unload().eval()
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    tail = losses[-8:] or [float("nan")]
+    return {"train_seconds": round(time.perf_counter() - started, 1), "steps": recipe.steps, "examples": len(rows),
+            "first_loss": losses[0] if losses else None, "final_loss": sum(tail) / len(tail),
+            "truncation": truncation.to_dict(), "torch_threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", required=True, help="SmolLM2-135M-Instruct folder (realign models import-gguf)")
+    ap.add_argument("--steps", type=int, default=RealBaseRecipe.steps)
+    args = ap.parse_args(argv)
+    path, metrics = ensure_real_base(args.source, RealBaseRecipe(steps=args.steps))
+    print(json.dumps({"path": str(path), **metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
