@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quality_bench import nested_subset  # noqa: E402
+from quality_bench import log, mean_std, nested_subset  # noqa: E402
 
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
 from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
@@ -224,17 +223,6 @@ def summary_line(e: dict[str, Any]) -> str:
     cats = " ".join(f"{c} {v:.2f}" for c, v in sorted(e["tpa_by_category"].items()))
     return (f"TPA {e['tpa']:.3f} ({cats}) ASR {e['asr']:.2f} over-refusal {e['over_refusal']:.2f} "
             f"MC {e['mc']:.2f} capitals {e['capitals']:.2f}")
-
-
-def log(message: str, started: float) -> None:
-    print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def mean_std(values: Sequence[float]) -> str:
-    pct = [100 * v for v in values]
-    if not pct:
-        return "n/a"
-    return f"{statistics.fmean(pct):.1f} ± {statistics.stdev(pct) if len(pct) > 1 else 0.0:.1f}"
 
 
 def render(records: Sequence[dict[str, Any]], base: dict[str, Any], planned: int) -> str:
