@@ -379,9 +379,17 @@ def run_pipeline(cfg: PipelineConfig, progress: ProgressFn | None = None,
     return PipelineResult(summary, before, after, out)
 
 
+SYNTHETIC_NOT_MEASURABLE = {
+    "asr": "not measurable on the tiny synthetic model: the attack templates' wording is outside its 1,000-token "
+           "vocabulary, so it answers every wrapped prompt with off-topic text that the judge counts as an attack "
+           "success (80% for the base model before any training; docs/benchmarks.md)",
+}
+
+
 def summary_json(before: Mapping[str, Any], after: Mapping[str, Any], *, wall_s: float, variant: str,
-                 eval_on: str) -> dict[str, Any]:
-    """The demo's final line: points and 95% CIs before/after; shares in [0, 1]."""
+                 eval_on: str, not_measurable: Mapping[str, str] = SYNTHETIC_NOT_MEASURABLE) -> dict[str, Any]:
+    """The demo's final line: points and 95% CIs before/after; shares in [0, 1]. `not_measurable` (metric ->
+    why) is kept in the JSON, and `format_summary` prints the reason instead of that metric's numbers."""
     def point(m: Mapping[str, Any]) -> float | None:
         return m["value"]
 
@@ -399,6 +407,7 @@ def summary_json(before: Mapping[str, Any], after: Mapping[str, Any], *, wall_s:
               "after": point(after["tpa_by_category"][cat]), "after_ci": ci(after["tpa_by_category"][cat])}
         for cat in sorted(set(before["tpa_by_category"]) & set(after["tpa_by_category"]))
     }
+    out["not_measurable"] = dict(not_measurable)
     out["n_tpa"] = after["tpa"]["n"]
     out["wall_s"] = round(wall_s, 1)
     return out
@@ -411,17 +420,23 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             return "n/a"
         return f"{100 * value:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
+    unmeasurable = summary.get("not_measurable") or {}
+
     rows = [("TPA (new policy), higher better",
              cell(summary["tpa_before"], summary["tpa_before_ci"]), cell(summary["tpa_after"], summary["tpa_after_ci"]))]
     for cat, c in summary["tpa_by_category"].items():
         rows.append((f"  TPA {cat}", cell(c["before"], c["before_ci"]), cell(c["after"], c["after_ci"])))
     for label, key in (("ASR, lower better", "asr"), ("over-refusal, lower better", "over_refusal"),
                        ("retention, higher better", "retention"), ("TPA, OOD templates", "tpa_ood")):
+        if key in unmeasurable:
+            rows.append((label, "not measurable (*)", "not measurable (*)"))
+            continue
         rows.append((label, cell(summary[f"{key}_before"], summary[f"{key}_before_ci"]),
                      cell(summary[f"{key}_after"], summary[f"{key}_after_ci"])))
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'metric':<{width}}{'before':>24}{'after':>24}"]
     lines += [f"{label:<{width}}{before:>24}{after:>24}" for label, before, after in rows]
+    lines += [f"(*) {key}: {why}" for key, why in unmeasurable.items()]
     return "\n".join(lines)
 
 

@@ -90,6 +90,23 @@ def test_summary_line_has_points_cis_and_categories() -> None:
     assert "TPA INVERT" in table and "80.0% [40.0, 90.0]" in table
 
 
+def test_asr_on_the_synthetic_model_is_said_to_be_unmeasurable_not_printed_as_a_regression() -> None:
+    def result(asr: float) -> dict:
+        m = _metric(0.5, 0.4, 0.6)
+        return {"tpa": m, "retention": m, "asr": _metric(asr, asr - 0.1, asr), "over_refusal": m, "tpa_ood": m,
+                "tpa_by_category": {"INVERT": m}}
+
+    s = summary_json(result(0.8), result(0.975), wall_s=1.0, variant="trace", eval_on="test")
+    assert s["asr_after"] == 0.975 and "asr" in s["not_measurable"]  # the JSON keeps the numbers and says why
+    table = format_summary(s)
+    asr_line = next(line for line in table.splitlines() if line.startswith("ASR"))
+    assert "not measurable" in asr_line and "97.5" not in table and "80.0%" not in asr_line
+    assert "(*) asr: not measurable on the tiny synthetic model" in table
+    measured = format_summary(summary_json(result(0.8), result(0.2), wall_s=1.0, variant="trace", eval_on="test",
+                                           not_measurable={}))
+    assert "20.0% [10.0, 20.0]" in measured and "not measurable" not in measured
+
+
 def test_config_rejects_bad_settings_and_val_eval_uses_val_prompts(triaged, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="normalise"):
         PipelineConfig(out_dir=tmp_path, normalise="max").validate()
