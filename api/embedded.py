@@ -9,6 +9,7 @@ dir, so one command runs the whole service on a laptop. The local API key is cre
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -28,6 +29,8 @@ from api.settings import Settings
 LOCAL_TENANT = "local"
 KEY_FILE = "local-api-key"
 TERMINAL = ("succeeded", "failed", "cancelled")
+SYNTHETIC_BASES = ("synthetic-tiny", "synthetic")
+HEARTBEAT_S = 20.0  # `submit --wait` prints a line at least this often, even when nothing changed
 
 
 # ---------------------------------------------------------------- local key and worker
@@ -124,17 +127,52 @@ def free_port(host: str) -> int:
 # ---------------------------------------------------------------- serve
 
 
+class ServeError(Exception):
+    """A problem `realign serve` reports as one line before it starts anything (exit code 2)."""
+
+
+def synthetic_base_path(settings: Settings) -> str:
+    """The synthetic world's base model folder, trained on first use in a child process (this process never imports
+    torch). The child's progress lines (stderr) reach the terminal: a first run trains for minutes."""
+    code = "from trace_engine.synthetic.base_model import ensure_base_model; print(ensure_base_model().path)"
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=worker_env(settings))
+    if out.returncode != 0:
+        raise ServeError(f"could not build the synthetic base model (exit code {out.returncode}; see the lines above)")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening address, bound now, before a key is printed or anything starts: a busy port fails at once
+    with what to do, and the server (and --demo's client) can only ever talk to this process. Port 0: a free one."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ServeError(f"--host {host!r} does not resolve: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart after TIME_WAIT works
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use (another `realign serve`, or another "
+                             "program): stop it, or pass --port N (--port 0 picks a free port)") from None
+        if exc.errno == errno.EACCES:
+            raise ServeError(f"not allowed to listen on {host}:{port} (ports below 1024 need privileges): "
+                             "pass --port N") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
 def serving_model_path(settings: Settings) -> str:
     """The local backend's model: the synthetic world's cached base (built in a child process: this process never
     imports torch), a folder under the model root, or a Hub id as given."""
     from api.paths import PathEscapesRoot, resolve_under_root
 
     name = settings.serving_base_model
-    if name in ("synthetic-tiny", "synthetic"):
-        code = "from trace_engine.synthetic.base_model import ensure_base_model; print(ensure_base_model().path)"
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                             env=worker_env(settings))
-        return out.stdout.strip().splitlines()[-1]
+    if name in SYNTHETIC_BASES:
+        return synthetic_base_path(settings)
     try:
         local = resolve_under_root(settings.models_root, name)
     except PathEscapesRoot:
@@ -161,48 +199,111 @@ def local_serving(settings: Settings, enabled: bool) -> Iterator[Settings]:
 
 def serve(settings: Settings, *, host: str, port: int, start_worker: bool = True, worker_concurrency: int = 4,
           demo_file: str | None = None, start_serving: bool = True) -> int:
+    """Exit code 0 when the server stopped normally (or the demo job succeeded); 2 when it could not start."""
+    try:
+        demo_body = read_body(Path(demo_file), option="--example") if demo_file is not None else None
+        sock = bind_socket(host, port)
+    except (ServeError, SubmitError) as exc:
+        print(f"realign serve: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     # uvicorn re-raises SIGTERM after its shutdown; make that an exception so `finally` stops the children.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    with local_serving(settings, start_serving) as served:
-        return _serve(served, host=host, port=port, start_worker=start_worker, worker_concurrency=worker_concurrency,
-                      demo_file=demo_file)
+    try:
+        if demo_body is not None and _base_name(demo_body) in SYNTHETIC_BASES:
+            print("preparing the synthetic base model (the first run trains it: a few minutes)", flush=True)
+            synthetic_base_path(settings)
+        with local_serving(settings, start_serving) as served:
+            return _serve(served, sock, start_worker=start_worker, worker_concurrency=worker_concurrency,
+                          demo_body=demo_body)
+    except ServeError as exc:
+        print(f"realign serve: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        sock.close()
 
 
-def _serve(settings: Settings, *, host: str, port: int, start_worker: bool, worker_concurrency: int,
-           demo_file: str | None) -> int:
+def _base_name(body: dict[str, Any]) -> str | None:
+    base = body.get("base_model")
+    return base.get("name_or_path") if isinstance(base, dict) else None
+
+
+def _serve(settings: Settings, sock: socket.socket, *, start_worker: bool, worker_concurrency: int,
+           demo_body: dict[str, Any] | None) -> int:
     import uvicorn
 
     from api.service import build_app
 
     embedded = settings.database_url is None and settings.broker_url is None
-    port = port or free_port(host)
+    host, port = sock.getsockname()[:2]
     app = build_app(settings)  # migrates the database first
     key = local_api_key(settings) if embedded else None
     worker = _start_worker(settings, worker_concurrency) if start_worker else None
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    url = f"http://{host}:{port}"
+    url = f"http://{_url_host(host)}:{port}"
     mode = "embedded (SQLite + filesystem broker)" if embedded else "connected"
     print(f"realign service on {url}  [{mode}; data dir {settings.data_dir}; docs at {url}/docs]", flush=True)
     if key:
         print("local API key (tenant 'local'):", flush=True)
         print(key, flush=True)
     try:
-        if demo_file is None:
-            server.run()
+        if demo_body is None:
+            server.run(sockets=[sock])
             return 0
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
         thread.start()
         deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not server.started:
+            print(f"realign serve: error: the server on {url} did not start", file=sys.stderr, flush=True)
+            return 1
         if not key:
             key = os.environ.get("REALIGN_API_KEY", "")
-        return submit(url, key, Path(demo_file), wait=True, data_dir=settings.data_dir)
+        code = submit_body(url, key, demo_body, wait=True, data_dir=settings.data_dir)
+        if code == 0:
+            print(next_steps(url, settings.data_dir if embedded else None), flush=True)
+        return code
     finally:
         server.should_exit = True
         if worker is not None:
             stop_worker(worker)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def realign_command() -> str:
+    """How to run `realign` from here: the name when it is on PATH, else this environment's script."""
+    import shutil
+
+    script = Path(sys.executable).parent / "realign"
+    if shutil.which("realign") == str(script) or not script.exists():
+        return "realign"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def next_steps(url: str, data_dir: Path | None) -> str:
+    """What to do after the demo (the demo's server stops when it returns)."""
+    cli = realign_command()
+    port = url.rsplit(":", 1)[-1]
+    data = f" --data-dir {data_dir}" if data_dir is not None else ""
+    key = f"$(cat {data_dir / KEY_FILE})" if data_dir is not None else "$REALIGN_API_KEY"
+    return "\n".join([
+        "",
+        "next steps (this demo's server stops now):",
+        f"  1. keep the service running:   {cli} serve{data} --port {port}",
+        f"  2. open the dashboard:         {url}/ui   (log in with the API key it prints; API docs at {url}/docs)",
+        f"  3. use the API from a shell:   KEY={key}",
+        f'     curl -s {url}/v1/jobs -H "Authorization: Bearer $KEY"',
+        f'     curl -s -X POST {url}/v1/realign -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
+        f"-d @examples/synthetic_realign.json",
+        f"  4. or submit a request body:   {cli} submit --url {url} --file examples/synthetic_realign.json --wait",
+        "  README.md, \"The service\": every endpoint; your own data, model and judge.",
+    ])
 
 
 def _exit_on_signal(signum: int, _frame: Any) -> None:
@@ -218,38 +319,126 @@ def _start_worker(settings: Settings, concurrency: int) -> subprocess.Popen[byte
 # ---------------------------------------------------------------- submit (HTTP client)
 
 
+class SubmitError(Exception):
+    """A problem `realign submit` reports as one line (bad --file, no key, unreachable service)."""
+
+
+def read_body(path: Path, *, option: str = "--file") -> dict[str, Any]:
+    """The request body in `path`: a JSON object, or a SubmitError naming the option and what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SubmitError(f"{option} {path}: no such file") from None
+    except IsADirectoryError:
+        raise SubmitError(f"{option} {path} is a directory, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise SubmitError(f"{option} {path} is not UTF-8 text (expected a JSON request body)") from None
+    except OSError as exc:
+        raise SubmitError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SubmitError(f"{option} {path} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(body, dict):
+        raise SubmitError(f"{option} {path} must hold a JSON object (a request body such as "
+                          f"examples/synthetic_realign.json), not {type(body).__name__}")
+    return body
+
+
 def submit(url: str, api_key: str | None, body_file: Path, *, wait: bool, poll_s: float = 1.0,
            data_dir: Path | None = None) -> int:
+    """`realign submit`: read the body file, then `submit_body`. Exit code 2 for a bad file or no key."""
+    try:
+        body = read_body(body_file)
+    except SubmitError as exc:
+        print(f"realign submit: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return submit_body(url, api_key, body, wait=wait, poll_s=poll_s, data_dir=data_dir)
+
+
+def submit_body(url: str, api_key: str | None, body: dict[str, Any], *, wait: bool, poll_s: float = 1.0,
+                data_dir: Path | None = None) -> int:
     """POST the body; with `wait`, print progress lines until the job ends, then the result. Exit code 0 only
-    for a succeeded job (or, without `wait`, an accepted one). `data_dir`: the service's data dir when it runs
-    on this machine (embedded), so the result names the adapter's real folder."""
+    for a succeeded job (or, without `wait`, an accepted one); 1 when the service refuses it, cannot be reached or
+    the job fails; 2 without a key. `data_dir`: the service's data dir when it runs on this machine (embedded), so
+    the result names the adapter's real folder. Every error is one line on stderr."""
     key = api_key or os.environ.get("REALIGN_API_KEY") or _saved_local_key()
     if not key:
-        print("error: no API key (pass --api-key, set REALIGN_API_KEY, or start `realign serve` embedded)",
-              file=sys.stderr)
+        print("realign submit: error: no API key (pass --api-key, set REALIGN_API_KEY, or start `realign serve` "
+              "embedded)", file=sys.stderr, flush=True)
         return 2
-    body = json.loads(body_file.read_text(encoding="utf-8"))
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-        response = client.post("/v1/realign", json=body)
+    try:
+        return _submit(url, key, body, wait=wait, poll_s=poll_s, data_dir=data_dir)
+    except SubmitError as exc:
+        print(f"realign submit: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _submit(url: str, key: str, body: dict[str, Any], *, wait: bool, poll_s: float, data_dir: Path | None) -> int:
+    with _client(url, key) as client:
+        response = _call(client, "POST", "/v1/realign", json=body)
         if response.status_code != 202:
-            print(f"error: POST /v1/realign -> {response.status_code}: {response.text}", file=sys.stderr)
-            return 1
+            raise SubmitError(f"POST /v1/realign -> {response.status_code}: {problem_text(response)}")
         job = response.json()
         print(f"submitted job {job['id']} ({job['state']})", flush=True)
         if not wait:
             print(json.dumps(job, indent=2))
             return 0
-        started = time.monotonic()
+        started = last_print = time.monotonic()
         last_line = ""
         while job["state"] not in TERMINAL:
             time.sleep(poll_s)
-            job = client.get(f"/v1/jobs/{job['id']}").json()
+            response = _call(client, "GET", f"/v1/jobs/{job['id']}")
+            if response.status_code != 200:
+                raise SubmitError(f"GET /v1/jobs/{job['id']} -> {response.status_code}: {problem_text(response)}")
+            job = response.json()
             line = progress_line(job)
-            if line != last_line:
-                print(f"[{time.monotonic() - started:6.1f}s] {line}", flush=True)
-                last_line = line
+            now = time.monotonic()
+            if line != last_line or now - last_print >= HEARTBEAT_S:
+                print(f"[{now - started:6.1f}s] {line}", flush=True)
+                last_line, last_print = line, now
         print(format_result(job, base_url=url, data_dir=data_dir), flush=True)
         return 0 if job["state"] == "succeeded" else 1
+
+
+def _client(url: str, key: str) -> httpx.Client:
+    try:
+        return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise SubmitError(f"--url {url!r} is not a valid URL ({exc})") from None
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request; transport failures become a SubmitError that says which service could not be reached."""
+    url = str(client.base_url).rstrip("/")
+    try:
+        return client.request(method, path, **kwargs)
+    except httpx.ConnectError:
+        raise SubmitError(f"cannot reach the service at {url} (is `realign serve` running there? pass --url)") \
+            from None
+    except httpx.TimeoutException:
+        raise SubmitError(f"the service at {url} did not answer {method} {path} in time") from None
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL):
+        raise SubmitError(f"--url {url!r} is not an http(s) URL of the service") from None
+    except httpx.HTTPError as exc:
+        raise SubmitError(f"{method} {url}{path} failed: {type(exc).__name__}: {exc}") from None
+
+
+def problem_text(response: httpx.Response) -> str:
+    """A refusal on one line: the problem's detail and its field errors, else the start of the body."""
+    try:
+        problem = response.json()
+    except ValueError:
+        return " ".join(response.text.split())[:300] or "(empty body)"
+    if not isinstance(problem, dict):
+        return json.dumps(problem)[:300]
+    text = str(problem.get("detail") or problem.get("title") or json.dumps(problem)[:300])
+    fields = [f"{e.get('field')}: {e.get('message')}" for e in problem.get("errors") or [] if isinstance(e, dict)]
+    if fields and not any(f.split(": ", 1)[-1] in text for f in fields[:1]):
+        text += " (" + "; ".join(fields[:5]) + ")"
+    if response.status_code == 401:
+        text += " (API keys belong to one data dir: `realign keys create --data-dir DIR` for the server's)"
+    return " ".join(text.split())
 
 
 def _saved_local_key() -> str | None:

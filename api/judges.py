@@ -4,17 +4,22 @@
 A request never gives a URL or the name of an environment variable: it names a profile, and the profile says
 where the judge is and which secret (by NAME, set by the operator) authenticates it. So a tenant cannot point the
 worker at its own server (SSRF) nor make it send the operator's key, or any other environment variable, anywhere.
-The API checks the profile at submission (422 listing the known names); the worker resolves it again when it
+The API checks the profile at submission (422 listing the known names, or saying the profile's key is not set
+on the server); the worker resolves it again when it
 builds the judge (the configuration may have changed since).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 from api.errors import ProblemError
 from api.schemas import JudgeIn
 from api.settings import JudgeProfile, Settings
+
+log = logging.getLogger("realign.api")
 
 
 class JudgeProfileError(ValueError):
@@ -48,16 +53,34 @@ def resolve_judge_profile(settings: Settings, judge: JudgeIn) -> ResolvedJudge:
     return ResolvedJudge(name, profile, model)
 
 
+def missing_judge_key(profile: JudgeProfile) -> str | None:
+    """The NAME of the environment variable the profile's key should be in, when it is not set here; None when the
+    profile needs no key or has one."""
+    name = profile.api_key_env
+    return name if name and not os.environ.get(name) else None
+
+
 def check_judge_profile(settings: Settings, judge: JudgeIn) -> None:
-    """Submission-time check (no network): an `openai` judge names a configured profile and an allowed model;
-    a 422 problem otherwise, listing what is allowed."""
+    """Submission-time check (no network): an `openai` judge names a configured profile and an allowed model, and
+    the profile's key is set in this server's environment (a job would otherwise fail seconds after a 202); a 422
+    problem otherwise, listing what is allowed. The variable's name is logged for the operator, never returned."""
     if judge.provider != "openai":
         return
     try:
-        resolve_judge_profile(settings, judge)
+        resolved = resolve_judge_profile(settings, judge)
     except JudgeProfileError as exc:
-        loc: list[str | int] = ["body", "judge", exc.field]
-        field = f"judge.{exc.field}"
-        raise ProblemError(422, f"invalid {field}: {exc}", slug="validation-error", title="Request validation failed",
-                           errors=[{"loc": loc, "field": field, "kind": "unknown_judge_profile"
-                                    if exc.field == "profile" else "model_not_allowed", "message": str(exc)}]) from None
+        raise _judge_problem(exc.field, str(exc), "unknown_judge_profile" if exc.field == "profile"
+                             else "model_not_allowed") from None
+    variable = missing_judge_key(resolved.profile)
+    if variable is not None:
+        log.warning("refused a job: judge profile %r reads its API key from %s, which is not set in the server's "
+                    "environment", resolved.profile_name, variable)
+        raise _judge_problem("profile", f"judge profile {resolved.profile_name!r} has no API key on this server "
+                             "(the operator has not set the key it needs), so its judge calls would fail; ask the "
+                             "operator to set it, or use another profile", "judge_key_missing")
+
+
+def _judge_problem(name: str, message: str, kind: str) -> ProblemError:
+    field = f"judge.{name}"
+    return ProblemError(422, f"invalid {field}: {message}", slug="validation-error", title="Request validation failed",
+                        errors=[{"loc": ["body", "judge", name], "field": field, "kind": kind, "message": message}])

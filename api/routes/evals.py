@@ -15,6 +15,7 @@ from api.errors import ProblemError
 from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
 from api.routes.jobs import (
+    SYNTHETIC_BASES,
     check_references,
     create_and_enqueue,
     field_problem,
@@ -25,7 +26,6 @@ from api.schemas import EvalJobOut, EvalRequest
 from api.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["evals"])
-SYNTHETIC_BASES = ("synthetic-tiny", "synthetic")
 
 
 def is_base_model_name(settings: Settings, model: str) -> bool:

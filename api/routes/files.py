@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, UploadFile
 from fastapi import File as FormFile
@@ -19,7 +19,7 @@ from api.schemas import FileList, FileOut
 from api.settings import Settings
 from trace_engine.data.io import DatasetError
 from trace_engine.data.load import load_pairs
-from trace_engine.data.validate import unstorable_char
+from trace_engine.data.validate import ValidationReport, unstorable_char
 
 router = APIRouter(prefix="/v1", tags=["files"])
 FORMATS_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -70,6 +70,20 @@ def _copy_limited(upload: UploadFile, target: Path, limit: int) -> tuple[int, st
     return size, digest.hexdigest()
 
 
+def invalid_rows(filename: str, report: ValidationReport, summary: dict[str, Any]) -> ProblemError:
+    """The 422 for a file with row errors. Its counts agree everywhere: `error_count` and `report.issues_by_kind`
+    count every issue; `errors` (at most MAX_ERRORS_IN_PROBLEM) and `report.issues` are capped examples, and the
+    problem says so (`errors_capped`, `report.issues_note`)."""
+    errors = [{"row": i.row, "field": i.field, "kind": i.kind, "message": i.message}
+              for i in report.issues if i.severity == "error"][:MAX_ERRORS_IN_PROBLEM]
+    first = next((i for i in report.issues if i.severity == "error"), "(not among the stored issues)")
+    capped = len(errors) < report.error_count
+    shown = f"; errors lists the first {len(errors)} (all are counted in report.issues_by_kind)" if capped else ""
+    return ProblemError(422, f"{report.error_count} row error(s) in {filename}; first: {first}{shown}",
+                        slug="invalid-rows", title="File has invalid rows", errors=errors,
+                        error_count=report.error_count, errors_capped=capped, report=summary)
+
+
 @router.post("/files", status_code=201, response_model=FileOut, responses=problems(401, 413, 422, 429),
              summary="Upload a pair file (JSONL, JSON or Parquet)",
              description="A multipart upload (`file`) of preference pairs: rows `{prompt, chosen, rejected}` (plus "
@@ -108,10 +122,7 @@ def upload_file(
         report.source = filename
         summary = report.to_dict()
         if not report.ok:
-            errors = [{"row": i.row, "field": i.field, "kind": i.kind, "message": i.message}
-                      for i in report.issues if i.severity == "error"][:MAX_ERRORS_IN_PROBLEM]
-            raise ProblemError(422, f"{report.error_count} row error(s) in {filename}; first: {report.issues[0]}",
-                               slug="invalid-rows", title="File has invalid rows", errors=errors, report=summary)
+            raise invalid_rows(filename, report, summary)
         if report.pairs_kept == 0:
             raise ProblemError(422, f"{filename} holds no preference pairs", slug="empty-file", report=summary)
         os.replace(partial, final)

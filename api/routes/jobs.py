@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -31,6 +32,7 @@ from api.schemas import (
     EventList,
     EventOut,
     FileDataset,
+    HfDataset,
     JobList,
     JobOut,
     PathDataset,
@@ -123,9 +125,40 @@ def _checked_path(root: Any, relative: str, loc: list[str | int]) -> None:
         raise field_problem(loc, f"{relative!r} does not exist under the dataset root", "not_found")
 
 
+SYNTHETIC_BASES = ("synthetic-tiny", "synthetic")
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+MOVING_REVISIONS = frozenset({"main", "master", "head", "latest", "dev", "develop"})
+
+
+def check_pinned(settings: Settings, body: RealignRequest | EvalRequest) -> None:
+    """A Hub base model is pinned to a commit sha (the worker loads nothing else) and a Hub dataset is not read
+    from a branch head: refused now with 422 rather than accepted and failed seconds later. A base model that is a
+    folder under the model root, or the synthetic one, needs no revision."""
+    if isinstance(body, RealignRequest) and body.base_model.name_or_path not in SYNTHETIC_BASES:
+        name, revision = body.base_model.name_or_path, body.base_model.revision
+        try:
+            local = resolve_under_root(settings.models_root, name).is_dir()
+        except PathEscapesRoot as exc:
+            raise field_problem(["body", "base_model", "name_or_path"], f"{exc} (local models are folders under "
+                                "the server's model root; anything else is a Hub id)", "path_escapes_root") from None
+        if not local and not (revision and COMMIT_SHA.match(revision)):
+            got = f"got {revision!r}" if revision else "none given"
+            raise field_problem(["body", "base_model", "revision"], f"{name!r} is not a folder under the model root, "
+                                f"so it is a Hub model and needs base_model.revision pinned to a 40-character commit "
+                                f"sha ({got}); a branch or tag can change under a job", "unpinned_revision")
+    dataset = body.dataset
+    if isinstance(dataset, HfDataset) and (dataset.revision.strip().lower() in MOVING_REVISIONS
+                                           or dataset.revision.startswith("refs/")):
+        raise field_problem(["body", "dataset", "revision"], f"{dataset.revision!r} is a branch: its data can change "
+                            "between runs; pin dataset.revision to a commit sha (or a release tag)",
+                            "unpinned_revision")
+
+
 def check_references(session: Session, settings: Settings, tenant_id: str,
                      body: RealignRequest | EvalRequest) -> None:
-    """Validation that needs no GPU and no network: referenced files and paths exist and are allowed."""
+    """Validation that needs no GPU and no network: referenced files and paths exist and are allowed, Hub
+    references are pinned, the judge is configured (with its key)."""
+    check_pinned(settings, body)
     dataset = body.dataset
     if isinstance(dataset, FileDataset):
         try:

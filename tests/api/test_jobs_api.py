@@ -73,8 +73,9 @@ def test_validation_errors_are_problems_with_field_details(harness: Harness) -> 
     assert harness.enqueuer.calls == []
 
 
-def test_judges_are_named_profiles_never_urls_or_secret_names(harness: Harness) -> None:
+def test_judges_are_named_profiles_never_urls_or_secret_names(harness: Harness, monkeypatch: Any) -> None:
     """More in tests/api/test_security.py."""
+    monkeypatch.setenv("JUDGE_KEY", "the-operators-key")  # the profile's key is set on the server
     for judge in ({"provider": "openai", "model": "m", "api_key_secret": "JUDGE_KEY"},
                   {"provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}):
         problem = assert_problem(submit(harness, realign_body(judge=judge)), 422)

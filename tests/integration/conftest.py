@@ -3,6 +3,7 @@ number and per-stack queue names), real Celery worker processes, the API app."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from collections.abc import Iterator
@@ -67,6 +68,7 @@ def judge_profiles(port: int) -> dict[str, dict[str, object]]:
 
 def make_stack(root: Path, database_url: str, broker_url: str, **overrides: object) -> Stack:
     port = free_port()
+    os.environ.setdefault("FAKE_JUDGE_KEY", "fake-judge-key")  # the `fake` profile's key: the API checks it is set
     values: dict[str, object] = dict(
         data_dir=root, database_url=database_url, broker_url=broker_url, queue_prefix=f"it{secrets.token_hex(4)}.",
         lease_ttl_s=3.0, heartbeat_interval_s=0.3, reaper_interval_s=0.5, requeue_after_s=30.0,

@@ -1,6 +1,6 @@
 """`realign validate` and `realign split`: check a preference dataset, and split a triaged one.
 
-Exit codes: 0 done; 1 the data failed `--strict` validation; 2 a user error (bad option, unreadable source,
+Exit codes: 0 done; 1 no usable pair, or the data failed `--strict` validation; 2 a user error (bad option, unreadable source,
 unpinned Hub reference, infeasible split). User errors print one clear line on stderr, never a traceback.
 """
 
@@ -27,7 +27,8 @@ EXIT_USER_ERROR = 2
 _SOURCE_HELP = ("a local file (.jsonl, .json array, .parquet), a folder written by datasets' save_to_disk, or a "
                 "Hugging Face dataset as hf://REPO@REVISION:SPLIT or hf://REPO@REVISION:CONFIG/SPLIT (pin REVISION to a "
                 "commit sha)")
-_EXIT_CODES = "exit codes: 0 ok, 1 invalid data under --strict, 2 user error (bad option, unreadable source, ...)"
+_EXIT_CODES = ("exit codes: 0 ok, 1 invalid data (no usable pair, or any row error under --strict), 2 user error "
+               "(bad option, unreadable source, ...)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,6 +108,10 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.strict and not report.ok:
         print(f"realign validate: {report.error_count} row error(s) under --strict", file=sys.stderr)
         return EXIT_INVALID_DATA
+    if report.pairs_kept == 0:
+        print(f"realign validate: error: no usable preference pairs in {args.pairs} ({report.rows_read} row(s) read, "
+              f"{report.rows_skipped} skipped)", file=sys.stderr)
+        return EXIT_INVALID_DATA
     return 0
 
 
@@ -155,7 +160,7 @@ def _input_record(source: str, report: ValidationReport) -> dict[str, Any]:
                 digest.update(block)
         record["sha256"] = digest.hexdigest()
     summary = report.to_dict()
-    for key in ("issues", "issues_by_kind"):
+    for key in ("issues", "issues_by_kind", "issues_note", "issues_capped"):
         summary.pop(key)
     record["validation"] = summary
     return record

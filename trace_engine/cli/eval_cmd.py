@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trace_engine.cli.common import err, positive_int
+from trace_engine.cli.common import err, load_json_file, load_policy, positive_int
 
 EXIT_OK, EXIT_JUDGE_ERRORS, EXIT_BAD_INPUT = 0, 1, 2
 REPORT_JSON, REPORT_MD, RECORDS_FILE, COMPARISON_MD = (
@@ -125,7 +125,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
             letter_tokens=args.letter_tokens,
         )
         policy, data = _load_inputs(args, suites)
-        before = EvalReport.load(args.compare) if args.compare else None
+        before = EvalReport.from_dict(load_json_file(args.compare, "--compare")) if args.compare else None
         if args.judge:
             from trace_engine.judge.factory import make_judge
 
@@ -214,9 +214,7 @@ def _load_inputs(args: argparse.Namespace, suites: list[str]):
     from trace_engine.evaluation.capability import load_capability_set
     from trace_engine.evaluation.prompts import load_eval_prompts
     from trace_engine.evaluation.runner import EvalData
-    from trace_engine.policy import Policy
-
-    policy = Policy.from_file(args.policy) if args.policy else None
+    policy = load_policy(args.policy) if args.policy else None
     data = EvalData()
     if "tpa" in suites and args.prompts:
         data.tpa_prompts = load_eval_prompts(args.prompts, limit=args.limit)
@@ -248,8 +246,9 @@ def run_compare_command(args: argparse.Namespace) -> int:
     from trace_engine.evaluation.report import EvalReport, compare_reports, render_comparison
 
     try:
-        before, after = EvalReport.load(args.before), EvalReport.load(args.after)
-    except (OSError, ValueError, KeyError) as exc:
+        before = EvalReport.from_dict(load_json_file(args.before, "BEFORE"))
+        after = EvalReport.from_dict(load_json_file(args.after, "AFTER"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         err(f"error: {exc}")
         return EXIT_BAD_INPUT
     print(render_comparison(compare_reports(before, after)))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trace_engine.cli.common import err, positive_int
+from trace_engine.cli.common import err, load_policy, positive_int
 from trace_engine.data.pairs import prompt_as_text
 from trace_engine.judge.base import Judge
 from trace_engine.policy import Policy
@@ -104,7 +104,7 @@ def run_triage_command(args: argparse.Namespace) -> int:
     from trace_engine.data.validate import DatasetValidationError
 
     try:
-        policy = Policy.from_file(args.policy)
+        policy = load_policy(args.policy)
         pairs, report = load_pairs(args.pairs, fmt=args.fmt, preset=args.preset, strict=args.strict)
         judge = build_judge(args.judge, base_url=args.base_url, api_key_env=args.api_key_env)
     except DatasetValidationError as exc:

@@ -56,12 +56,15 @@ def iter_jsonl(path: Path) -> Iterator[RawRow]:
             except UnicodeDecodeError as exc:
                 yield RawRow(line_number, error=f"not UTF-8 text (byte {exc.start + 1})")
                 continue
-            if not line.strip():
+            text = line.rstrip("\r\n")  # the terminator is no part of the row: a truncated row's error is on it
+            if not text.strip():
                 continue
             try:
-                yield RawRow(line_number, json.loads(line))
+                yield RawRow(line_number, json.loads(text))
             except json.JSONDecodeError as exc:
-                yield RawRow(line_number, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+                cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+                yield RawRow(line_number, error=f"invalid JSON: {exc.msg} (column {exc.colno})"
+                             + (f"; the row ends at column {len(text)}: truncated?" if cut else ""))
             except RecursionError:
                 yield RawRow(line_number, error="invalid JSON: nested too deeply")
 

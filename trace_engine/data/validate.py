@@ -71,6 +71,7 @@ class ValidationReport:
     warning_count: int = 0
     issues_not_stored: int = 0
     max_stored_issues: int = 1000
+    counts_by_kind: Counter[str] = field(default_factory=Counter)  # every issue, stored or not
 
     @property
     def ok(self) -> bool:
@@ -82,6 +83,7 @@ class ValidationReport:
             self.error_count += 1
         else:
             self.warning_count += 1
+        self.counts_by_kind[issue.kind] += 1
         if len(self.issues) < self.max_stored_issues:
             self.issues.append(issue)
         else:
@@ -97,10 +99,19 @@ class ValidationReport:
             "duplicates_dropped": self.duplicates_dropped, "duplicates_kept": self.duplicates_kept,
             "ids_derived": self.ids_derived, "preset_counts": dict(self.preset_counts),
             "error_count": self.error_count, "warning_count": self.warning_count,
-            "issues_by_kind": dict(Counter(i.kind for i in self.issues)),
+            "issues_by_kind": dict(self.counts_by_kind.most_common()),
             "issues": [i.to_dict() for i in self.issues], "issues_not_stored": self.issues_not_stored,
+            "issues_capped": self.issues_not_stored > 0, "issues_note": self.issues_note(),
             "notes": list(self.notes),
         }
+
+    def issues_note(self) -> str:
+        """What `issues` holds relative to the counts (the examples are capped; the counts never are)."""
+        total = self.error_count + self.warning_count
+        if not self.issues_not_stored:
+            return f"issues lists all {total} issue(s)"
+        return (f"issues lists the first {len(self.issues)} of {total} issues (capped at {self.max_stored_issues}); "
+                "error_count, warning_count and issues_by_kind count every issue")
 
     def format_text(self, max_issues: int = 20) -> str:
         """A short human summary for the terminal."""
@@ -115,11 +126,14 @@ class ValidationReport:
             lines.append(f"preset {self.preset}: {cases}")
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"errors: {self.error_count}; warnings: {self.warning_count}")
+        if self.counts_by_kind:
+            lines.append("by kind: " + ", ".join(f"{k}={n}" for k, n in self.counts_by_kind.most_common()))
         for issue in self.issues[:max_issues]:
             lines.append(f"  {issue}")
         hidden = self.error_count + self.warning_count - min(len(self.issues), max_issues)
         if hidden > 0:
-            lines.append(f"  ... and {hidden} more (see the JSON report)")
+            kept = (f"; it keeps the first {self.max_stored_issues}" if self.issues_not_stored else "")
+            lines.append(f"  ... and {hidden} more (see the JSON report{kept})")
         return "\n".join(lines)
 
 

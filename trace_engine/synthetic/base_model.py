@@ -40,6 +40,9 @@ CODE_VERSION = "synthetic-base-v2"
 """Bump whenever the training code changes in a way that changes the model (the world's content is hashed)."""
 
 COMPLETE_MARKER = "COMPLETE"
+PROGRESS_EVERY_S = 10.0
+"""Training progress is logged at the first and last step and at least this often in between (ETA included), so a
+first run (minutes on a laptop CPU) is never silent."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,13 @@ def ensure_base_model(recipe: BaseModelRecipe | None = None, cache_dir: str | Pa
                       log: Callable[[str], None] | None = None) -> BaseModel:
     """The base model for `recipe`: from the cache when present, else trained now and cached atomically."""
     recipe = recipe or BaseModelRecipe()
+    log = log or stderr_log
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"base-{recipe.key()}"
     if (final / COMPLETE_MARKER).is_file():
         return BaseModel(final, recipe, False, _read_json(final / "train_metrics.json"))
+    log(f"synthetic base model: not cached yet, training it once ({recipe.steps} steps, a few minutes on a laptop "
+        f"CPU; later runs load it from {final})")
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-base-{recipe.key()}-", dir=root))
     try:
@@ -128,7 +134,13 @@ def ensure_base_model(recipe: BaseModelRecipe | None = None, cache_dir: str | Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log(f"synthetic base model: trained in {metrics['train_seconds']:.0f}s, cached in {final}")
     return BaseModel(final, recipe, True, metrics)
+
+
+def stderr_log(message: str) -> None:
+    """The default progress sink: a flushed stderr line (the CLI, `realign serve` and the worker log show it)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def load_base_model(path: str | Path):
@@ -163,8 +175,10 @@ def sft_data(world: World, recipe: BaseModelRecipe) -> list[tuple[str, str]]:
     return chosen + rejected + retention * recipe.retention_repeats
 
 
-def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None = None):
-    """Tokenizer + tiny LM + SFT on response tokens; returns (model in eval mode, tokenizer, metrics)."""
+def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None = None,
+                     every_s: float = PROGRESS_EVERY_S):
+    """Tokenizer + tiny LM + SFT on response tokens; returns (model in eval mode, tokenizer, metrics). `log` gets
+    the first and last step and a line at least every `every_s` seconds, with the loss and an ETA."""
     started = time.perf_counter()
     torch.manual_seed(recipe.train_seed)
     world = make_world(recipe.world_seed)
@@ -184,6 +198,7 @@ def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None 
     order: list[int] = []
     losses: list[float] = []
     model.train()
+    progress = StepProgress(recipe.steps, log, every_s)
     for step in range(recipe.steps):
         if len(order) < recipe.batch_size:
             fresh = list(range(len(encoded)))
@@ -198,8 +213,7 @@ def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None 
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
-        if log and (step % 50 == 0 or step == recipe.steps - 1):
-            log(f"step {step + 1}/{recipe.steps} loss {losses[-1]:.4f}")
+        progress(step + 1, losses[-1])
     model.eval()
     tail = losses[-20:] or [float("nan")]
     metrics = {
@@ -208,6 +222,24 @@ def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None 
         "truncation": truncation.to_dict(), "torch_threads": torch.get_num_threads(),
     }
     return model, tokenizer, metrics
+
+
+class StepProgress:
+    """Logs `step i/N loss L, Ts elapsed, ETA Es` at the first and last step and every `every_s` seconds."""
+
+    def __init__(self, total: int, log: Callable[[str], None] | None, every_s: float) -> None:
+        self.total, self.log, self.every_s = total, log, every_s
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if self.log is None or not (step == 1 or step == self.total or now - self.last >= self.every_s):
+            return
+        self.last = now
+        elapsed = now - self.started
+        eta = elapsed / step * (self.total - step)
+        self.log(f"synthetic base model: step {step}/{self.total} loss {loss:.3f}, {elapsed:.0f}s elapsed, "
+                 f"ETA {eta:.0f}s")
 
 
 def response_nll(model, batch) -> torch.Tensor:
@@ -332,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=200)
     args = parser.parse_args(argv)
     recipe = BaseModelRecipe(steps=args.steps)
-    base = ensure_base_model(recipe, args.cache_dir, log=lambda m: print(m, file=sys.stderr))
+    base = ensure_base_model(recipe, args.cache_dir)  # progress on stderr
     model, tokenizer = base.load()
     started = time.perf_counter()
     report = evaluate_model(model, tokenizer, make_world(recipe.world_seed), n_test=args.n_test)

@@ -119,3 +119,26 @@ def test_evaluation_reports_shares_for_a_model(cached) -> None:
     for key in ("old_compliance", "tpa_new", "retention_accuracy", "asr_new", "over_refusal"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["n_test"] == 6 and set(report["tpa_new_by_category"]) <= {"INVERT", "PUNISH", "RETAIN"}
+
+
+def test_a_first_run_reports_progress_with_an_eta_and_a_cache_hit_is_quiet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make demo` on a fresh machine trains this model for minutes: it must say so, with progress (issue 13)."""
+    recipe = BaseModelRecipe(**{**TINY.__dict__, "steps": 4})
+    ensure_base_model(recipe, tmp_path)  # the default sink: stderr
+    err = capsys.readouterr().err.splitlines()
+    assert "not cached yet, training it once (4 steps" in err[0]
+    assert any("step 1/4 loss" in line and "ETA" in line for line in err)
+    assert any("step 4/4 loss" in line and "ETA 0s" in line for line in err)
+    assert "trained in" in err[-1] and str(tmp_path) in err[-1]
+    ensure_base_model(recipe, tmp_path)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_come_at_least_every_interval() -> None:
+    lines: list[str] = []
+    bm.train_base_model(BaseModelRecipe(**{**TINY.__dict__, "steps": 5}), log=lines.append, every_s=0.0)
+    assert [line.split(" loss")[0] for line in lines] == [f"synthetic base model: step {i}/5" for i in range(1, 6)]
+    quiet: list[str] = []
+    bm.train_base_model(BaseModelRecipe(**{**TINY.__dict__, "steps": 5}), log=quiet.append, every_s=3600.0)
+    assert len(quiet) == 2  # first and last step only
