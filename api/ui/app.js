@@ -68,6 +68,13 @@ async function allPages(path, limit, max) {
   return { data: out, last: extra };
 }
 
+// A resource that does not exist yet (404: e.g. impact scores before the score stage ran) as `fallback`.
+async function unlessMissing(promise, fallback) {
+  try { return await promise; } catch (err) { if (err.status === 404) return fallback; throw err; }
+}
+
+function failed(err) { if (err && err.name !== "AbortError" && err.status !== 401) toast(err.detail || err.message, true); }
+
 // Server-sent events over fetch (EventSource cannot send the Authorization header).
 async function streamEvents(jobId, onEvent, signal) {
   const response = await fetch(`/v1/jobs/${jobId}/events`, {
@@ -109,8 +116,8 @@ function stateBadge(state) { return h("span", { class: `state ${state}`, "data-s
 
 function currentProgress(job) {
   const rows = job.progress || [];
-  const running = rows.find((p) => p.stage === job.stage) || rows[rows.length - 1];
-  if (!running) return { fraction: 0, eta: null, label: "waiting" };
+  const running = rows.find((p) => p.stage === job.stage);
+  if (!running) return { fraction: 0, eta: null, label: job.stage ? `${job.stage} starting` : "queued" };
   const fraction = running.total ? Math.min(1, running.done / running.total) : (running.completed_at ? 1 : 0);
   const label = running.total ? `${running.stage} ${running.done}/${running.total}` : running.stage;
   return { fraction, eta: running.completed_at ? 0 : running.eta_s, label };
@@ -211,7 +218,7 @@ function renderJobs(main) {
       }
     }
   };
-  load().catch((err) => toast(err.message, true));
+  load().catch(failed);
   every(5000, () => load().catch(() => {}));
 }
 
@@ -289,7 +296,7 @@ function renderJob(main, jobId) {
 
   const drawHeader = () => {
     const cancel = TERMINAL.has(job.state) ? null : h("button", { type: "button", class: "secondary", id: "cancel-job", onclick: async () => {
-      try { job = await call("POST", `/v1/jobs/${jobId}/cancel`); refresh(); } catch (err) { toast(err.detail || err.message, true); } } }, "Cancel");
+      try { job = await call("POST", `/v1/jobs/${jobId}/cancel`); refresh(); } catch (err) { failed(err); } } }, "Cancel");
     header.replaceChildren(
       h("h1", {}, `Job ${job.id} `, stateBadge(job.state)),
       h("div", { class: "toolbar" }, h("span", {}, `stage: ${job.stage || "–"}`), h("span", {}, `variant: ${(job.request.method || {}).variant || "–"}`),
@@ -311,7 +318,7 @@ function renderJob(main, jobId) {
   };
 
   const drawScores = async () => {
-    const { data, last } = await allPages(`/v1/jobs/${jobId}/scores`, 500);
+    const { data, last } = await unlessMissing(allPages(`/v1/jobs/${jobId}/scores`, 500), { data: [], last: {} });
     const weighted = data.filter((s) => s.impact_score !== null && s.impact_score !== undefined);
     const clamped = weighted.filter((s) => s.impact_score <= 0).length;
     Charts.histogram(scores, weighted.map((s) => s.impact_score), { title: "normalised impact weight of conflicting pairs",
@@ -357,7 +364,8 @@ function renderJob(main, jobId) {
     if (!triaged.ok) { triageBox.replaceChildren(h("p", { class: "muted" }, "triage has not finished yet")); return; }
     const texts = new Map((await triaged.text()).split("\n").filter(Boolean).map((l) => { const r = JSON.parse(l); return [r.id, r]; }));
     const [{ data: items }, { data: scored }, review] = await Promise.all([
-      allPages(`/v1/jobs/${jobId}/triage`, 500), allPages(`/v1/jobs/${jobId}/scores`, 500), get(`/v1/jobs/${jobId}/review`)]);
+      allPages(`/v1/jobs/${jobId}/triage`, 500), unlessMissing(allPages(`/v1/jobs/${jobId}/scores`, 500), { data: [] }),
+      get(`/v1/jobs/${jobId}/review`)]);
     const impact = new Map(scored.map((s) => [s.pair_id, s.impact_score]));
     const overridden = new Map(review.overrides.map((o) => [o.pair_id, o.original_category]));
     const clauses = [...new Set(items.flatMap((i) => [...((i.verdicts.chosen_verdict || {}).clauses || []), ...((i.verdicts.rejected_verdict || {}).clauses || [])]))].sort();
@@ -376,7 +384,7 @@ function renderJob(main, jobId) {
         if (out.original_category) overridden.set(item.pair_id, out.original_category); else overridden.delete(item.pair_id);
         toast(`${item.pair_id}: ${out.category}${out.original_category ? ` (judge said ${out.original_category})` : ""}`);
         job = await get(`/v1/jobs/${jobId}`); drawCategories(); draw();
-      } catch (err) { toast(err.detail || err.message, true); select.value = item.category; }
+      } catch (err) { failed(err); select.value = item.category; }
     };
     const draw = () => {
       let list = items.filter((i) => (!catFilter.value || i.category === catFilter.value) && (!clauseFilter.value ||
@@ -407,7 +415,7 @@ function renderJob(main, jobId) {
     for (const f of [catFilter, clauseFilter, sortBy]) f.addEventListener("change", () => { shown = 20; draw(); });
     const continueButton = awaiting ? h("button", { type: "button", id: "continue-job", onclick: async () => {
       try { job = await call("POST", `/v1/jobs/${jobId}/continue`); toast("continued: training on the reviewed categories"); refresh(true); }
-      catch (err) { toast(err.detail || err.message, true); } } }, "Continue to training") : null;
+      catch (err) { failed(err); } } }, "Continue to training") : null;
     triageBox.replaceChildren(
       awaiting ? h("p", { class: "state awaiting_review", id: "review-banner" }, "This job waits for your review: change categories below, then continue.") : "",
       h("div", { class: "toolbar" }, catFilter, clauseFilter, sortBy, count, continueButton),
@@ -430,7 +438,7 @@ function renderJob(main, jobId) {
     job = await get(`/v1/jobs/${jobId}`);
     drawHeader(); drawTimeline(); drawCategories();
     const key = (k) => `${k}:${job.state}`;
-    const once = (k, fn) => { if (force || !loaded[k]) { loaded[k] = true; fn().catch((err) => { loaded[k] = false; if (err.name !== "AbortError") console.warn(k, err); }); } };
+    const once = (k, fn) => { if (force || !loaded[k]) { loaded[k] = true; fn().catch((err) => { loaded[k] = false; if (err.name !== "AbortError") console.error(k, err); }); } };
     const stageDone = (s) => (job.progress || []).some((p) => p.stage === s && p.completed_at);
     if (stageDone("triage") || job.state === "awaiting_review") once(key("triage"), drawTriage);
     once(key("scores"), drawScores);
@@ -463,7 +471,7 @@ function renderAdapters(main) {
         h("td", {}, a.base_model.name_or_path || "–"), h("td", { class: "small" }, a.lora ? `r=${a.lora.r} α=${a.lora.alpha}` : "–"),
         h("td", {}, a.job_id ? h("a", { href: `#/jobs/${a.job_id}` }, a.job_id) : "–"), h("td", { class: "small" }, when(a.created_at))));
     }
-  }).catch((err) => toast(err.message, true));
+  }).catch(failed);
 }
 
 function renderAdapter(main, adapterId) {
