@@ -20,6 +20,7 @@ import argparse
 import gc
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ from trace_engine.variants import CATEGORIES, VARIANTS, DataError, get_variant, 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 SCORING_VARIANTS = ("trace", "trace_oracle", "no_triage")  # = scoring.SCORING_VARIANTS (not imported: cheap CLI)
 SCORED_FILE, SCORE_META, REFERENCE_CACHE = "scored.jsonl", "score.json", "reference_logps.safetensors"
+DEFAULT_WEIGHT_CAP = 2.0  # = scoring.DEFAULT_WEIGHT_CAP (not imported: cheap CLI; a test keeps them equal)
 # settings that change the scores (must match between scoring and training) / the reference log-probs
 _SCORE_KEYS = ("variant", "base_model", "seed", "lora_r", "lora_alpha", "target_modules", "beta", "pref_loss", "npo_two_over_beta")
 _CACHE_KEYS = ("base_model", "max_prompt_len", "max_len", "dtype")
@@ -161,6 +163,15 @@ def _scoring_args(p: argparse.ArgumentParser, batch_flag: str) -> None:
     p.add_argument("--gold-size", type=int, default=100, help="gold batch size B (Algorithm 2)")
     p.add_argument("--normalise", default="sum", choices=("sum", "mean"),
                    help="sum: weights sum to 1 (published); mean: weights average 1")
+    p.add_argument("--weight-cap", type=float, default=DEFAULT_WEIGHT_CAP, metavar="X",
+                   help="no pair may weigh more than X times the uniform weight; the excess goes to the other "
+                   f"positive pairs (default {DEFAULT_WEIGHT_CAP:g}, chosen on validation: robust to noisy triage; "
+                   "0 = no cap, as published)")
+    p.add_argument("--uniform-mix", type=float, default=0.0, metavar="L",
+                   help="mix the impact weights with uniform ones: (1-L) w + L mean(w) (default 0)")
+    p.add_argument("--gold-from", default="all", choices=("all", "trusted", "auto"),
+                   help='rows the gold batch is drawn from: all (published), trusted (rows with "trusted": true) '
+                   "or auto (the trusted rows when any row is marked)")
     p.add_argument(batch_flag, dest="score_batch_size", type=int, default=8, metavar="N",
                    help="conflict samples per scoring pass (each reads one or two sequences)")
     p.add_argument("--score-checkpointing", action="store_true", help="recompute activations while scoring")
@@ -298,7 +309,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 def check_scoring_inputs(rows: list[dict[str, Any]], variant: str, gold_size: int, args: argparse.Namespace) -> None:
     """Everything scoring would refuse, found without a model: categories, ids, conflict set, gold batch, settings."""
-    from trace_engine.gold import build_gold_batch
+    from trace_engine.gold import build_gold_batch, gold_candidates
     from trace_engine.scoring import conflict_samples
 
     if variant not in SCORING_VARIANTS:
@@ -322,7 +333,15 @@ def check_scoring_inputs(rows: list[dict[str, Any]], variant: str, gold_size: in
     if not conflict_samples(rows, variant):
         raise UserError(f"no conflicting pairs to score for variant {variant!r} (empty conflict set): "
                         "the new policy changes nothing in this data")
-    if not build_gold_batch(rows, gold_size, args.seed)[0]:
+    if args.weight_cap and not (math.isfinite(args.weight_cap) and args.weight_cap >= 1):
+        raise UserError(f"--weight-cap must be 0 (no cap) or a finite number >= 1, got {args.weight_cap}")
+    if not (math.isfinite(args.uniform_mix) and 0 <= args.uniform_mix <= 1):
+        raise UserError(f"--uniform-mix must be in [0, 1], got {args.uniform_mix}")
+    try:
+        candidates = gold_candidates(rows, args.gold_from)
+    except ValueError as exc:
+        raise UserError(f"--gold-from {args.gold_from}: {exc}") from None
+    if not build_gold_batch(candidates, gold_size, args.seed)[0]:
         raise UserError("the gold batch is empty (no RETAIN/INVERT pair and no PUNISH pair with a compliant "
                         "response); use a variant with uniform weights (no_impact)")
 
@@ -375,6 +394,9 @@ def score_settings(args, variant: str, base: ModelSource, lora: LoraSettings, rt
         "dtype": str(rt.dtype).removeprefix("torch."),
         "gold_size": args.gold_size,
         "normalise": args.normalise,
+        "weight_cap": args.weight_cap or None,
+        "uniform_mix": args.uniform_mix,
+        "gold_from": args.gold_from,
         "input_sha256": _file_sha256(input_path),
     }
 
@@ -385,7 +407,7 @@ def score_rows(rows, variant: str, base: ModelSource, lora: LoraSettings, args, 
 
     from trace_engine.impact import LossSettings
     from trace_engine.modeling import attach_lora, load_causal_lm, load_tokenizer
-    from trace_engine.scoring import score_conflicts
+    from trace_engine.scoring import WeightShaping, score_conflicts
     from trace_engine.tokenization import LengthLimits
 
     tokenizer = load_tokenizer(base)
@@ -396,6 +418,7 @@ def score_rows(rows, variant: str, base: ModelSource, lora: LoraSettings, args, 
             settings=LossSettings(args.beta, args.pref_loss, args.npo_two_over_beta),
             gold_size=args.gold_size, seed=args.seed, mode=args.normalise, rows_per_batch=2 * args.score_batch_size,
             limits=LengthLimits(args.max_prompt_len, args.max_len), checkpoint=args.score_checkpointing, runtime=rt,
+            gold_from=args.gold_from, shaping=WeightShaping(cap=args.weight_cap or None, uniform_mix=args.uniform_mix),
         )
     finally:
         del model

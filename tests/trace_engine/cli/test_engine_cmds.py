@@ -158,6 +158,11 @@ def keep(rows):
         ("score", keep, ["--variant", "dpo"], "invalid choice: 'dpo'"),
         ("train", keep, ["--pref-loss", "rdpo"], "impact scores support"),
         ("train", keep, ["--scored-input"], "no numeric impact_score"),  # scored file without scores
+        ("score", keep, ["--weight-cap", "0.5"], "--weight-cap must be 0"),
+        ("train", keep, ["--weight-cap", "inf"], "--weight-cap must be 0"),
+        ("score", keep, ["--uniform-mix", "1.5"], r"--uniform-mix must be in \[0, 1\]"),
+        ("score", keep, ["--gold-from", "trusted"], 'needs rows marked "trusted": true'),
+        ("train", keep, ["--gold-from", "verified"], "invalid choice: 'verified'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_before_any_model_load(command, mutate, extra, message, model_dir, tmp_path,
@@ -212,3 +217,27 @@ def test_score_as_a_subprocess(model_dir, tmp_path):
     assert "scored 9 samples (no_triage)" in done.stdout
     rows = [json.loads(line) for line in (tmp_path / "out" / SCORED_FILE).read_text().splitlines()]
     assert sum(r["impact_score"] for r in rows) == pytest.approx(9.0)  # --normalise mean: weights average 1
+
+
+def test_cli_weight_cap_default_is_the_library_default():
+    from trace_engine.cli.engine_cmds import DEFAULT_WEIGHT_CAP
+    from trace_engine.scoring import DEFAULT_SHAPING
+    from trace_engine.scoring import DEFAULT_WEIGHT_CAP as LIBRARY_DEFAULT
+
+    assert DEFAULT_WEIGHT_CAP == LIBRARY_DEFAULT == DEFAULT_SHAPING.cap
+
+
+def test_score_options_reach_the_weights(model_dir, tmp_path):
+    """--weight-cap 0 (published) sums to 1; --uniform-mix 1 gives uniform weights; settings record both."""
+    data = triaged_rows()
+    data[0]["trusted"] = data[1]["trusted"] = data[2]["trusted"] = True
+    triaged = write_rows(tmp_path / "t.jsonl", data)
+    out = tmp_path / "mix"
+    assert main(["score", "--triaged", str(triaged), "--model", str(model_dir), "--variant", "trace", "--out", str(out),
+                 "--gold-size", "6", "--uniform-mix", "1", "--weight-cap", "0", "--gold-from", "trusted", *SMALL]) == 0
+    rows = [json.loads(line) for line in (out / SCORED_FILE).read_text().splitlines()]
+    weights = [r["impact_score"] for r in rows if r["category"] != "RETAIN"]
+    assert weights == pytest.approx([1 / 6] * 6)
+    meta = json.loads((out / SCORE_META).read_text())
+    assert meta["settings"]["weight_cap"] is None and meta["settings"]["uniform_mix"] == 1.0
+    assert meta["settings"]["gold_from"] == "trusted" and meta["summary"]["gold"]["size"] <= 3
