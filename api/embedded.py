@@ -209,9 +209,10 @@ def serve(settings: Settings, *, host: str, port: int, start_worker: bool = True
     # uvicorn re-raises SIGTERM after its shutdown; make that an exception so `finally` stops the children.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        if demo_body is not None and _base_name(demo_body) in SYNTHETIC_BASES:
-            print("preparing the synthetic base model (the first run trains it: a few minutes)", flush=True)
-            synthetic_base_path(settings)
+        serving_builds_it = (start_serving and not settings.serving_url
+                             and settings.serving_base_model in SYNTHETIC_BASES)
+        if demo_body is not None and _base_name(demo_body) in SYNTHETIC_BASES and not serving_builds_it:
+            synthetic_base_path(settings)  # here, with its progress, rather than silently in the worker
         with local_serving(settings, start_serving) as served:
             return _serve(served, sock, start_worker=start_worker, worker_concurrency=worker_concurrency,
                           demo_body=demo_body)
