@@ -78,9 +78,15 @@ def test_score_conflicts_end_to_end(tokenizer):
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     seed_lora_(model, 0)
     rows = triaged()
-    result = score_conflicts(model, tokenizer, rows, gold_size=6, seed=0, mode="mean", rows_per_batch=4)
+    from trace_engine.scoring import WeightShaping
+
+    result = score_conflicts(model, tokenizer, rows, gold_size=6, seed=0, mode="mean", rows_per_batch=4,
+                             shaping=WeightShaping())  # no cap: as published
     assert [s.sample_id for s in result.scored] == ["i0", "p0", "p1"]
     assert sum(result.weights.weights) == pytest.approx(3.0)  # mean mode: weights average 1
+    capped = score_conflicts(model, tokenizer, rows, gold_size=6, seed=0, mode="mean", rows_per_batch=4)
+    assert max(capped.weights.weights) <= 2.0 + 1e-9  # the default cap: 2x the uniform weight (1 in mean mode)
+    assert capped.summary["shaping"]["cap"] == 2.0
     assert result.summary["gold"]["size"] == result.gold_report.size > 0
     # reference log-probs: keyed like the trainer's cache, equal to the model's own at θ_ref
     key = sequence_key(rows[3]["prompt"], "Five.")
