@@ -48,6 +48,7 @@ from trace_engine.pipeline import (  # noqa: E402
     split_rows,
     triage_pairs,
 )
+from trace_engine.scoring import DEFAULT_WEIGHT_CAP, WeightShaping  # noqa: E402
 from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
 from trace_engine.synthetic.world import make_world  # noqa: E402
 from trace_engine.train import train  # noqa: E402
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="RETAIN KL anchor on both responses or the preferred only (default: the pipeline's)")
     ap.add_argument("--group-by-length", dest="group_by_length", action="store_true",
                     help="train with length-grouped micro-batches")
+    ap.add_argument("--weight-cap", type=float, default=None,
+                    help="impact-weight cap in uniform weights (default: the library's; 0 = no cap, as published)")
+    ap.add_argument("--with-noise", action="store_true", help="with --variants: keep their noisy-triage runs too")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -129,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = plan(sizes, seeds)
     if args.variants:
         wanted = set(args.variants.split(","))
-        runs = [r for r in runs if r["variant"] in wanted and not r["noise"]]
+        runs = [r for r in runs if r["variant"] in wanted and (args.with_noise or not r["noise"])]
+    shaping = None if args.weight_cap is None else WeightShaping(cap=args.weight_cap or None)
     for i, r in enumerate(runs):
         key = run_key(r)
         if key in done:
@@ -149,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
                 score_cache[skey] = score_rows(base.path, train_rows, r["variant"], tc, normalise=cfg.normalise,
-                                               gold_size=cfg.gold_size, seed=r["seed"])
+                                               gold_size=cfg.gold_size, seed=r["seed"], shaping=shaping)
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
         run_dir = out / "runs" / key
         _clear(run_dir)
@@ -160,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         after = evaluate_model_dir(base.path, trained.output_dir, world, sets[r["seed"]], cfg)
         record = {
             "key": key, **r, "normalise": cfg.normalise if r["variant"] in IMPACT_VARIANTS else None,
+            "weight_cap": (DEFAULT_WEIGHT_CAP if args.weight_cap is None else args.weight_cap or None)
+            if r["variant"] in IMPACT_VARIANTS else None,
             "steps": trained.steps, "train_s": round(t1 - t0, 1),
             "eval_s": round(time.perf_counter() - t1, 1),
             "tpa": after["tpa"]["value"], "tpa_ood": after["tpa_ood"]["value"],
