@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -141,7 +141,11 @@ def continue_job(job_id: str, request: Request, session: SessionDep, settings: S
     if job.state != JobState.AWAITING_REVIEW.value:
         raise _not_awaiting(job, "it can be continued")
     overrides = {i.pair_id: i.category for i in _overridden(session, job.id)}
-    following = next_stage(RealignRequest.model_validate(job.request), Stage.TRIAGE) or Stage.TRAIN
+    try:
+        following = next_stage(RealignRequest.model_validate(job.request), Stage.TRIAGE) or Stage.TRAIN
+    except ValidationError:  # stored by an older version with fields refused since: the worker would fail it
+        raise ProblemError(409, f"job {job.id}'s stored request is no longer accepted; submit it again",
+                           slug="stored-request-invalid") from None
     write_review(job_folder(settings, job.id), overrides)
     access.add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
                      data={"continued": True, "overrides": len(overrides)})

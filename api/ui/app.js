@@ -90,7 +90,10 @@ async function streamEvents(jobId, onEvent, signal) {
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const frame = buffer.slice(0, end); buffer = buffer.slice(end + 2);
       const data = frame.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
-      if (data) { try { onEvent(JSON.parse(data)); } catch (_) { /* a keep-alive or a partial frame */ } }
+      if (!data) continue;
+      let event;
+      try { event = JSON.parse(data); } catch (_) { continue; } // a keep-alive or a partial frame
+      Promise.resolve().then(() => onEvent(event)).catch(failed);
     }
   }
 }
@@ -132,7 +135,8 @@ function progressCell(job) {
 }
 
 async function download(path, filename) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${apiKey()}` } });
+  let response;
+  try { response = await fetch(path, { headers: { Authorization: `Bearer ${apiKey()}` } }); } catch (err) { failed(err); return; }
   if (!response.ok) { toast(`download failed: ${response.status}`, true); return; }
   const url = URL.createObjectURL(await response.blob());
   const a = h("a", { href: url, download: filename });
@@ -296,7 +300,7 @@ function renderJob(main, jobId) {
 
   const drawHeader = () => {
     const cancel = TERMINAL.has(job.state) ? null : h("button", { type: "button", class: "secondary", id: "cancel-job", onclick: async () => {
-      try { job = await call("POST", `/v1/jobs/${jobId}/cancel`); refresh(); } catch (err) { failed(err); } } }, "Cancel");
+      try { job = await call("POST", `/v1/jobs/${jobId}/cancel`); await refresh(); } catch (err) { failed(err); } } }, "Cancel");
     header.replaceChildren(
       h("h1", {}, `Job ${job.id} `, stateBadge(job.state)),
       h("div", { class: "toolbar" }, h("span", {}, `stage: ${job.stage || "–"}`), h("span", {}, `variant: ${(job.request.method || {}).variant || "–"}`),
@@ -397,7 +401,9 @@ function renderJob(main, jobId) {
         const oldChosenVerdict = swapped ? v.rejected_verdict : v.chosen_verdict;
         const oldRejectedVerdict = swapped ? v.chosen_verdict : v.rejected_verdict;
         const category = awaiting
-          ? h("select", { class: "review-category", "data-pair": item.pair_id, onchange: (e) => change(item, e.target) },
+          ? h("select", { class: "review-category", "data-pair": item.pair_id, "aria-label": `category of ${item.pair_id}`,
+                          onchange: (e) => change(item, e.target) },
+            item.category === "ERROR" ? h("option", { value: "ERROR", selected: true, disabled: true }, "ERROR (no verdict)") : null,
             ["INVERT", "PUNISH", "RETAIN"].map((c) => h("option", { value: c, selected: c === item.category }, c)))
           : h("span", { class: `cat ${item.category}` }, item.category);
         const prompt = typeof row.prompt === "string" ? row.prompt : JSON.stringify(row.prompt || "");
@@ -414,7 +420,7 @@ function renderJob(main, jobId) {
     };
     for (const f of [catFilter, clauseFilter, sortBy]) f.addEventListener("change", () => { shown = 20; draw(); });
     const continueButton = awaiting ? h("button", { type: "button", id: "continue-job", onclick: async () => {
-      try { job = await call("POST", `/v1/jobs/${jobId}/continue`); toast("continued: training on the reviewed categories"); refresh(true); }
+      try { job = await call("POST", `/v1/jobs/${jobId}/continue`); toast("continued: training on the reviewed categories"); await refresh(true); }
       catch (err) { failed(err); } } }, "Continue to training") : null;
     triageBox.replaceChildren(
       awaiting ? h("p", { class: "state awaiting_review", id: "review-banner" }, "This job waits for your review: change categories below, then continue.") : "",
@@ -455,7 +461,7 @@ function renderJob(main, jobId) {
       follow(jobId, (e) => { addEvent(e); if (!pending) pending = setTimeout(() => { pending = null; refresh().catch(() => {}); }, 400); });
       every(3000, () => { if (!TERMINAL.has(job.state)) refresh().catch(() => {}); });
     }
-  })().catch((err) => { main.append(h("p", { class: "error" }, err.status === 404 ? `no job ${jobId}` : err.message)); });
+  })().catch((err) => { if (err.name !== "AbortError") main.append(h("p", { class: "error" }, err.status === 404 ? `no job ${jobId}` : err.message)); });
 }
 
 // ------------------------------------------------------------------ adapters
@@ -518,7 +524,7 @@ function renderAdapter(main, adapterId) {
         prompt, h("div", { class: "toolbar" }, h("label", {}, "max tokens ", maxTokens), run),
         h("div", { class: "grid2" }, h("div", {}, h("h2", {}, `base: ${base}`), answers.base, meta.base),
           h("div", {}, h("h2", {}, `adapter: ${a.name}`), answers.adapter, meta.adapter))));
-  })().catch((err) => main.append(h("p", { class: "error" }, err.status === 404 ? `no adapter ${adapterId}` : err.message)));
+  })().catch((err) => { if (err.name !== "AbortError") main.append(h("p", { class: "error" }, err.status === 404 ? `no adapter ${adapterId}` : err.message)); });
 }
 
 // ------------------------------------------------------------------ router

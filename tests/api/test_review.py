@@ -144,3 +144,19 @@ def test_apply_review_reorients_each_category() -> None:
     assert back["chosen_verdict"] == {"v": "b"}
     assert apply_review([row], {"other": "RETAIN"}) == [row] and apply_review([row], {"p": "INVERT"}) == [row]
     assert REVIEW_FILE.startswith("triage/")
+
+
+def test_continue_refuses_a_stored_request_that_no_longer_validates(harness: Harness) -> None:
+    from sqlalchemy import update
+
+    from api.db.engine import session_scope
+    from api.db.models import Job
+
+    job_id, _ = triaged_job(harness, review=True)
+    stored = harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers).json()["request"]
+    stale = {**stored, "judge": {**stored["judge"], "base_url": "http://old.example"}}  # refused since issue 10
+    with session_scope(harness.sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(request=stale))
+    problem = assert_problem(harness.client.post(f"/v1/jobs/{job_id}/continue", headers=harness.headers), 409)
+    assert "submit it again" in problem["detail"]
+    assert harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers).json()["state"] == "awaiting_review"

@@ -6,52 +6,25 @@ base model's, and an evaluation job reports TPA (with confidence intervals) for 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 from openai import OpenAI
 
-from api.embedded import TERMINAL, free_port, submit
+from api.embedded import TERMINAL, submit
+from tests.support.embedded_service import embedded_service
 from trace_engine.synthetic.world import make_world
 
-from .support import REPO_ROOT, tiny_synthetic_body
-
-CLI = "from trace_engine.cli import main; raise SystemExit(main())"
+from .support import tiny_synthetic_body
 
 
 def test_serve_embedded_runs_a_job_end_to_end(tmp_path: Path) -> None:
-    port = free_port("127.0.0.1")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALIGN_")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    server = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", str(port), "--data-dir",
-                               str(tmp_path / "state")], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        assert server.stdout is not None
-        lines = []
-        while not (lines and lines[-1].startswith("rk_")):
-            line = server.stdout.readline()
-            assert line, f"serve exited early: {''.join(lines)}"
-            lines.append(line.strip())
-        key = lines[-1]
-        assert any("embedded" in line for line in lines)
-        url = f"http://127.0.0.1:{port}"
+    with embedded_service(tmp_path / "state") as served:
+        key, url = served.key, served.url
+        assert any("embedded" in line for line in served.lines)
         headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "API did not come up"
-                time.sleep(0.1)
             body_file = tmp_path / "body.json"
             body_file.write_text(json.dumps(tiny_synthetic_body(
                 n=16, variant="no_impact", hyperparameters={"batch_size": 4, "lr": 0.01})))
@@ -68,13 +41,6 @@ def test_serve_embedded_runs_a_job_end_to_end(tmp_path: Path) -> None:
                     "adapter_model.safetensors").is_file()
         assert (tmp_path / "state" / "realign.db").is_file()
         assert (tmp_path / "state" / "local-api-key").stat().st_mode & 0o077 == 0
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
 
 
 def check_gateway(url: str, key: str, adapter_name: str) -> None:

@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api.embedded import free_port
+from tests.support.embedded_service import REPO_ROOT, embedded_service
 from trace_engine.synthetic.world import make_world
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(__file__).resolve().parent / "last_screenshots"
-CLI = "from trace_engine.cli import main; raise SystemExit(main())"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 JOB_TIMEOUT_S = 900  # the synthetic job takes ~3.5 min on an idle 2-vCPU box
@@ -51,38 +46,8 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """`realign serve` embedded on a free port with a fresh data dir: (base URL, the printed API key)."""
-    state = tmp_path_factory.mktemp("ui") / "state"
-    port = free_port("127.0.0.1")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALIGN_")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    server = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", str(port), "--data-dir", str(state)],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        assert server.stdout is not None
-        lines: list[str] = []
-        while not (lines and lines[-1].startswith("rk_")):
-            line = server.stdout.readline()
-            assert line, f"serve exited early: {''.join(lines)}"
-            lines.append(line.strip())
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.2)
-        yield url, lines[-1]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
+    with embedded_service(tmp_path_factory.mktemp("ui") / "state") as served:
+        yield served.url, served.key
 
 
 def shot(page: Any, name: str, full_page: bool = False) -> None:
