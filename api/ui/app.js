@@ -228,10 +228,28 @@ function renderJobs(main) {
 
 // ------------------------------------------------------------------ job page
 
-function evalRows(summary) {
-  // {name}_before / {name}_after with _ci partners -> rows; plus TPA per category.
+function evalRows(report) {
+  // Three shapes: an eval job's comparison ({vs_base: [{metric, before, after}]}), its per-model summary
+  // ({target: {metric: {value, ci_low, ci_high}}, base: ...}), and a realign job's flat summary
+  // ({name}_before / {name}_after with _ci partners, tpa_by_category). Each gives rows of before vs after.
+  const src = report || {};
+  const interval = (m) => (m ? [m.ci_low, m.ci_high] : null);
+  const comparison = (src.comparison || {}).vs_base;
+  if (Array.isArray(comparison) && comparison.length) {
+    return comparison.map((c) => ({ label: c.metric, before: (c.before || {}).value, beforeCi: interval(c.before),
+                                    after: (c.after || {}).value, afterCi: interval(c.after) }));
+  }
+  const perModel = src.target ? src : (src.summary && src.summary.target ? src.summary : null);
+  if (perModel) {
+    return Object.entries(perModel.target).filter(([, m]) => m && typeof m === "object" && "value" in m).map(([metric, m]) => {
+      const base = (perModel.base || {})[metric];
+      return { label: metric, before: base ? base.value : undefined, beforeCi: interval(base), after: m.value, afterCi: interval(m) };
+    });
+  }
+  const flat = (o) => o && typeof o === "object" && Object.keys(o).some((k) => k.endsWith("_before") && typeof o[k] !== "object");
+  const summary = flat(src.summary) ? src.summary : src;
   const rows = [];
-  for (const key of Object.keys(summary || {})) {
+  for (const key of Object.keys(summary)) {
     const m = key.match(/^(.*)_before$/);
     if (!m || !(`${m[1]}_after` in summary)) continue;
     rows.push({ label: m[1], before: summary[key], beforeCi: summary[`${key}_ci`], after: summary[`${m[1]}_after`],
@@ -248,8 +266,8 @@ function ciText(v, ci) {
   return ci && Number.isFinite(ci[0]) ? `${pct(v)} [${pct(ci[0])}, ${pct(ci[1])}]` : pct(v);
 }
 
-function evalSection(summary, id) {
-  const rows = evalRows(summary || {});
+function evalSection(report, id) {
+  const rows = evalRows(report);
   const canvas = h("canvas", { class: "chart", id, style: `height:${Math.max(120, rows.length * 30 + 50)}px` });
   const table = h("table", { class: "small" }, h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th", { class: "num" }, "before (95% CI)"),
     h("th", { class: "num" }, "after (95% CI)"), h("th", { class: "num" }, "change"))),
@@ -284,13 +302,13 @@ function renderJob(main, jobId) {
   main.append(
     h("p", {}, h("a", { href: "#/jobs" }, "← jobs")), header,
     h("section", { class: "card" }, h("h2", {}, "Stage timeline"), timeline),
-    h("div", { class: "grid2" },
+    h("div", { class: "grid2 realign-only" },
       h("section", { class: "card" }, h("h2", {}, "Triage categories"), categories),
       h("section", { class: "card" }, h("h2", {}, "Impact scores"), scores, scoreNote)),
-    h("section", { class: "card" }, h("h2", {}, "Training curves"),
+    h("section", { class: "card realign-only" }, h("h2", {}, "Training curves"),
       h("div", { class: "grid4" }, curves.loss, curves.rewards, curves.margin, curves.lr)),
-    h("section", { class: "card" }, h("h2", {}, "Evaluation: before vs after"), evalBox),
-    h("section", { class: "card" }, h("h2", {}, "Triage review"), triageBox),
+    h("section", { class: "card" }, h("h2", { id: "eval-title" }, "Evaluation: before vs after"), evalBox),
+    h("section", { class: "card realign-only" }, h("h2", {}, "Triage review"), triageBox),
     h("div", { class: "grid2" },
       h("section", { class: "card" }, h("h2", {}, "Artifacts"), artifacts),
       h("section", { class: "card" }, h("h2", {}, "Events"), events)));
@@ -303,8 +321,10 @@ function renderJob(main, jobId) {
       try { job = await call("POST", `/v1/jobs/${jobId}/cancel`); await refresh(); } catch (err) { failed(err); } } }, "Cancel");
     header.replaceChildren(
       h("h1", {}, `Job ${job.id} `, stateBadge(job.state)),
-      h("div", { class: "toolbar" }, h("span", {}, `stage: ${job.stage || "–"}`), h("span", {}, `variant: ${(job.request.method || {}).variant || "–"}`),
-        h("span", {}, `base: ${(job.request.base_model || {}).name_or_path || "–"}`), progressCell(job), cancel,
+      h("div", { class: "toolbar" }, h("span", {}, `stage: ${job.stage || "–"}`),
+        job.kind === "eval" ? h("span", {}, `model: ${job.request.model}; suites: ${(job.request.suites || []).join(", ")}`)
+          : [h("span", {}, `variant: ${(job.request.method || {}).variant || "–"}`), h("span", {}, `base: ${(job.request.base_model || {}).name_or_path || "–"}`)],
+        progressCell(job), cancel,
         job.artifacts.adapter_id ? h("a", { href: `#/adapters/${job.artifacts.adapter_id}`, id: "job-adapter" }, `adapter ${job.artifacts.adapter_name}`) : null),
       job.error ? h("p", { class: "error", id: "job-error" }, `${job.error.stage || ""} ${job.error.kind || ""}: ${job.error.message || ""}`) : "");
   };
@@ -442,9 +462,17 @@ function renderJob(main, jobId) {
   // when the job moves on (training curves follow the metrics cursor).
   const refresh = async (force) => {
     job = await get(`/v1/jobs/${jobId}`);
-    drawHeader(); drawTimeline(); drawCategories();
     const key = (k) => `${k}:${job.state}`;
     const once = (k, fn) => { if (force || !loaded[k]) { loaded[k] = true; fn().catch((err) => { loaded[k] = false; if (err.name !== "AbortError") console.error(k, err); }); } };
+    drawHeader(); drawTimeline();
+    if (job.kind === "eval") { // an evaluation job: no triage, scores or training; its report compares models
+      main.querySelectorAll(".realign-only").forEach((el) => { el.hidden = true; });
+      document.getElementById("eval-title").textContent = "Evaluation: base (before) vs the evaluated model (after)";
+      once(key("eval"), async () => { evalBox.replaceChildren(evalSection((job.metrics || {}).eval, "chart-eval")); });
+      once(key("artifacts"), drawArtifacts);
+      return;
+    }
+    drawCategories();
     const stageDone = (s) => (job.progress || []).some((p) => p.stage === s && p.completed_at);
     if (stageDone("triage") || job.state === "awaiting_review") once(key("triage"), drawTriage);
     once(key("scores"), drawScores);
@@ -518,7 +546,7 @@ function renderAdapter(main, adapterId) {
         h("div", { class: "toolbar" },
           h("button", { type: "button", id: "download-adapter", onclick: () => download(`/v1/adapters/${a.id}/download`, `${a.name}.tar.gz`) }, "Download (tar.gz)"),
           h("button", { type: "button", class: "secondary", onclick: () => download(`/v1/adapters/${a.id}/download?format=safetensors`, `${a.name}.safetensors`) }, "weights only (.safetensors)"))),
-      h("section", { class: "card" }, h("h2", {}, "Evaluation report"), evalSection((a.eval_report || {}).summary || a.eval_report || {}, "chart-adapter-eval")),
+      h("section", { class: "card" }, h("h2", {}, "Evaluation report"), evalSection(a.eval_report, "chart-adapter-eval")),
       h("section", { class: "card", id: "playground" }, h("h2", {}, "Playground: base vs adapter"),
         h("p", { class: "small muted" }, "One prompt, both models, through the gateway's /v1/chat/completions (temperature 0)."),
         prompt, h("div", { class: "toolbar" }, h("label", {}, "max tokens ", maxTokens), run),

@@ -129,8 +129,9 @@ def test_the_dashboard_in_chromium(service: tuple[str, str], tmp_path: Path) -> 
             job_id = submit(page, example)
             assert page.inner_text("#job-header").startswith(f"Job {job_id}")
             seen_running = wait_state(page, {"training", "evaluating", "succeeded"}, JOB_TIMEOUT_S)
-            if seen_running == "training":  # the curves draw while it trains
+            if seen_running == "training":  # the curves draw while it trains, the header shows the ETA
                 wait_js(page, "document.querySelector('#chart-loss').dataset.drawn === '1'", timeout_s=300)
+                assert "ETA" in page.inner_text("#job-header")
             shot(page, "1_job_running")
 
             # meanwhile a small job with review: true parks after triage; review a pair, then continue
@@ -183,6 +184,8 @@ def test_the_dashboard_in_chromium(service: tuple[str, str], tmp_path: Path) -> 
             assert "clamped to zero" in page.inner_text("#scores-note")
             assert "INVERT" in page.inner_text("#eval") and "[" in page.inner_text("#eval")  # CIs per category
             assert page.query_selector("[data-artifact='adapter']") is not None
+            assert "→ succeeded" in page.inner_text("#events")  # the live event stream reached the page
+            page.evaluate("window.scrollTo(0, 0)")
             shot(page, "3_job_succeeded")
             shot(page, "3_job_succeeded_full", full_page=True)
 
@@ -216,9 +219,22 @@ def test_the_dashboard_in_chromium(service: tuple[str, str], tmp_path: Path) -> 
             scored = {s["pair_id"]: s for s in api.get(f"/v1/jobs/{review_id}/scores", params={"limit": 100}).json()["data"]}
             assert scored[pair]["category"] == "INVERT" and scored[pair]["impact_kind"] == "INVERT", scored[pair]
 
+            # an evaluation job's page: its report (base vs adapter, with CIs), no training sections
+            evaluation = api.post("/v1/evals", json={
+                "model": reviewed["artifacts"]["adapter_id"], "suites": ["tpa"], "n": 6, "max_new_tokens": 24,
+                "policy": example["policy"], "judge": {"provider": "synthetic"},
+                "dataset": {"type": "synthetic", "seed": 0}})
+            assert evaluation.status_code == 202, evaluation.text
+            page.goto(f"{url}/ui/#/jobs/{evaluation.json()['id']}")
+            wait_state(page, {"succeeded"}, 300)
+            wait_js(page, "document.querySelector('#chart-eval') && document.querySelector('#chart-eval').dataset.drawn === '1'")
+            assert ink(page, "#chart-eval") > 2000 and "tpa/overall" in page.inner_text("#eval")
+            assert not page.is_visible("#chart-loss") and not page.is_visible("#triage")
+            shot(page, "5_eval_job")
+
             page.click("#nav-jobs")
             page.wait_for_selector(f"tr[data-job='{review_id}'] [data-state='succeeded']")
-            shot(page, "5_jobs")
+            shot(page, "6_jobs")
             assert problems == [], problems
         except Exception:
             shot(page, "failure", full_page=True)
