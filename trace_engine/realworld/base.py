@@ -26,8 +26,7 @@ import torch
 
 from trace_engine.data.pairs import sha256_text
 from trace_engine.modeling import LoraSettings, ModelSource, attach_lora, load_causal_lm, load_tokenizer
-from trace_engine.realworld import content
-from trace_engine.realworld.world import POLICIES, RealWorld, rules_json
+from trace_engine.realworld.world import RealWorld
 from trace_engine.synthetic.base_model import StepProgress, _warmup_cosine, response_nll, stderr_log
 from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of
 
@@ -54,14 +53,14 @@ class RealBaseRecipe:
 
     def key(self, source_id: str) -> str:
         recipe = json.dumps(asdict(self), sort_keys=True)
-        return sha256_text("realworld-base", recipe, source_id, world_fingerprint())[:20]
+        return sha256_text("realworld-base", recipe, source_id, sft_fingerprint(self))[:20]
 
 
-def world_fingerprint() -> str:
-    """Hash of the world's text and rules, so editing the world retrains the base."""
-    parts = {k: getattr(content, k) for k in dir(content) if k.isupper()}
-    return sha256_text(json.dumps(parts, sort_keys=True, default=list), rules_json("old"), rules_json("new"),
-                       json.dumps(POLICIES, sort_keys=True))
+def sft_fingerprint(recipe: RealBaseRecipe) -> str:
+    """Hash of exactly the fine-tuning data, so a change to the world's text retrains the base while a change to
+    the judge's rules (which the base never sees) does not."""
+    rows = RealWorld(recipe.world_seed).sft_examples(recipe.sft_examples)
+    return sha256_text(json.dumps(rows, ensure_ascii=False))
 
 
 def source_id(source: Path) -> str:
