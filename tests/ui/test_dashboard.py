@@ -45,7 +45,10 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """`realign serve` embedded on a free port with a fresh data dir: (base URL, the printed API key)."""
+    """`realign serve` embedded on a free port with a fresh data dir: (base URL, the printed API key). Skips
+    first, before starting anything, where there is no browser to drive."""
+    chromium_path()
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
     with embedded_service(tmp_path_factory.mktemp("ui") / "state") as served:
         yield served.url, served.key
 
