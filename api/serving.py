@@ -150,6 +150,9 @@ def _output_check_failed(result: dict[str, Any]) -> bool:
                for c in result.get("checks", []))
 
 
+SELFTEST_SEEDS = (17, 18)  # two self-test adapters: two occupied LoRA slots while the self-test measures
+
+
 def base_model_config_path(settings: Settings) -> Path | None:
     """Where the base model's config.json is for this process: `serving_base_model_path`, else
     `model_root/<serving_base_model>`, else the newest Hugging Face cache snapshot of that Hub id."""
@@ -172,9 +175,9 @@ def serving_dir_for_backend(settings: Settings, name: str) -> str:
     return str(Path(root) / "serving" / name)
 
 
-def isolation_adapters(settings: Settings) -> tuple[AdapterRef, AdapterRef]:
-    """Write the null and self-test adapters for the base model under `<data_dir>/serving`; IsolationUnavailable
-    says what to set when that is impossible."""
+def isolation_adapters(settings: Settings) -> tuple[AdapterRef, tuple[AdapterRef, ...]]:
+    """Write the null adapter and the self-test adapters (two different ones) for the base model under
+    `<data_dir>/serving`; IsolationUnavailable says what to set when that is impossible."""
     path = base_model_config_path(settings)
     if path is None:
         raise IsolationUnavailable(
@@ -188,9 +191,10 @@ def isolation_adapters(settings: Settings) -> tuple[AdapterRef, AdapterRef]:
         raise IsolationUnavailable(f"{exc}: set REALIGN_SERVING_BASE_MODEL_PATH to the base model folder") from exc
     out = settings.data_dir / "serving"
     null = write_null_adapter(config, out, base_model=settings.serving_base_model)
-    probe = write_selftest_adapter(config, out, base_model=settings.serving_base_model)
+    probes = [write_selftest_adapter(config, out, base_model=settings.serving_base_model, seed=seed)
+              for seed in SELFTEST_SEEDS]
     return (AdapterRef(null.name, serving_dir_for_backend(settings, null.name)),
-            AdapterRef(probe.name, serving_dir_for_backend(settings, probe.name)))
+            tuple(AdapterRef(p.name, serving_dir_for_backend(settings, p.name)) for p in probes))
 
 
 def make_backend(settings: Settings, url: str) -> ServingBackend:
@@ -198,13 +202,13 @@ def make_backend(settings: Settings, url: str) -> ServingBackend:
     if settings.serving_isolation == "off":
         return ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters)
     try:
-        base, probe = isolation_adapters(settings)
+        base, probes = isolation_adapters(settings)
     except (IsolationUnavailable, OSError) as exc:
         reason = f"base-model isolation is unavailable: {exc}"
         log.error("%s; the gateway answers 503 to generation requests", reason)
         return ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters, unavailable=reason)
     return ServingBackend(url, max_loaded_adapters=settings.serving_max_adapters, base_adapter=base,
-                          selftest_adapter=probe)
+                          selftest_adapters=probes)
 
 
 def make_serving(settings: Settings, sessions: sessionmaker[Session]) -> tuple[RegistryGateway, APIRouter] | None:

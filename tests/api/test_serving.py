@@ -87,11 +87,11 @@ def test_isolation_adapters_from_the_hub_cache_config(no_hf_env: Path, monkeypat
     hub_snapshot(hub, "org/model", "e" * 40, mtime=1_000_000)
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     settings = Settings(data_dir=no_hf_env / "state", serving_base_model="org/model")
-    null, probe = isolation_adapters(settings)
+    null, probes = isolation_adapters(settings)
     assert null.name.startswith(NULL_PREFIX)
     written = json.loads((settings.data_dir / "serving" / null.name / "adapter_config.json").read_text())
     assert written["base_model_name_or_path"] == "org/model" and written["r"] == 1
-    assert probe.name != null.name
+    assert len({null.name, *(p.name for p in probes)}) == 3  # two different self-test adapters
 
 
 def test_no_config_anywhere_names_the_setting_to_use(no_hf_env: Path) -> None:

