@@ -71,6 +71,9 @@ def main() -> int:
             _, stage = queue.pop(0)
             print(f"running {stage} ...", flush=True)
             runner.run_stage(services, job_id, Stage(stage), "bench")
+            with services.sessions() as session:  # each stage's figures as soon as it ends
+                done = access.load_job(session, job_id=job_id)
+                print(f"{stage}: {json.dumps(((done.metrics or {}).get('resources') or {}).get(stage))}", flush=True)
         wall = time.perf_counter() - started
         after = rss_mb()
         with services.sessions() as session:
