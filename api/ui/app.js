@@ -7,6 +7,7 @@ const KEY_STORAGE = "realign.apiKey";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const CATEGORIES = ["INVERT", "PUNISH", "RETAIN", "ERROR"];
 const STAGES = ["validate", "triage", "score", "train", "evaluate"];
+const REVIEW_MAX_PAIRS = 5000; // the review table loads at most this many pairs (the API pages through all)
 let view = null; // {abort: AbortController, timers: []} of the page on screen
 
 // ------------------------------------------------------------------ helpers
@@ -74,6 +75,26 @@ async function unlessMissing(promise, fallback) {
 }
 
 function failed(err) { if (err && err.name !== "AbortError" && err.status !== 401) toast(err.detail || err.message, true); }
+
+// The first `limit` rows of a JSONL response, by id, read as a stream (a large job's triaged file is not loaded
+// whole into the page).
+async function firstRows(response, limit) {
+  const rows = new Map();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (value) buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n")) >= 0 && rows.size < limit) {
+      const line = buffer.slice(0, end); buffer = buffer.slice(end + 1);
+      if (line.trim()) { const row = JSON.parse(line); rows.set(row.id, row); }
+    }
+    if (rows.size >= limit) { reader.cancel().catch(() => {}); break; }
+    if (done) { if (buffer.trim()) { const row = JSON.parse(buffer); rows.set(row.id, row); } break; }
+  }
+  return rows;
+}
 
 // Server-sent events over fetch (EventSource cannot send the Authorization header).
 async function streamEvents(jobId, onEvent, signal) {
@@ -386,9 +407,9 @@ function renderJob(main, jobId) {
   const drawTriage = async () => {
     const triaged = await fetch(`/v1/jobs/${jobId}/artifacts/triaged`, { headers: { Authorization: `Bearer ${apiKey()}` }, signal: view.abort.signal });
     if (!triaged.ok) { triageBox.replaceChildren(h("p", { class: "muted" }, "triage has not finished yet")); return; }
-    const texts = new Map((await triaged.text()).split("\n").filter(Boolean).map((l) => { const r = JSON.parse(l); return [r.id, r]; }));
+    const texts = await firstRows(triaged, REVIEW_MAX_PAIRS);
     const [{ data: items }, { data: scored }, review] = await Promise.all([
-      allPages(`/v1/jobs/${jobId}/triage`, 500), unlessMissing(allPages(`/v1/jobs/${jobId}/scores`, 500), { data: [] }),
+      allPages(`/v1/jobs/${jobId}/triage`, 500, REVIEW_MAX_PAIRS), unlessMissing(allPages(`/v1/jobs/${jobId}/scores`, 500, REVIEW_MAX_PAIRS), { data: [] }),
       get(`/v1/jobs/${jobId}/review`)]);
     const impact = new Map(scored.map((s) => [s.pair_id, s.impact_score]));
     const overridden = new Map(review.overrides.map((o) => [o.pair_id, o.original_category]));
@@ -414,7 +435,8 @@ function renderJob(main, jobId) {
       let list = items.filter((i) => (!catFilter.value || i.category === catFilter.value) && (!clauseFilter.value ||
         [...((i.verdicts.chosen_verdict || {}).clauses || []), ...((i.verdicts.rejected_verdict || {}).clauses || [])].includes(clauseFilter.value)));
       if (sortBy.value === "impact") list = [...list].sort((a, b) => (impact.get(b.pair_id) ?? -Infinity) - (impact.get(a.pair_id) ?? -Infinity));
-      count.textContent = `${list.length} of ${items.length} pairs`;
+      count.textContent = `${list.length} of ${items.length} pairs` + (items.length >= REVIEW_MAX_PAIRS
+        ? ` (the first ${REVIEW_MAX_PAIRS}; GET /v1/jobs/${jobId}/triage pages through all)` : "");
       rowsBody.replaceChildren(...list.slice(0, shown).map((item) => {
         const row = texts.get(item.pair_id) || {};
         const v = item.verdicts; const swapped = !!v.swapped;
