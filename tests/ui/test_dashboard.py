@@ -164,7 +164,7 @@ def test_the_dashboard_in_chromium(service: tuple[str, str], tmp_path: Path) -> 
             review = api.get(f"/v1/jobs/{review_id}/review").json()
             assert [(o["pair_id"], o["category"], o["original_category"]) for o in review["overrides"]] == [
                 (pair, "INVERT", "RETAIN")]
-            page.query_selector("#triage").scroll_into_view_if_needed()
+            page.evaluate("document.getElementById('review-banner').scrollIntoView({block: 'start'})")
             shot(page, "2_review")
             page.click("#continue-job")
             assert wait_state(page, {"scoring", "training", "succeeded"}, 120) != "awaiting_review"
