@@ -243,7 +243,8 @@ def _serve(settings: Settings, sock: socket.socket, *, start_worker: bool, worke
     server = uvicorn.Server(config)
     url = f"http://{_url_host(host)}:{port}"
     mode = "embedded (SQLite + filesystem broker)" if embedded else "connected"
-    print(f"realign service on {url}  [{mode}; data dir {settings.data_dir}; docs at {url}/docs]", flush=True)
+    print(f"realign service on {url}  [{mode}; data dir {settings.data_dir}; dashboard at {url}/ui; docs at {url}/docs]",
+          flush=True)
     if key:
         print("local API key (tenant 'local'):", flush=True)
         print(key, flush=True)
