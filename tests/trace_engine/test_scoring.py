@@ -164,6 +164,22 @@ def test_cap_weights_shrinks_the_total_when_too_few_rows_are_positive():
     assert cap_weights([5.0, 5.0] + [0.0] * 8, 2.0) == pytest.approx([2.0, 2.0] + [0.0] * 8)
 
 
+def test_cap_weights_keeps_the_total_unless_every_positive_row_is_capped():
+    import random
+
+    from trace_engine.scoring import cap_weights
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n, cap = rng.randint(1, 12), rng.choice([1.0, 1.5, 2.0, 3.0])
+        w = [rng.random() ** 4 if rng.random() < 0.6 else 0.0 for _ in range(n)]
+        total, positive = sum(w), sum(x > 0 for x in w)
+        out = cap_weights(w, cap)
+        assert max(out) <= cap * total / n + 1e-12
+        assert sum(out) == pytest.approx(min(total, cap * positive * total / n) if total else 0.0)
+        assert all((a == 0) == (b == 0) for a, b in zip(w, out, strict=True))  # zeros stay zero, others stay >0
+
+
 def test_mix_uniform_floors_every_row():
     from trace_engine.scoring import mix_uniform
 
