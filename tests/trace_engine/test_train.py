@@ -390,3 +390,28 @@ def test_retain_kl_is_the_token_mean_kl_against_the_adapter_free_model(llama, kl
         want = sums[:k] / counts[:k]
     assert bool((want > 0).all())
     torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-7)
+
+
+def test_reference_only_for_examples_the_steps_reach(llama, tmp_path, monkeypatch):
+    """max_steps shorter than an epoch: reference log-probs are computed only for the pairs those steps train on
+    (TRL's per-step reference gets this for free; computing all of them made short runs pay for a whole epoch), and
+    the first step's numbers equal a full-epoch run's, so the values land on the right examples."""
+    sizes: list[int] = []
+    original = train_module.reference_sequence_logps
+
+    def counting(model, encoded, examples, rt, cfg, pad_id, cache=None):
+        sizes.append(len(examples))
+        return original(model, encoded, examples, rt, cfg, pad_id, cache)
+
+    monkeypatch.setattr(train_module, "reference_sequence_logps", counting)
+    rows = triaged_rows(12)
+    short = train(rows, small(variant="no_impact", batch_size=2, max_steps=2), base=llama, output_dir=tmp_path / "a")
+    full = train(rows, small(variant="no_impact", batch_size=2), base=llama, output_dir=tmp_path / "b")
+    assert sizes == [4, 12]
+    first = [next(iter_jsonl(r.metrics_path)) for r in (short, full)]
+    assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-6)
+    for key in ("loss_pref", "loss_npo", "reward_chosen", "kl"):  # None where the first batch has no such example
+        assert (first[0][key] is None) == (first[1][key] is None), key
+        assert first[0][key] is None or first[0][key] == pytest.approx(first[1][key], rel=1e-6, abs=1e-7), key
+    cut = train_module.examples_reached(12, [5] * 12, small(batch_size=2, grad_accum=2), 1)
+    assert len(cut) == 4 and train_module.examples_reached(12, None, small(batch_size=5), 3) == list(range(12))
