@@ -1,7 +1,7 @@
 """Side by side with TRL: the same DPO run through `realign train --variant dpo` and TRL's `DPOTrainer`.
 
     .venv/bin/python bench/trl_compare.py                      # 3 + 3 alternating runs, SmolLM2-135M, CPU
-    .venv/bin/python bench/trl_compare.py --runs 1 --steps 2   # a quick check
+    .venv/bin/python bench/trl_compare.py --runs 1 --steps 2   # a quick check (16 of the 160 pairs trained)
     .venv/bin/python bench/trl_compare.py --device cuda        # on a GPU (peak GPU memory reported too)
 
 Why: users who would not pick this project pick TRL's DPOTrainer with peft; the project's speed and memory claims
@@ -18,7 +18,8 @@ the project computes them once before the loop: the same number of forwards over
 metrics. Runs alternate project / TRL, each in its own subprocess, so each run's peak RSS is its own
 (`os.wait4`'s ru_maxrss of the child). Reported per side: the median of wall time (the whole subprocess,
 imports included), train time (model load to saved adapter), loop time (first step's start to last step's end),
-pairs/s (pairs trained / train time), tokens/s (real tokens / loop time) and peak RSS; their ratios project / TRL.
+pairs/s and tokens/s (pairs and real tokens trained / train time: it holds both sides' reference passes, which the
+loop time does not for the project) and peak RSS; their ratios project / TRL.
 The last line printed is one JSON object.
 """
 
@@ -242,7 +243,7 @@ def run_child(side: str, args: argparse.Namespace) -> dict[str, Any]:
     result = json.loads(stdout.strip().splitlines()[-1])
     pairs = result["steps"] * args.batch_size
     result.update(side=side, wall_s=wall, peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
-                  pairs_per_s=pairs / result["train_s"], tokens_per_s=result["tokens"] / result["loop_s"])
+                  pairs_per_s=pairs / result["train_s"], tokens_per_s=result["tokens"] / result["train_s"])
     return result
 
 
@@ -260,7 +261,7 @@ def table(med: dict[str, dict[str, float]]) -> str:
     lines = ["| figure (median) | project | TRL | project / TRL |", "|---|---:|---:|---:|"]
     for key, label in FIGURES:
         p, t = med["project"][key], med["trl"][key]
-        lines.append(f"| {label} | {p:.1f} | {t:.1f} | {p / t:.2f}x |")
+        lines.append(f"| {label} | {p:.3g} | {t:.3g} | {p / t:.2f}x |")
     return "\n".join(lines)
 
 
