@@ -177,8 +177,8 @@ def run_trl(s: RunSettings, device: str, dtype: str, out: Path) -> dict[str, Any
     started = time.perf_counter()
     base = base_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if dtype != "float16" else torch.float16,
-                                                 use_safetensors=True).to(device)
+    # fp32 weights; with --dtype bfloat16 TRL trains under bf16 autocast (its `bf16=True`), as it does by default
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True).to(device)
     clock = Clock()
     trainer = build_trl_trainer(model, tokenizer, rows, config, out, use_cpu=device == "cpu", callbacks=[clock])
     trainer.train()
