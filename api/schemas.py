@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from api.settings import JUDGE_PROFILE_NAME
 from trace_engine.data.presets import PRESETS
 from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_policy_size
-from trace_engine.variants import VARIANTS
+from trace_engine.variants import VARIANTS, DataError, check_pref_loss
 
 EVAL_SUITES: tuple[str, ...] = ("tpa", "asr", "over_refusal", "capability")
 CATEGORIES: tuple[str, ...] = ("INVERT", "PUNISH", "RETAIN")
@@ -279,6 +279,14 @@ class MethodIn(StrictModel):
         if value not in VARIANTS:
             raise ValueError(f"unknown variant {value!r}; known: {', '.join(sorted(VARIANTS))}")
         return value
+
+    @model_validator(mode="after")
+    def _loss_fits_the_variant(self) -> MethodIn:
+        try:  # the engine's rule, so the service refuses exactly what the CLI and training refuse
+            check_pref_loss(self.variant, self.hyperparameters.pref_loss)
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 _SUITES_TEXT = ("tpa: target-policy agreement on held-out prompts (on your own data up to one in five distinct "

@@ -35,6 +35,7 @@ from trace_engine.head import policy_pass
 from trace_engine.logprobs import SequenceBatch, host_to_device
 from trace_engine.losses import dpo_loss, npo_loss, preference_loss
 from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
+from trace_engine.variants import SCORED_PREF_LOSSES
 
 
 class SampleKind(str, Enum):
@@ -61,8 +62,8 @@ class LossSettings:
     def __post_init__(self) -> None:
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.preference_loss not in ("dpo", "ipo"):
-            raise ValueError(f"preference_loss must be 'dpo' or 'ipo', got {self.preference_loss!r}")
+        if self.preference_loss not in SCORED_PREF_LOSSES:
+            raise ValueError(f"preference_loss must be one of {SCORED_PREF_LOSSES}, got {self.preference_loss!r}")
 
 
 @dataclass

@@ -208,7 +208,8 @@ def score_rows(base_path: Path, rows: Sequence[Mapping[str, Any]], variant: str,
     source = ModelSource(str(base_path))
     model = attach_lora(load_causal_lm(source, device, fused_kernels=config.fused_kernels), config.lora)
     seed_lora_(model, seed)
-    settings = LossSettings(beta=config.beta, preference_loss="ipo" if config.pref_loss == "ipo" else "dpo",
+    # the loss training will use (LossSettings refuses one scoring cannot score: never a silent DPO stand-in)
+    settings = LossSettings(beta=config.beta, preference_loss=config.effective_pref_loss(),  # type: ignore[arg-type]
                             npo_two_over_beta=config.npo_two_over_beta)
     result = score_conflicts(model, load_tokenizer(source), rows, variant=SCORING_VARIANT[variant],
                              settings=settings, gold_size=gold_size, seed=seed, mode=normalise,  # type: ignore[arg-type]

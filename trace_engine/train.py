@@ -60,7 +60,15 @@ from trace_engine.tokenization import (
     encode_pairs,
     pad_id_of,
 )
-from trace_engine.variants import DataError, Example, LossKind, PreparedData, get_variant, prepare_examples
+from trace_engine.variants import (
+    DataError,
+    Example,
+    LossKind,
+    PreparedData,
+    check_pref_loss,
+    get_variant,
+    prepare_examples,
+)
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 PREF_LOSSES = ("dpo", "ipo", "rdpo")
@@ -119,6 +127,11 @@ class TrainConfig:
         problems = []
         if self.pref_loss not in PREF_LOSSES:
             problems.append(f"pref_loss must be one of {PREF_LOSSES}, got {self.pref_loss!r}")
+        else:
+            try:
+                check_pref_loss(self.variant, self.pref_loss)
+            except DataError as exc:
+                problems.append(str(exc))
         if self.beta <= 0:
             problems.append(f"beta must be > 0, got {self.beta}")
         if self.alpha_kl < 0:

@@ -142,6 +142,22 @@ def get_variant(name: str) -> VariantSpec:
     return VARIANTS[name]
 
 
+SCORED_PREF_LOSSES = ("dpo", "ipo")  # the preference losses impact scoring takes gradients of (impact.LossSettings)
+
+
+def check_pref_loss(variant: str, pref_loss: str) -> None:
+    """The one rule every entry point applies (CLI, service, training): a variant weighted by impact scores trains
+    with a preference loss the scores were taken for. Scoring supports `SCORED_PREF_LOSSES`; anything else would be
+    scored with one loss and trained with another."""
+    spec = get_variant(variant)
+    effective = spec.pref_loss or pref_loss
+    if spec.weights == "impact" and effective not in SCORED_PREF_LOSSES:
+        raise DataError(
+            f"impact scores support pref_loss {' or '.join(SCORED_PREF_LOSSES)}, not {effective!r}, and variant "
+            f"{variant!r} weights pairs by impact scores: use one of those losses, or a uniform-weight variant "
+            f"(no_impact, rdpo) to train with {effective}")
+
+
 def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
     """Rows -> examples for `variant`, with clear errors for anything the variant cannot use."""
     spec = get_variant(variant)

@@ -31,7 +31,14 @@ from trace_engine.data.io import DatasetError, iter_raw_rows
 from trace_engine.kernels import FUSED_MODES
 from trace_engine.modeling import LoraSettings, ModelLoadError, ModelSource
 from trace_engine.train import KL_RESPONSES, ConfigError, TrainConfig
-from trace_engine.variants import CATEGORIES, VARIANTS, DataError, get_variant, prepare_examples
+from trace_engine.variants import (
+    CATEGORIES,
+    SCORED_PREF_LOSSES,
+    VARIANTS,
+    DataError,
+    get_variant,
+    prepare_examples,
+)
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 SCORING_VARIANTS = ("trace", "trace_oracle", "no_triage")  # = scoring.SCORING_VARIANTS (not imported: cheap CLI)
@@ -314,8 +321,8 @@ def check_scoring_inputs(rows: list[dict[str, Any]], variant: str, gold_size: in
 
     if variant not in SCORING_VARIANTS:
         raise UserError(f"unknown scoring variant {variant!r}; use one of {', '.join(SCORING_VARIANTS)}")
-    if args.pref_loss not in ("dpo", "ipo"):
-        raise UserError(f"impact scores support --pref-loss dpo or ipo, not {args.pref_loss!r}")
+    if args.pref_loss not in SCORED_PREF_LOSSES:
+        raise UserError(f"impact scores support --pref-loss {' or '.join(SCORED_PREF_LOSSES)}, not {args.pref_loss!r}")
     if gold_size < 1 or args.score_batch_size < 1:
         raise UserError("--gold-size and the scoring batch size must be >= 1")
     if args.beta <= 0:
