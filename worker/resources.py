@@ -87,12 +87,13 @@ class StageResources:
         self._start = time.monotonic()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         wall = time.monotonic() - self._start
         peak_kb = _status_kb("VmHWM")
         cuda = _cuda()  # a stage may have initialised CUDA itself
         cuda_peak = None if cuda is None else round(cuda.max_memory_allocated() / 2**20, 1)
-        release_memory()
+        if exc_type is None:  # on an exception its traceback still holds the stage's frames: the caller releases
+            release_memory()  # once it has handled it (one full collection, not two, on a cancel)
         self.figures = {"wall_s": round(wall, 2), "rss_before_mb": self._before,
                         "peak_rss_mb": None if peak_kb is None else round(peak_kb / 1024, 1),
                         "rss_after_mb": rss_mb(), "peak_scope": "stage" if self._reset else "process"}
