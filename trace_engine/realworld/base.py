@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,11 +25,17 @@ import torch
 from trace_engine.data.pairs import sha256_text
 from trace_engine.modeling import LoraSettings, ModelSource, attach_lora, load_causal_lm, load_tokenizer
 from trace_engine.realworld.world import RealWorld
-from trace_engine.synthetic.base_model import StepProgress, _warmup_cosine, response_nll, stderr_log
+from trace_engine.synthetic.base_model import COMPLETE_MARKER as COMPLETE_MARKER  # the one cache layout
+from trace_engine.synthetic.base_model import (
+    StepProgress,
+    _warmup_cosine,
+    cached_build,
+    response_nll,
+    stderr_log,
+)
 from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of
 
 CODE_VERSION = "realworld-base-v1"
-COMPLETE_MARKER = "COMPLETE"
 
 
 @dataclass(frozen=True)
@@ -89,24 +93,13 @@ def ensure_real_base(source: str | Path, recipe: RealBaseRecipe | None = None, c
     src = Path(source)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"base-{recipe.key(source_id(src))}"
-    if (final / COMPLETE_MARKER).is_file():
-        return final, json.loads((final / "train_metrics.json").read_text())
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-base-", dir=root))
-    try:
+
+    def build(tmp: Path) -> dict[str, Any]:
         metrics = train_real_base(src, recipe, tmp, log)
         (tmp / "recipe.json").write_text(json.dumps({**asdict(recipe), "source": str(src)}, indent=2) + "\n")
-        (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
-        if final.exists():
-            if (final / COMPLETE_MARKER).is_file():  # a concurrent writer finished first
-                shutil.rmtree(tmp)
-                return final, json.loads((final / "train_metrics.json").read_text())
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return metrics
+
+    metrics, _ = cached_build(final, build)
     return final, metrics
 
 

@@ -112,30 +112,45 @@ def ensure_base_model(recipe: BaseModelRecipe | None = None, cache_dir: str | Pa
     log = log or stderr_log
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"base-{recipe.key()}"
-    if (final / COMPLETE_MARKER).is_file():
-        return BaseModel(final, recipe, False, _read_json(final / "train_metrics.json"))
-    log(f"synthetic base model: not cached yet, training it once ({recipe.steps} steps, a few minutes on a laptop "
-        f"CPU; later runs load it from {final})")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-base-{recipe.key()}-", dir=root))
-    try:
+
+    def build(tmp: Path) -> dict[str, Any]:
+        log(f"synthetic base model: not cached yet, training it once ({recipe.steps} steps, a few minutes on a "
+            f"laptop CPU; later runs load it from {final})")
         model, tokenizer, metrics = train_base_model(recipe, log=log)
         save_tiny(model, tokenizer, tmp)
         (tmp / "recipe.json").write_text(json.dumps({**asdict(recipe), "key": recipe.key()}, indent=2) + "\n")
+        return metrics
+
+    metrics, trained = cached_build(final, build)
+    if not trained:
+        return BaseModel(final, recipe, False, metrics)
+    log(f"synthetic base model: trained in {metrics['train_seconds']:.0f}s, cached in {final}")
+    return BaseModel(final, recipe, True, metrics)
+
+
+def cached_build(final: Path, build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """(training metrics, built now): `final` from the cache when complete, else `build(tmp)` (writes the model into
+    `tmp`, returns its metrics) published atomically with `train_metrics.json` and the complete marker; a concurrent
+    writer that finished first wins, an incomplete leftover is replaced. Shared by every cached base model."""
+    if (final / COMPLETE_MARKER).is_file():
+        return _read_json(final / "train_metrics.json"), False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        metrics = build(tmp)
         (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         _fsync_tree(tmp)
         if final.exists():  # an incomplete leftover (no marker) or a concurrent writer that just finished
             if (final / COMPLETE_MARKER).is_file():
                 shutil.rmtree(tmp)
-                return BaseModel(final, recipe, False, _read_json(final / "train_metrics.json"))
+                return _read_json(final / "train_metrics.json"), False
             shutil.rmtree(final)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"synthetic base model: trained in {metrics['train_seconds']:.0f}s, cached in {final}")
-    return BaseModel(final, recipe, True, metrics)
+    return metrics, True
 
 
 def stderr_log(message: str) -> None:
