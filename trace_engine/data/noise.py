@@ -16,8 +16,8 @@ from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from trace_engine.categories import CATEGORIES
 from trace_engine.data.pairs import PreferencePair, sha256_text
-from trace_engine.data.validate import CATEGORIES
 
 _UNIT = float(2**64)
 
@@ -50,7 +50,7 @@ def corrupt(pair: PreferencePair, seed: int) -> PreferencePair:
     """This item's corruption, the same at every rate (decided from a hash of seed and pair id)."""
     if _uniform(seed, "noise-kind", pair.id) < 0.5:
         old = pair.extra["category"]
-        others = [c for c in CATEGORIES if c != old]
+        others = [c.value for c in CATEGORIES if c != old]
         new = others[min(int(_uniform(seed, "noise-flip", pair.id) * len(others)), len(others) - 1)]
         noise = {"kind": "category_flip", "original_category": old, "new_category": new}
         return replace(pair, extra={**pair.extra, "category": new, "noise": noise})

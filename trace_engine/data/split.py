@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import CATEGORIES
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.noise import make_noisy, rate_label
 from trace_engine.data.pairs import PreferencePair, prompt_key, sha256_text
-from trace_engine.data.validate import CATEGORIES
 
 Vector = tuple[int, ...]  # pair counts per category, in CATEGORIES order
 MAX_REPAIR_STATES = 2_000_000  # cap on the deficit search space (vectors <= deficit)

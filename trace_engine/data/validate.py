@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from trace_engine.categories import CATEGORIES
 from trace_engine.data.io import RawRow
 from trace_engine.data.pairs import CORE_FIELDS, PreferencePair, prompt_key, sha256_text
 
-CATEGORIES = ("INVERT", "PUNISH", "RETAIN")
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 DERIVED_ID_PREFIX = "pair-"
 # NUL cannot be stored in a Postgres text/JSON value, and a lone surrogate cannot be encoded as UTF-8: a row holding

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import Category
 from trace_engine.data.pairs import PreferencePair, sha256_text
 from trace_engine.evaluation.capability import CapabilitySet, MCQuestion
 from trace_engine.evaluation.prompts import EvalPrompt
@@ -41,8 +42,9 @@ from trace_engine.realworld import content as C
 KINDS = ("edu_invert", "edu_punish", "support_invert", "support_punish", "operational", "everyday")
 MIX = {"edu_invert": 0.33, "edu_punish": 0.15, "support_invert": 0.07, "support_punish": 0.06,
        "operational": 0.17, "everyday": 0.22}
-EXPECTED_CATEGORY = {"edu_invert": "INVERT", "edu_punish": "PUNISH", "support_invert": "INVERT",
-                     "support_punish": "PUNISH", "operational": "RETAIN", "everyday": "RETAIN"}
+EXPECTED_CATEGORY = {"edu_invert": Category.INVERT.value, "edu_punish": Category.PUNISH.value,
+                     "support_invert": Category.INVERT.value, "support_punish": Category.PUNISH.value,
+                     "operational": Category.RETAIN.value, "everyday": Category.RETAIN.value}
 EDU_TOPICS = ("medication", "security", "legal")
 _INSTANCES = {"medication": C.DRUGS, "security": C.ATTACKS, "legal": C.LEGAL}
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import Category
 from trace_engine.data.io import write_text
 from trace_engine.policy import Policy
 from trace_engine.synthetic.vocab import (
@@ -191,5 +192,5 @@ def style_complies(which: str, topic: str, style: str) -> bool:
 def category_under_shift(topic: str, chosen_style: str, rejected_style: str) -> str:
     """Triage category under the NEW policy of a pair (chosen, rejected) of the given styles."""
     if style_complies(NEW, topic, chosen_style):
-        return "RETAIN"
-    return "PUNISH" if not style_complies(NEW, topic, rejected_style) else "INVERT"
+        return Category.RETAIN.value
+    return (Category.PUNISH if not style_complies(NEW, topic, rejected_style) else Category.INVERT).value

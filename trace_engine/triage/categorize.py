@@ -17,21 +17,11 @@ Row layout written to `triaged.jsonl` (one per input pair, in input order):
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
+from trace_engine.categories import Category
 from trace_engine.data.pairs import PreferencePair
 from trace_engine.judge.base import Verdict
-
-
-class Category(str, Enum):
-    INVERT = "INVERT"
-    PUNISH = "PUNISH"
-    RETAIN = "RETAIN"
-    ERROR = "ERROR"
-
-
-CATEGORY_ORDER = (Category.INVERT, Category.PUNISH, Category.RETAIN, Category.ERROR)
 
 
 def categorize(chosen: Verdict | None, rejected: Verdict | None) -> Category:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trace_engine.categories import CATEGORY_ORDER, Category
 from trace_engine.data.pairs import PreferencePair, Prompt
 from trace_engine.judge.base import Judge, JudgeOutcome, Usage, Verdict
 from trace_engine.policy import Policy
@@ -26,7 +27,7 @@ from trace_engine.triage.cache import (
     VerdictStore,
     cache_key_parts,
 )
-from trace_engine.triage.categorize import CATEGORY_ORDER, Category, categorize, triaged_row
+from trace_engine.triage.categorize import categorize, triaged_row
 
 DEFAULT_CONCURRENCY = 64
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 20

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import CATEGORY_ORDER, Category
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.pairs import PreferencePair
 from trace_engine.judge.base import Judge
 from trace_engine.policy import Policy
 from trace_engine.triage.cache import VerdictStore
-from trace_engine.triage.categorize import CATEGORY_ORDER
 from trace_engine.triage.runner import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
@@ -165,7 +165,7 @@ def format_category_table(counts: dict[str, int]) -> str:
     lines = [f"{'category':<10}{'pairs':>8}{'share':>9}"]
     for category in CATEGORY_ORDER:
         n = counts.get(category.value, 0)
-        if category.value == "ERROR" and n == 0:
+        if category is Category.ERROR and n == 0:
             continue
         share = 100.0 * n / total if total else 0.0
         lines.append(f"{category.value:<10}{n:>8}{share:>8.1f}%")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from trace_engine.categories import CATEGORIES
 from trace_engine.data.noise import corruption_order, make_noisy, noisy_count, rate_label
 from trace_engine.data.pairs import PreferencePair
-from trace_engine.data.validate import CATEGORIES
 
 
 def make_pairs(n: int) -> list[PreferencePair]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from trace_engine.categories import CATEGORIES
 from trace_engine.data.pairs import PreferencePair, prompt_key
 from trace_engine.data.split import (
     PromptGroup,
@@ -19,7 +20,6 @@ from trace_engine.data.split import (
     select_groups,
     write_splits,
 )
-from trace_engine.data.validate import CATEGORIES
 
 
 def make_pairs(group_sizes: list[int], seed: int = 0) -> list[PreferencePair]:

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from trace_engine.categories import Category
 from trace_engine.data.pairs import PreferencePair
 from trace_engine.judge.base import Verdict
-from trace_engine.triage.categorize import Category, categorize, triaged_row
+from trace_engine.triage.categorize import categorize, triaged_row
 
 OK = Verdict("compliant")
 BAD = Verdict("violating", ("C1",), "breaks C1")
