@@ -471,7 +471,7 @@ def format_result(job: dict[str, Any], *, base_url: str | None = None, data_dir:
         lines.append("error: " + json.dumps(job["error"]))
     eval_summary = (job.get("metrics") or {}).get("eval")
     if eval_summary and "tpa_by_category" in eval_summary:
-        from trace_engine.pipeline import format_summary
+        from trace_engine.synthetic.evaluation import format_summary
 
         lines.append(format_summary(eval_summary))
     lines += adapter_lines(job, base_url=base_url, data_dir=data_dir)

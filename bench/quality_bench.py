@@ -5,7 +5,7 @@ seed the triaged pool is split prompt-disjointly and stratified by category into
 validation / test (the split seed is the run seed; smaller training sets are nested stratified subsets of the
 largest); the LoRA init and data order use the same seed. `TPA OOD` is TPA on the world's test prompts, whose
 templates and slot values never occur in any pair. All variants share the training
-settings of `trace_engine.pipeline.default_train_config` (chosen on the validation split) and the same number of
+settings of `trace_engine.synthetic.offline_run.default_train_config` (chosen on the validation split) and the same number of
 epochs, so "equal data" means equal pairs and equal steps. Impact scores and reference log-probs are computed once
 per (size, seed, noise) and shared by `trace` and `no_kl` (same scoring variant). The base model is evaluated once.
 
@@ -36,20 +36,18 @@ sys.path.insert(0, str(REPO))
 from trace_engine.data.pairs import sha256_text  # noqa: E402
 from trace_engine.data.split import largest_remainder  # noqa: E402
 from trace_engine.modeling import ModelSource  # noqa: E402
-from trace_engine.pipeline import (  # noqa: E402
+from trace_engine.scoring import DEFAULT_WEIGHT_CAP, WeightShaping, score  # noqa: E402
+from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
+from trace_engine.synthetic.evaluation import eval_sets, evaluate_model_dir  # noqa: E402
+from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
     SCORING_VARIANT,
     PipelineConfig,
     add_triage_noise,
     default_train_config,
-    eval_sets,
-    evaluate_model_dir,
-    score_rows,
     split_rows,
     triage_pairs,
 )
-from trace_engine.scoring import DEFAULT_WEIGHT_CAP, WeightShaping  # noqa: E402
-from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
 from trace_engine.synthetic.world import make_world  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
@@ -153,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r["variant"] in IMPACT_VARIANTS:
             skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
-                score_cache[skey] = score_rows(base.path, train_rows, r["variant"], tc, normalise=cfg.normalise,
-                                               gold_size=cfg.gold_size, seed=r["seed"], shaping=shaping)
+                score_cache[skey] = score(base.path, train_rows, r["variant"], tc, normalise=cfg.normalise,
+                                          gold_size=cfg.gold_size, seed=r["seed"], shaping=shaping)
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
         run_dir = out / "runs" / key
         _clear(run_dir)

@@ -1,7 +1,7 @@
 """TRACE under noisy triage on the synthetic policy shift: why it collapses, and which remedy (chosen on VALIDATION).
 
 For each seed the triaged pool is split exactly as `bench/quality_bench.py` does (320 train / 40 val / test), the
-training rows get triage noise as `pipeline.add_triage_noise` does (nested, seeded), and every setting is scored,
+training rows get triage noise as `offline_run.add_triage_noise` does (nested, seeded), and every setting is scored,
 trained and evaluated on the validation split (`--on val`, for choosing) or the test split (`--on test`, for the
 table). Besides TPA, each line records what the impact weights look like: share clamped to 0, the top-5 rows' share
 of the total weight, the effective sample size (Σw)²/Σw² as a share of the conflict set, the share of the total
@@ -37,19 +37,17 @@ from quality_bench import nested_subset  # noqa: E402
 
 from trace_engine.gold import build_gold_batch, gold_candidates  # noqa: E402
 from trace_engine.modeling import ModelSource  # noqa: E402
-from trace_engine.pipeline import (  # noqa: E402
+from trace_engine.scoring import WeightShaping, score, weight_concentration  # noqa: E402
+from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
+from trace_engine.synthetic.evaluation import eval_sets, evaluate_model_dir  # noqa: E402
+from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
     PipelineConfig,
     add_triage_noise,
     default_train_config,
-    eval_sets,
-    evaluate_model_dir,
-    score_rows,
     split_rows,
     triage_pairs,
 )
-from trace_engine.scoring import WeightShaping, weight_concentration  # noqa: E402
-from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
 from trace_engine.synthetic.world import make_world  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
@@ -155,8 +153,8 @@ def run_one(setting: Mapping[str, Any], seed: int, noise: float, clean: Sequence
     ref: dict[str, float] = {}
     diag: dict[str, Any] = {}
     if variant in IMPACT_VARIANTS:
-        scored = score_rows(base_path, train_rows, variant, tc, normalise=normalise, gold_size=cfg.gold_size,
-                            seed=seed, gold_from=gold_source, shaping=shaping)
+        scored = score(base_path, train_rows, variant, tc, normalise=normalise, gold_size=cfg.gold_size,
+                       seed=seed, gold_from=gold_source, shaping=shaping)
         train_rows, ref = scored.rows, scored.reference_logps
         diag = weight_diagnostics(train_rows, gold_source, cfg.gold_size, seed)
     record: dict[str, Any] = {"setting": dict(setting), "seed": seed, "noise": noise, **diag}

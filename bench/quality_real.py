@@ -41,16 +41,15 @@ from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # n
 from trace_engine.evaluation.stats import rate  # noqa: E402
 from trace_engine.judge.rules import RulesJudge  # noqa: E402
 from trace_engine.modeling import LoraSettings, ModelSource  # noqa: E402
-from trace_engine.pipeline import (  # noqa: E402
+from trace_engine.realworld.base import ensure_real_base  # noqa: E402
+from trace_engine.realworld.world import RealOracleJudge, RealWorld  # noqa: E402
+from trace_engine.scoring import WeightShaping, score  # noqa: E402
+from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
     SCORING_VARIANT,
     add_triage_noise,
     default_train_config,
-    score_rows,
 )
-from trace_engine.realworld.base import ensure_real_base  # noqa: E402
-from trace_engine.realworld.world import RealOracleJudge, RealWorld  # noqa: E402
-from trace_engine.scoring import WeightShaping  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
 MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "dpo_gold", "u2a")
@@ -147,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
                 kwargs = {"shaping": shaping} if shaping else {}
-                score_cache[skey] = score_rows(base, train_rows, r["variant"], tc, normalise="sum", gold_size=24,
-                                               seed=r["seed"], **kwargs)
+                score_cache[skey] = score(base, train_rows, r["variant"], tc, normalise="sum", gold_size=24,
+                                          seed=r["seed"], **kwargs)
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
             scored_summary = score_cache[skey].summary.get("concentration", {})
         run_dir = out / "runs" / key

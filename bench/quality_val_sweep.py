@@ -23,17 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trace_engine.modeling import ModelSource  # noqa: E402
-from trace_engine.pipeline import (  # noqa: E402
+from trace_engine.scoring import score  # noqa: E402
+from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
+from trace_engine.synthetic.evaluation import eval_sets, evaluate_model_dir  # noqa: E402
+from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
     PipelineConfig,
     default_train_config,
-    eval_sets,
-    evaluate_model_dir,
-    score_rows,
     split_rows,
     triage_pairs,
 )
-from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
 from trace_engine.synthetic.world import make_world  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
@@ -65,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             train_rows, ref = split.train, {}
             if variant in IMPACT_VARIANTS:
-                scored = score_rows(base.path, train_rows, variant, tc, normalise=normalise, gold_size=cfg.gold_size,
-                                    seed=seed)
+                scored = score(base.path, train_rows, variant, tc, normalise=normalise, gold_size=cfg.gold_size,
+                               seed=seed)
                 train_rows, ref = scored.rows, scored.reference_logps
             run_dir = out / "run"
             shutil.rmtree(run_dir, ignore_errors=True)

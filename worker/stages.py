@@ -232,7 +232,7 @@ def build_judge(request: RealignRequest | EvalRequest, settings: Settings) -> tu
     spec = request.judge
     oracle = isinstance(request, RealignRequest) and request.method.variant in ORACLE_VARIANTS
     if spec.provider == "synthetic":
-        from trace_engine.pipeline import SyntheticOracleJudge
+        from trace_engine.synthetic.oracle_judge import SyntheticOracleJudge
         from trace_engine.synthetic.world import make_world
 
         return SyntheticOracleJudge(make_world(synthetic_world_seed(request))), True
@@ -450,7 +450,7 @@ def run_triage(ctx: StageContext) -> StageResult:
 
 def run_score(ctx: StageContext) -> StageResult:
     """Impact weights of the conflicting rows and the reference log-prob cache training reuses."""
-    from trace_engine.pipeline import score_rows
+    from trace_engine.scoring import score
 
     rows = training_rows(ctx)
     source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
@@ -458,9 +458,9 @@ def run_score(ctx: StageContext) -> StageResult:
     ctx.tick(0, 1)  # then (batches scored, batches) while scoring
     hyper = ctx.request.method.hyperparameters
     gold = hyper.gold_size or max(3, min(48, len(rows) // 4))
-    scored = score_rows(Path(source.name_or_path), rows, ctx.request.method.variant, config,
-                        normalise=hyper.normalise, gold_size=gold, seed=config.seed,
-                        device=ctx.settings.train_device, progress=ctx.tick)  # tick raises on cancel
+    scored = score(Path(source.name_or_path), rows, ctx.request.method.variant, config,
+                   normalise=hyper.normalise, gold_size=gold, seed=config.seed,
+                   device=ctx.settings.train_device, progress=ctx.tick)  # tick raises on cancel
     write_json(ctx.dir / "score" / "reference_logps.json", scored.reference_logps)
     write_json(ctx.dir / "score" / "summary.json", scored.summary)
     write_jsonl(ctx.dir / "score" / "scored.jsonl", scored.rows)  # last: its presence means "scored"
@@ -532,8 +532,8 @@ def held_out_synthetic_rows(world: Any, train_rows: list[dict[str, Any]], n: int
 
 def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> dict[str, Any]:
     from trace_engine.evaluation.report import side_by_side
-    from trace_engine.pipeline import (
-        PipelineConfig,
+    from trace_engine.synthetic.evaluation import (
+        SyntheticEvalConfig,
         eval_sets,
         evaluate_backend_units,
         evaluate_model_dir,
@@ -542,7 +542,7 @@ def _evaluate_synthetic(ctx: StageContext, base_path: Path, adapter: Path) -> di
     from trace_engine.synthetic.world import make_world
 
     world = make_world(synthetic_world_seed(ctx.request))
-    cfg = PipelineConfig(n_test=ctx.settings.eval_size, n_retention=max(10, ctx.settings.eval_size // 2),
+    cfg = SyntheticEvalConfig(n_test=ctx.settings.eval_size, n_retention=max(10, ctx.settings.eval_size // 2),
                          n_asr=max(2, ctx.settings.eval_size // 10), n_over_refusal=max(5, ctx.settings.eval_size // 4),
                          resamples=1000, max_new_tokens=48)
     held_out = held_out_synthetic_rows(world, training_rows(ctx), cfg.n_test)
@@ -604,7 +604,7 @@ def _served_backend(ctx: StageContext, adapter: Path | None) -> Any:
 def _evaluate_served(ctx: StageContext, adapter: Path | None, world: Any, sets: Any, cfg: Any,
                      progress: EvalProgress | None = None) -> dict[str, Any]:
     """The synthetic suites with generation by the serving backend."""
-    from trace_engine.pipeline import evaluate_backend
+    from trace_engine.synthetic.evaluation import evaluate_backend
 
     with _served_backend(ctx, adapter) as backend:
         return evaluate_backend(backend, world, sets, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,  # type: ignore[arg-type]

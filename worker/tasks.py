@@ -76,7 +76,7 @@ def evaluate(self: Task, job_id: str) -> str:
 
 def warm_imports() -> None:
     """Import the engine before the first message, so a job's first stage does not pay for torch's import."""
-    import trace_engine.pipeline  # noqa: F401
+    import trace_engine.scoring  # noqa: F401
     import trace_engine.triage.stage  # noqa: F401
 
 

@@ -58,7 +58,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from trace_engine.pipeline import PipelineConfig, format_summary, run_pipeline
+    from trace_engine.synthetic.evaluation import format_summary
+    from trace_engine.synthetic.offline_run import PipelineConfig, run_pipeline
 
     sizes = {k: v for k, v in (("n_train", args.n_train), ("n_test", args.n_test)) if v is not None}
     settings = dict(out_dir=args.out, variant=args.variant, seed=args.seed, cache_dir=args.cache_dir, **sizes)

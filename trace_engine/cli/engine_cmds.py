@@ -17,7 +17,6 @@ Exit codes: 0 done; 2 bad input (message on stderr, checked before any model is 
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import math
@@ -233,7 +232,7 @@ def _score(args: argparse.Namespace) -> int:
     from trace_engine.runtime import Runtime
 
     rt = Runtime.create(args.device, args.dtype)
-    result = score_rows(rows, args.variant, base, lora, args, rt)
+    result = score_from_flags(rows, args.variant, base, lora, args, rt)
     if rt.is_main:
         meta = write_score_outputs(Path(args.out), rows, result, score_settings(args, args.variant, base, lora, rt, args.triaged))
         clamped = result.summary["share_clamped_to_zero"]
@@ -408,30 +407,23 @@ def score_settings(args, variant: str, base: ModelSource, lora: LoraSettings, rt
     }
 
 
-def score_rows(rows, variant: str, base: ModelSource, lora: LoraSettings, args, rt):
-    """Load the model once (LoRA A seeded like training's), score, free it; every rank returns the full result."""
-    import torch
+def scoring_config(args: argparse.Namespace, variant: str, lora: LoraSettings) -> TrainConfig:
+    """The settings `scoring.score` reads, from the score flags: the loss, LoRA, lengths, and passes of
+    `--score-batch-size` pairs (as one training micro-batch), checkpointed with `--score-checkpointing`."""
+    return TrainConfig(
+        variant=variant, beta=args.beta, pref_loss=args.pref_loss, npo_two_over_beta=args.npo_two_over_beta,
+        batch_size=args.score_batch_size, gradient_checkpointing=args.score_checkpointing, seed=args.seed,
+        max_prompt_len=args.max_prompt_len, max_len=args.max_len, lora=lora, fused_kernels=args.fused_kernels,
+    )
 
-    from trace_engine.impact import LossSettings
-    from trace_engine.modeling import attach_lora, load_causal_lm, load_tokenizer
-    from trace_engine.scoring import WeightShaping, score_conflicts
-    from trace_engine.tokenization import LengthLimits
 
-    tokenizer = load_tokenizer(base)
-    model = attach_lora(load_causal_lm(base, rt.device, rt.dtype, args.fused_kernels), lora, seed=args.seed)
-    try:
-        return score_conflicts(
-            model, tokenizer, rows, variant=variant,
-            settings=LossSettings(args.beta, args.pref_loss, args.npo_two_over_beta),
-            gold_size=args.gold_size, seed=args.seed, mode=args.normalise, rows_per_batch=2 * args.score_batch_size,
-            limits=LengthLimits(args.max_prompt_len, args.max_len), checkpoint=args.score_checkpointing, runtime=rt,
-            gold_from=args.gold_from, shaping=WeightShaping(cap=args.weight_cap or None, uniform_mix=args.uniform_mix),
-        )
-    finally:
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+def score_from_flags(rows, variant: str, base: ModelSource, lora: LoraSettings, args, rt):
+    """`scoring.score` with the flags' settings; every rank returns the full result."""
+    from trace_engine.scoring import WeightShaping, score
+
+    return score(base, rows, variant, scoring_config(args, variant, lora), normalise=args.normalise,
+                 gold_size=args.gold_size, seed=args.seed, runtime=rt, gold_from=args.gold_from,
+                 shaping=WeightShaping(cap=args.weight_cap or None, uniform_mix=args.uniform_mix))
 
 
 def write_score_outputs(out: Path, rows, result, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -458,13 +450,11 @@ def _scores_for_training(rows, variant: str, base, lora, args, rt, settings) -> 
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("settings") == settings:
         cache, _ = load_reference_cache(out / REFERENCE_CACHE)
         return read_rows(str(out / SCORED_FILE)), cache
-    from trace_engine.impact import attach_scores
-
-    result = score_rows(rows, variant, base, lora, args, rt)
+    result = score_from_flags(rows, variant, base, lora, args, rt)
     if rt.is_main:
         write_score_outputs(out, rows, result, settings)
     rt.barrier()
-    return attach_scores(rows, result.scored, result.weights), result.reference_logps
+    return result.rows, result.reference_logps
 
 
 def _cache_next_to(scored: Path, settings: Mapping[str, Any], needs_scores: bool) -> dict[str, float] | None:

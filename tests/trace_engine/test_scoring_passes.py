@@ -1,4 +1,4 @@
-"""`pipeline.score_rows` sizes its scoring passes like a training micro-batch (issue 17: a fixed 64 rows per pass
+"""`scoring.score` sizes its scoring passes like a training micro-batch (issue 17: a fixed 64 rows per pass
 held 8.6 GB of SmolLM2-135M activations in the service's score stage)."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 import trace_engine.impact as impact
-from trace_engine.pipeline import score_rows, score_rows_per_batch, triage_pairs
+from trace_engine.scoring import score as score_rows
+from trace_engine.scoring import score_rows_per_batch
+from trace_engine.synthetic.offline_run import triage_pairs
 from trace_engine.synthetic.world import make_world
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
 from trace_engine.train import TrainConfig

@@ -1,4 +1,4 @@
-"""Pipeline pieces without a model: triage with the synthetic oracle, the split, triage noise, the summary line.
+"""Offline-run pieces without a model: triage with the synthetic oracle, the split, triage noise, the summary line.
 (The end-to-end run is `tests/trace_engine/cli/test_demo_cmd.py`.)"""
 
 from __future__ import annotations
@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from trace_engine.data.pairs import prompt_key
-from trace_engine.pipeline import (
-    PipelineConfig,
-    SyntheticOracleJudge,
-    add_triage_noise,
-    eval_sets,
-    format_summary,
-    split_rows,
-    summary_json,
-    triage_pairs,
-)
+from trace_engine.synthetic.evaluation import eval_sets, format_summary, summary_json
+from trace_engine.synthetic.offline_run import PipelineConfig, add_triage_noise, split_rows, triage_pairs
+from trace_engine.synthetic.oracle_judge import SyntheticOracleJudge
 from trace_engine.synthetic.world import make_world
 
 WORLD = make_world(0)
