@@ -44,6 +44,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from trace_engine.config import FUSED_MODES, KL_RESPONSES, TrainConfig  # noqa: E402
 from trace_engine.impact import (  # noqa: E402
     LossSettings,
     SampleKind,
@@ -54,9 +55,8 @@ from trace_engine.impact import (  # noqa: E402
     seed_lora_,
     sequence_logps_of,
 )
-from trace_engine.kernels import FUSED_MODES, fuse_elementwise_, restore_eager_  # noqa: E402
+from trace_engine.kernels import fuse_elementwise_, restore_eager_  # noqa: E402
 from trace_engine.tokenization import EncodedPair, EncodedSequence, collate  # noqa: E402
-from trace_engine.train import KL_RESPONSES, TrainConfig  # noqa: E402
 
 QWEN2_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -192,7 +192,9 @@ def plain_pass(model, batches: list[ScoringBatch], device: torch.device, amp, ch
 def ours_training(model, pairs: list[EncodedPair], micro_pairs: int, steps: int, device: torch.device, dtype,
                   checkpoint: bool, kl_responses: str):
     """Returns (run(step_count) closure, trained tokens per step, reference-forward tokens per step, samples/step)."""
-    from trace_engine.train import Runtime, StepInputs, TrainConfig, train_step
+    from trace_engine.config import TrainConfig
+    from trace_engine.runtime import Runtime
+    from trace_engine.train import StepInputs, train_step
     from trace_engine.variants import LossKind
 
     cfg = TrainConfig(beta=BETA, alpha_kl=ALPHA_KL, batch_size=micro_pairs, grad_accum=1, lr=1e-4,

@@ -70,8 +70,7 @@ def world_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def project_config(s: RunSettings, dtype: str = "float32"):
     """The engine's TrainConfig for the run (variant dpo or ipo: every pair a preference pair, uniform weights)."""
-    from trace_engine.modeling import LoraSettings
-    from trace_engine.train import TrainConfig
+    from trace_engine.config import LoraSettings, TrainConfig
 
     return TrainConfig(variant=s.loss, beta=s.beta, lr=s.lr, batch_size=s.batch_size, max_steps=s.steps,
                        seed=s.seed, dtype=dtype, lora=LoraSettings(r=s.lora_r, alpha=s.lora_alpha, dropout=0.0))

@@ -10,12 +10,13 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trace_engine.config import LoraSettings
 from trace_engine.kernels import fuse_elementwise_
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -125,21 +126,6 @@ def load_causal_lm(
 
 
 # ---------------------------------------------------------------- LoRA
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """Paper defaults: r=32, alpha=16 on q_proj/v_proj."""
-
-    r: int = 32
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["target_modules"] = list(self.target_modules)
-        return d
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:

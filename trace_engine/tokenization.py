@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trace_engine.config import LengthLimits
 from trace_engine.data.pairs import Prompt, prompt_key
 from trace_engine.logprobs import SequenceBatch
 
@@ -75,20 +76,6 @@ class TruncationReport:
             "prompts_truncated": self.prompts_truncated,
             "responses_truncated": self.responses_truncated,
         }
-
-
-@dataclass(frozen=True)
-class LengthLimits:
-    """max_prompt_len: most prompt tokens kept; max_len: most tokens per row (prompt + response)."""
-
-    max_prompt_len: int = 512
-    max_len: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.max_prompt_len < 1 or self.max_len <= self.max_prompt_len:
-            raise ValueError(
-                f"need 1 <= max_prompt_len < max_len, got max_prompt_len={self.max_prompt_len} max_len={self.max_len}"
-            )
 
 
 @dataclass

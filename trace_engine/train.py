@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from trace_engine import checkpoint as ckpt
+from trace_engine.config import ConfigError, LengthLimits, TrainConfig
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
 from trace_engine.head import (
     PolicyPass,
@@ -37,12 +38,9 @@ from trace_engine.head import (
     policy_pass,
     split_lm_head,
 )
-from trace_engine.kernels import FUSED_MODES
 from trace_engine.logprobs import SequenceBatch, host_to_device
 from trace_engine.losses import dual_npo_loss, npo_loss, preference_loss, token_kl_sums
 from trace_engine.modeling import (
-    LoraSettings,
-    ModelLoadError,
     ModelSource,
     attach_lora,
     is_adapter_model,
@@ -50,124 +48,23 @@ from trace_engine.modeling import (
     load_tokenizer,
     reference_mode,
 )
-from trace_engine.modeling import merge as merge  # re-exported: `train.merge(adapter_dir, out_dir)`
 from trace_engine.runtime import Runtime
 from trace_engine.tokenization import (
     EncodedPair,
-    LengthLimits,
-    TruncationReport,
     collate,
     encode_pairs,
     pad_id_of,
 )
 from trace_engine.variants import (
-    DataError,
     Example,
     LossKind,
     PreparedData,
-    check_pref_loss,
     get_variant,
     prepare_examples,
 )
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
-PREF_LOSSES = ("dpo", "ipo", "rdpo")
-KL_RESPONSES = ("both", "preferred")
 _NOT_IN_FINGERPRINT = ("checkpoint_every", "fused_kernels")  # settings that do not change the trained weights
-
-
-class ConfigError(ValueError):
-    """A setting is invalid or incompatible with the variant; raised before any model work."""
-
-
-@dataclass
-class TrainConfig:
-    """Defaults follow the paper's README run (β 0.3, α_KL 0.1, lr 1e-4, 1 epoch, effective batch 4)."""
-
-    variant: str = "trace"
-    beta: float = 0.3
-    alpha_kl: float = 0.1
-    pref_loss: str = "dpo"  # dpo | ipo (| rdpo); baselines that fix a loss (dpo, ipo, rdpo) override it
-    rdpo_eps: float = 0.1
-    npo_two_over_beta: bool = False  # the NPO paper's 2/β scale; the published TRACE code omits it
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; caps epochs
-    batch_size: int = 4  # examples (pairs) per micro-batch -> 2 * batch_size rows per forward
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    max_prompt_len: int = 512
-    max_len: int = 1024
-    pad_to_multiple_of: int | None = 8
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    full_finetune: bool = False
-    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
-    ref_batch_size: int = 8  # pairs per forward when precomputing reference log-probs
-    chunk_tokens: int | None = None  # positions per chunk in log-prob / KL math; None = losses.CHUNK_ELEMENTS // V
-    checkpoint_every: int = 0  # optimizer steps; 0 = no intermediate checkpoints
-    fused_kernels: str = "auto"  # compiled RMSNorm/SwiGLU: auto (CUDA only) | on | off; see kernels.py
-    # RETAIN KL anchor on the "preferred" response (the published recipe; the compliant trajectory, half the cost)
-    # or on "both" responses of the pair (measured equal on the synthetic benchmark, docs/benchmarks.md)
-    kl_responses: str = "preferred"
-    group_by_length: bool = False  # micro-batches of similar length (less padding); see `micro_batches`
-
-    def effective_pref_loss(self) -> str:
-        return get_variant(self.variant).pref_loss or self.pref_loss
-
-    def validate(self) -> None:
-        try:
-            get_variant(self.variant)
-        except DataError as exc:
-            raise ConfigError(str(exc)) from exc
-        problems = []
-        if self.pref_loss not in PREF_LOSSES:
-            problems.append(f"pref_loss must be one of {PREF_LOSSES}, got {self.pref_loss!r}")
-        else:
-            try:
-                check_pref_loss(self.variant, self.pref_loss)
-            except DataError as exc:
-                problems.append(str(exc))
-        if self.beta <= 0:
-            problems.append(f"beta must be > 0, got {self.beta}")
-        if self.alpha_kl < 0:
-            problems.append(f"alpha_kl must be >= 0, got {self.alpha_kl}")
-        if self.effective_pref_loss() == "rdpo" and not 0 < self.rdpo_eps < 0.5:
-            problems.append(f"rdpo needs 0 < rdpo_eps < 0.5 (ε = 0 is plain DPO), got {self.rdpo_eps}")
-        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
-            problems.append("lr must be > 0 and batch_size, grad_accum, epochs >= 1")
-        if self.kl_responses not in KL_RESPONSES:
-            problems.append(f"kl_responses must be one of {KL_RESPONSES}, got {self.kl_responses!r}")
-        if self.fused_kernels not in FUSED_MODES:
-            problems.append(f"fused_kernels must be one of {FUSED_MODES}, got {self.fused_kernels!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
-        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
-            problems.append("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
-        try:
-            LengthLimits(self.max_prompt_len, self.max_len)
-        except ValueError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lora"] = self.lora.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        d = dict(d)
-        if isinstance(d.get("lora"), Mapping):
-            lora = dict(d["lora"])
-            lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings().target_modules))
-            d["lora"] = LoraSettings(**lora)
-        return cls(**d)
 
 
 @dataclass
@@ -751,15 +648,3 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             if line.strip():
                 yield json.loads(line)
 
-
-__all__ = [
-    "ConfigError",
-    "DataError",
-    "ModelLoadError",
-    "TrainConfig",
-    "TrainResult",
-    "TruncationReport",
-    "merge",
-    "sequence_key",
-    "train",
-]

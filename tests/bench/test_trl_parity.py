@@ -19,12 +19,13 @@ import torch
 pytest.importorskip("trl", reason='TRL is not installed (pip install -e ".[bench]")')
 
 from bench.trl_compare import RunSettings, build_trl_trainer, project_config, trl_records, world_rows  # noqa: E402
+from trace_engine.config import LengthLimits, LoraSettings  # noqa: E402
 from trace_engine.losses import ipo_loss  # noqa: E402
-from trace_engine.modeling import LoraSettings, ModelSource, attach_lora, load_causal_lm, load_tokenizer  # noqa: E402
+from trace_engine.modeling import ModelSource, attach_lora, load_causal_lm, load_tokenizer  # noqa: E402
 from trace_engine.runtime import Runtime  # noqa: E402
 from trace_engine.synthetic.world import make_world  # noqa: E402
 from trace_engine.tiny_models import build_tiny_model, save_tiny, train_tokenizer  # noqa: E402
-from trace_engine.tokenization import LengthLimits, encode_pairs, pad_id_of  # noqa: E402
+from trace_engine.tokenization import encode_pairs, pad_id_of  # noqa: E402
 from trace_engine.train import StepInputs, micro_batch_loss, reference_sequence_logps  # noqa: E402
 from trace_engine.variants import prepare_examples  # noqa: E402
 

@@ -222,8 +222,9 @@ def test_chatml_boundary_matches_trl_style_logprobs(smollm2_dir: Path) -> None:
 
     In float64, so that what is compared is the boundary and not fp32 reduction order: in fp32 the two paths
     agree to ~3e-6 relative, which on a 60-token response (|s| ~ 235 nats here) is ~5e-4 absolute."""
+    from trace_engine.config import LengthLimits
     from trace_engine.head import policy_pass
-    from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of
+    from trace_engine.tokenization import collate, encode_sequences, pad_id_of
 
     model, tokenizer = load_base(smollm2_dir)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

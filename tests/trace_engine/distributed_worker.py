@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
+from trace_engine.config import LengthLimits, LoraSettings, TrainConfig
 from trace_engine.impact import LossSettings
-from trace_engine.modeling import LoraSettings, ModelSource, attach_lora, load_causal_lm, load_tokenizer
+from trace_engine.modeling import ModelSource, attach_lora, load_causal_lm, load_tokenizer
 from trace_engine.runtime import Runtime
 from trace_engine.scoring import score_conflicts
-from trace_engine.tokenization import LengthLimits
-from trace_engine.train import TrainConfig, iter_jsonl, train
+from trace_engine.train import iter_jsonl, train
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 SEED = 3

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from trace_engine import checkpoint as ckpt
-from trace_engine.modeling import LoraSettings, ModelSource
+from trace_engine.config import LoraSettings, TrainConfig
+from trace_engine.modeling import ModelSource
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
-from trace_engine.train import TrainConfig, iter_jsonl
+from trace_engine.train import iter_jsonl
 from trace_engine.train import train as train_on_device
 
 train = functools.partial(train_on_device, device="cpu")  # tests are CPU tests, GPU or not

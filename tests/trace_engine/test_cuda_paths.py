@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
+from trace_engine.config import LoraSettings
 from trace_engine.head import policy_pass
 from trace_engine.kernels import fuse_elementwise_
 from trace_engine.logprobs import sequence_logps
-from trace_engine.modeling import LoraSettings, attach_lora
+from trace_engine.modeling import attach_lora
 from trace_engine.tokenization import EncodedSequence, collate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from trace_engine.config import LoraSettings
 from trace_engine.modeling import (
-    LoraSettings,
     ModelLoadError,
     ModelSource,
     attach_lora,

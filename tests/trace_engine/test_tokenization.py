@@ -4,11 +4,11 @@ import pytest
 import torch
 from tokenizers import processors
 
+from trace_engine.config import LengthLimits
 from trace_engine.tiny_models import DEFAULT_CORPUS, train_tokenizer
 from trace_engine.tokenization import (
     PLAIN_TEMPLATE,
     EncodedSequence,
-    LengthLimits,
     collate,
     encode_pair,
     encode_pairs,

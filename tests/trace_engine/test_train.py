@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from trace_engine import train as train_module
+from trace_engine.config import ConfigError, LoraSettings, TrainConfig
 from trace_engine.logprobs import sequence_logps
-from trace_engine.modeling import LoraSettings, ModelLoadError, ModelSource, load_causal_lm, load_tokenizer
+from trace_engine.modeling import ModelLoadError, ModelSource, load_causal_lm, load_tokenizer
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
 from trace_engine.tokenization import collate, encode_pairs
-from trace_engine.train import ConfigError, TrainConfig, iter_jsonl, sequence_key
+from trace_engine.train import iter_jsonl, sequence_key
 from trace_engine.train import train as train_on_device
 from trace_engine.variants import VARIANTS, DataError, LossKind, prepare_examples
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from trace_engine.train import ConfigError, TrainConfig
+from trace_engine.config import ConfigError, TrainConfig
 from trace_engine.variants import SCORED_PREF_LOSSES, VARIANTS, DataError, check_pref_loss
 
 

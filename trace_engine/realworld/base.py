@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from trace_engine.config import LengthLimits, LoraSettings
 from trace_engine.data.pairs import sha256_text
-from trace_engine.modeling import LoraSettings, ModelSource, attach_lora, load_causal_lm, load_tokenizer
+from trace_engine.modeling import ModelSource, attach_lora, load_causal_lm, load_tokenizer
 from trace_engine.realworld.world import RealWorld
 from trace_engine.synthetic.base_model import COMPLETE_MARKER as COMPLETE_MARKER  # the one cache layout
 from trace_engine.synthetic.base_model import (
@@ -33,7 +34,7 @@ from trace_engine.synthetic.base_model import (
     response_nll,
     stderr_log,
 )
-from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of
+from trace_engine.tokenization import collate, encode_sequences, pad_id_of
 
 CODE_VERSION = "realworld-base-v1"
 

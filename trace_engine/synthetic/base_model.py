@@ -28,13 +28,14 @@ from typing import Any
 
 import torch
 
+from trace_engine.config import LengthLimits
 from trace_engine.data.pairs import Prompt, sha256_text
 from trace_engine.logprobs import token_logps
 from trace_engine.synthetic import policies as pol
 from trace_engine.synthetic import vocab
 from trace_engine.synthetic.world import PAIR_KINDS, TRAIN_MIX, World, make_world, retention_facts
 from trace_engine.tiny_models import build_tiny_model, save_tiny, train_tokenizer
-from trace_engine.tokenization import LengthLimits, collate, encode_sequences, pad_id_of, tokenize_prompts
+from trace_engine.tokenization import collate, encode_sequences, pad_id_of, tokenize_prompts
 
 CODE_VERSION = "synthetic-base-v2"
 """Bump whenever the training code changes in a way that changes the model (the world's content is hashed)."""

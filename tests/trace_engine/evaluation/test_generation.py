@@ -91,7 +91,8 @@ def test_adapter_dir_is_applied(tiny_dir, tiny_model, tiny_tokenizer, tmp_path):
     """A saved LoRA adapter with non-zero B changes the model; the loaded backend must score with it."""
     import copy
 
-    from trace_engine.modeling import LoraSettings, attach_lora
+    from trace_engine.config import LoraSettings
+    from trace_engine.modeling import attach_lora
 
     peft_model = attach_lora(copy.deepcopy(tiny_model), LoraSettings(r=4, alpha=8, dropout=0.0))
     with torch.no_grad():
