@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trace_engine.config import LoraSettings, TrainConfig  # noqa: E402
 from trace_engine.modeling import ModelSource  # noqa: E402
+from trace_engine.schedule import epoch_order, micro_batches  # noqa: E402
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer  # noqa: E402
-from trace_engine.train import epoch_order, micro_batches, train  # noqa: E402
+from trace_engine.train import train  # noqa: E402
 
 WORDS = ["the", "model", "should", "explain", "safety", "steps", "clearly", "and", "refuse", "harmful", "requests", "with", "care"]
 

@@ -98,7 +98,7 @@ def build_trl_trainer(model, tokenizer, rows: list[dict[str, Any]], config, out_
     from trl import DPOConfig, DPOTrainer
 
     from trace_engine.modeling import seed_lora_
-    from trace_engine.train import epoch_order, warmup_cosine
+    from trace_engine.schedule import epoch_order, warmup_cosine
 
     order = epoch_order(len(rows), config.seed, 0)
     records = trl_records(tokenizer, rows)
@@ -137,8 +137,9 @@ def base_model_dir() -> Path:
 
 def run_project(s: RunSettings, device: str, dtype: str, out: Path) -> dict[str, Any]:
     """The engine's `train` (what `realign train --variant dpo` runs)."""
+    from trace_engine.data.io import read_jsonl
     from trace_engine.modeling import ModelSource
-    from trace_engine.train import iter_jsonl, train
+    from trace_engine.train import train
 
     rows = world_rows(s.pairs, s.seed)
     config = project_config(s, dtype)
@@ -147,7 +148,7 @@ def run_project(s: RunSettings, device: str, dtype: str, out: Path) -> dict[str,
     result = train(rows, config, base=ModelSource(str(base_model_dir())), output_dir=out, device=device,
                    progress=lambda step, total, m: step_ends.append(time.perf_counter()))
     train_s = time.perf_counter() - started
-    steps = list(iter_jsonl(result.metrics_path))
+    steps = list(read_jsonl(result.metrics_path))
     loop_s = step_ends[-1] - (step_ends[0] - steps[0]["seconds"])
     return {"train_s": train_s, "loop_s": loop_s, "steps": len(steps), "tokens": sum(m["tokens"] for m in steps),
             "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"]}

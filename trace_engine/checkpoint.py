@@ -1,4 +1,6 @@
-"""Atomic training checkpoints: written to a temporary directory, then renamed; valid only with the marker file.
+"""Atomic training checkpoints, the weights they hold, and the metrics log a resumed run continues.
+
+A checkpoint is written to a temporary directory, then renamed; it is valid only with the marker file.
 
 Layout of `<run>/checkpoints/step-000042/`:
   adapter_model.safetensors + adapter_config.json   (or model.safetensors for a full fine-tune)
@@ -13,13 +15,16 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
+
+from trace_engine.data.io import iter_jsonl
+from trace_engine.modeling import is_adapter_model
 
 MARKER = "COMPLETE"
 STATE_JSON = "trainer_state.json"
@@ -139,6 +144,62 @@ def load_trainer_state(ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     return blob["rng"]
+
+
+def save_weights(model, directory: Path) -> None:
+    """Adapter: adapter_model.safetensors + adapter_config.json. Full fine-tune: the whole model, safetensors."""
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def load_weights(model, directory: Path) -> None:
+    """Load what `save_weights` wrote into `model` (in place); refuses adapter weights made for another model."""
+    from safetensors.torch import load_file
+
+    if is_adapter_model(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if bad:
+            raise CheckpointMismatch(f"{directory}: adapter weights do not fit this model ({bad[:3]})")
+        return
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=next(model.parameters()).dtype, use_safetensors=True)
+    model.load_state_dict(reloaded.state_dict())
+
+
+def append_metrics(log: IO[str], row: dict[str, Any]) -> None:
+    """One metrics line, on disk before the next step starts: a crash loses no finished step."""
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+
+
+def logged_steps(path: Path) -> Iterator[dict[str, Any]]:
+    """The metrics log's step lines; a line torn by a crash mid-write (not JSON) is dropped."""
+    for raw in iter_jsonl(path):
+        if raw.error is None and isinstance(raw.data, dict) and isinstance(raw.data.get("step"), int):
+            yield raw.data
+
+
+def truncate_metrics(path: Path, up_to_step: int) -> None:
+    """After a resume, drop log lines of steps the crashed run did after its last checkpoint (and a torn one)."""
+    if not path.exists():
+        return
+    keep = [row for row in logged_steps(path) if row["step"] <= up_to_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def last_metrics(path: Path) -> dict[str, Any]:
+    """The last logged step's metrics ({} without a log): what a resumed run reports if it has no step left."""
+    last: dict[str, Any] = {}
+    if path.exists():
+        for last in logged_steps(path):  # noqa: B007 - we want the final line
+            pass
+    return last
 
 
 def _describe_diff(old: Any, new: Any) -> str:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +47,7 @@ from trace_engine.modeling import (
     reference_mode,
 )
 from trace_engine.runtime import Runtime
+from trace_engine.schedule import count_steps, epoch_order, examples_reached, micro_batches, warmup_cosine
 from trace_engine.tokenization import (
     EncodedPair,
     collate,
@@ -168,11 +167,7 @@ def train(
 
     # ---- the schedule's length, and the examples its steps reach
     n = len(data.examples)
-    micro_per_epoch = math.ceil(n / config.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = count_steps(n, config)
     lengths = [max(len(p.preferred), len(p.dispreferred)) for p in encoded]  # a row pads to its batch's longest
     reached = examples_reached(n, lengths if config.group_by_length else None, config, total_steps)
 
@@ -188,11 +183,11 @@ def train(
     scheduler = warmup_cosine(optimizer, total_steps, config.warmup_ratio, config.min_lr_ratio)
     metrics_path = run_dir / "metrics.jsonl"
     if latest is not None and state is not None:
-        load_weights(model, latest)  # after the reference pass: a full fine-tune's reference is the base
+        ckpt.load_weights(model, latest)  # after the reference pass: a full fine-tune's reference is the base
         rng_tensors = ckpt.load_trainer_state(latest, optimizer, scheduler)
         ckpt.restore_rng(state["rng"], rng_tensors)
         if rt.is_main:
-            _truncate_metrics(metrics_path, position.step)
+            ckpt.truncate_metrics(metrics_path, position.step)
     elif metrics_path.exists() and rt.is_main:
         metrics_path.unlink()  # a fresh run starts a fresh log
     rt.barrier()
@@ -203,7 +198,7 @@ def train(
 
     # ---- train
     model.train()
-    last: dict[str, float | None] = _last_metrics(metrics_path)  # non-empty only when resuming
+    last: dict[str, float | None] = ckpt.last_metrics(metrics_path)  # non-empty only when resuming
     with open(metrics_path, "a", encoding="utf-8") if rt.is_main else contextlib.nullcontext() as log:
         while position.step < total_steps:
             order = epoch_order(n, config.seed, position.epoch)
@@ -222,14 +217,12 @@ def train(
                     if after < len(micro)
                     else ckpt.Position(position.step + 1, position.epoch + 1, 0)
                 )
-                if log is not None:  # one line per step, on disk before the next step: a crash loses no step
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-                    os.fsync(log.fileno())
+                if log is not None:
+                    ckpt.append_metrics(log, last)
                 if config.checkpoint_every and position.step % config.checkpoint_every == 0:
                     if rt.is_main:
                         ckpt.save_checkpoint(
-                            run_dir, position, lambda d: save_weights(model, d), optimizer, scheduler, fingerprint
+                            run_dir, position, lambda d: ckpt.save_weights(model, d), optimizer, scheduler, fingerprint
                         )
                     rt.barrier()
                 if progress is not None and rt.is_main:
@@ -254,7 +247,7 @@ def train(
     }
 
     def fill(d: Path) -> None:
-        save_weights(model, d)
+        ckpt.save_weights(model, d)
         tokenizer.save_pretrained(d)
         (d / "realign.json").write_text(json.dumps(provenance, indent=1, ensure_ascii=False))
 
@@ -521,79 +514,7 @@ def reference_sequence_logps(
     return out + computed
 
 
-# ---------------------------------------------------------------- schedule, order, weights I/O
-
-
-def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
-    """Linear warmup over ceil(warmup_ratio * total) steps, then cosine decay to lr * min_lr_ratio."""
-    warmup = math.ceil(warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """A fixed shuffle per (seed, epoch), so a resumed run sees the same order."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def micro_batches(
-    order: list[int], lengths: Sequence[int] | None, batch_size: int, seed: int, epoch: int, window: int = 32
-) -> list[list[int]]:
-    """Cut the epoch's shuffled order into micro-batches; with `lengths`, group examples of similar length.
-
-    Grouping (as HF's group_by_length): each run of `window` micro-batches' worth of the shuffled order is sorted by
-    length and cut, then the micro-batches are shuffled (seeded by seed and epoch, so a resumed run sees the same
-    batches). Padding shrinks to the spread inside a batch; which examples share a step stays random beyond that.
-    """
-    if lengths is None:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    span = batch_size * window
-    micro: list[list[int]] = []
-    for s in range(0, len(order), span):
-        chunk = sorted(order[s : s + span], key=lambda i: -lengths[i])
-        micro.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
-    return [micro[i] for i in torch.randperm(len(micro), generator=g).tolist()]
-
-
-def examples_reached(n: int, lengths: Sequence[int] | None, cfg: TrainConfig, total_steps: int) -> list[int]:
-    """Sorted indices of the examples the first `total_steps` optimizer steps train on: every example once the run
-    covers an epoch, else those of the first total_steps * grad_accum micro-batches of epoch 0 (the same batches
-    the loop draws, resumed or not)."""
-    micro = micro_batches(epoch_order(n, cfg.seed, 0), lengths, cfg.batch_size, cfg.seed, 0)
-    take = total_steps * cfg.grad_accum
-    if take >= len(micro):
-        return list(range(n))
-    return sorted(i for mb in micro[:take] for i in mb)
-
-
-def save_weights(model, directory: Path) -> None:
-    """Adapter: adapter_model.safetensors + adapter_config.json. Full fine-tune: the whole model, safetensors."""
-    model.save_pretrained(directory, safe_serialization=True)
-
-
-def load_weights(model, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    if is_adapter_model(model):
-        from peft import set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
-        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        if bad:
-            raise ckpt.CheckpointMismatch(f"{directory}: adapter weights do not fit this model ({bad[:3]})")
-        return
-    from transformers import AutoModelForCausalLM
-
-    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=next(model.parameters()).dtype, use_safetensors=True)
-    model.load_state_dict(reloaded.state_dict())
+# ---------------------------------------------------------------- helpers
 
 
 def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
@@ -606,45 +527,8 @@ def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
     return PreparedData(kept, counts, data.provenance)
 
 
-def _logged_steps(path: Path) -> Iterator[dict[str, Any]]:
-    """The metrics log's lines; a line torn by a crash mid-write (not JSON) is dropped."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line) if line.strip() else None
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            yield row
-
-
-def _truncate_metrics(path: Path, up_to_step: int) -> None:
-    """After a resume, drop log lines of steps the crashed run did after its last checkpoint (and a torn one)."""
-    if not path.exists():
-        return
-    keep = [row for row in _logged_steps(path) if row["step"] <= up_to_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _last_metrics(path: Path) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    if path.exists():
-        for last in _logged_steps(path):  # noqa: B007 - we want the final line
-            pass
-    return last
-
-
 def _versions() -> dict[str, str]:
     import peft
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from trace_engine.config import LengthLimits, LoraSettings, TrainConfig
+from trace_engine.data.io import read_jsonl as iter_jsonl
 from trace_engine.impact import LossSettings
 from trace_engine.modeling import ModelSource, attach_lora, load_causal_lm, load_tokenizer
 from trace_engine.runtime import Runtime
 from trace_engine.scoring import score_conflicts
-from trace_engine.train import iter_jsonl, train
+from trace_engine.train import train
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 SEED = 3

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 from trace_engine import checkpoint as ckpt
 from trace_engine.config import LoraSettings, TrainConfig
+from trace_engine.data.io import read_jsonl as iter_jsonl
 from trace_engine.modeling import ModelSource
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
-from trace_engine.train import iter_jsonl
 from trace_engine.train import train as train_on_device
 
 train = functools.partial(train_on_device, device="cpu")  # tests are CPU tests, GPU or not
@@ -155,3 +155,15 @@ def test_rng_round_trip():
     expected = (random.random(), float(np.random.rand()), torch.rand(1).item())
     ckpt.restore_rng(json.loads(json.dumps(as_json)), tensors)
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
+
+
+def test_metrics_log_drops_a_torn_line_and_truncates_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "w", encoding="utf-8") as log:
+        for step in (1, 2, 3):
+            ckpt.append_metrics(log, {"step": step, "loss": 0.5})
+        log.write('{"step": 4, "lo')  # the crash cut this line
+    assert [row["step"] for row in ckpt.logged_steps(path)] == [1, 2, 3]
+    ckpt.truncate_metrics(path, up_to_step=2)
+    assert ckpt.last_metrics(path) == {"step": 2, "loss": 0.5}
+    assert ckpt.last_metrics(tmp_path / "missing.jsonl") == {}

@@ -8,13 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trace_engine import schedule
 from trace_engine import train as train_module
 from trace_engine.config import ConfigError, LoraSettings, TrainConfig
+from trace_engine.data.io import read_jsonl as iter_jsonl
 from trace_engine.logprobs import sequence_logps
 from trace_engine.modeling import ModelLoadError, ModelSource, load_causal_lm, load_tokenizer
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
 from trace_engine.tokenization import collate, encode_pairs
-from trace_engine.train import iter_jsonl, sequence_key
+from trace_engine.train import sequence_key
 from trace_engine.train import train as train_on_device
 from trace_engine.variants import VARIANTS, DataError, LossKind, prepare_examples
 
@@ -242,7 +244,7 @@ def test_hub_model_without_pinned_revision_is_refused_before_loading(tmp_path):
 
 
 def test_data_order_is_seeded_and_reshuffled_each_epoch():
-    from trace_engine.train import epoch_order
+    from trace_engine.schedule import epoch_order
 
     assert epoch_order(20, seed=1, epoch=0) == epoch_order(20, seed=1, epoch=0)
     assert epoch_order(20, seed=1, epoch=0) != epoch_order(20, seed=1, epoch=1)
@@ -251,7 +253,7 @@ def test_data_order_is_seeded_and_reshuffled_each_epoch():
 
 
 def test_warmup_then_cosine_schedule():
-    from trace_engine.train import warmup_cosine
+    from trace_engine.schedule import warmup_cosine
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, total_steps=10, warmup_ratio=0.2)
@@ -334,7 +336,7 @@ def test_unknown_kl_responses_and_fused_kernels_are_refused():
 
 
 def test_micro_batches_grouped_by_length_cut_padding_and_keep_every_example():
-    from trace_engine.train import micro_batches
+    from trace_engine.schedule import micro_batches
 
     g = torch.Generator().manual_seed(0)
     lengths = (torch.rand(500, generator=g) ** 3 * 400 + 8).long().tolist()  # long-tailed, like real responses
@@ -414,5 +416,5 @@ def test_reference_only_for_examples_the_steps_reach(llama, tmp_path, monkeypatc
     for key in ("loss_pref", "loss_npo", "reward_chosen", "kl"):  # None where the first batch has no such example
         assert (first[0][key] is None) == (first[1][key] is None), key
         assert first[0][key] is None or first[0][key] == pytest.approx(first[1][key], rel=1e-6, abs=1e-7), key
-    cut = train_module.examples_reached(12, [5] * 12, small(batch_size=2, grad_accum=2), 1)
-    assert len(cut) == 4 and train_module.examples_reached(12, None, small(batch_size=5), 3) == list(range(12))
+    cut = schedule.examples_reached(12, [5] * 12, small(batch_size=2, grad_accum=2), 1)
+    assert len(cut) == 4 and schedule.examples_reached(12, None, small(batch_size=5), 3) == list(range(12))

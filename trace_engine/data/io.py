@@ -69,6 +69,15 @@ def iter_jsonl(path: Path) -> Iterator[RawRow]:
                 yield RawRow(line_number, error="invalid JSON: nested too deeply")
 
 
+def read_jsonl(path: str | Path) -> Iterator[Any]:
+    """The rows of a JSONL file the engine wrote itself (metrics, scored rows): a row that does not decode is a
+    bug or a damaged file, not user input to report, so it raises."""
+    for raw in iter_jsonl(Path(path)):
+        if raw.error is not None:
+            raise DatasetError(f"{path}: row {raw.row}: {raw.error}")
+        yield raw.data
+
+
 def iter_json_array(path: Path) -> Iterator[RawRow]:
     """A file holding one JSON array of rows; row numbers are 1-based array positions."""
     with _open_binary(path) as fh:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trace_engine.data.io import DatasetError, detect_format, iter_raw_rows, write_jsonl
+from trace_engine.data.io import DatasetError, detect_format, iter_raw_rows, read_jsonl, write_jsonl
 
 
 def test_jsonl_rows_carry_line_numbers_and_bad_lines_do_not_stop_reading(tmp_path: Path) -> None:
@@ -80,3 +80,12 @@ def test_write_jsonl_failure_keeps_the_old_file(tmp_path: Path) -> None:
         write_jsonl(path, rows_then_crash())
     assert path.read_text(encoding="utf-8") == '{"id": "old"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_read_jsonl_gives_the_rows_the_engine_wrote_and_refuses_a_damaged_one(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    write_jsonl(path, [{"step": 1}, {"step": 2}])
+    assert list(read_jsonl(path)) == [{"step": 1}, {"step": 2}]
+    path.write_text('{"step": 1}\n{"step": 2\n', encoding="utf-8")
+    with pytest.raises(DatasetError, match="row 2"):
+        list(read_jsonl(path))
