@@ -47,7 +47,6 @@ sys.path.insert(0, str(REPO_ROOT))
 from trace_engine.config import FUSED_MODES, KL_RESPONSES, TrainConfig  # noqa: E402
 from trace_engine.impact import (  # noqa: E402
     LossSettings,
-    SampleKind,
     ScoringBatch,
     checkpointed_layers,
     gold_gradient,
@@ -57,6 +56,7 @@ from trace_engine.impact import (  # noqa: E402
 )
 from trace_engine.kernels import fuse_elementwise_, restore_eager_  # noqa: E402
 from trace_engine.tokenization import EncodedPair, EncodedSequence, collate  # noqa: E402
+from trace_engine.variants import SampleKind  # noqa: E402
 
 QWEN2_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

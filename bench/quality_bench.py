@@ -41,7 +41,6 @@ from trace_engine.synthetic.base_model import ensure_base_model  # noqa: E402
 from trace_engine.synthetic.evaluation import eval_sets, evaluate_model_dir  # noqa: E402
 from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
-    SCORING_VARIANT,
     PipelineConfig,
     add_triage_noise,
     default_train_config,
@@ -50,6 +49,7 @@ from trace_engine.synthetic.offline_run import (  # noqa: E402
 )
 from trace_engine.synthetic.world import make_world  # noqa: E402
 from trace_engine.train import train  # noqa: E402
+from trace_engine.variants import scored_as  # noqa: E402
 
 MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "u2a", "dpo_gold")
 ABLATIONS = ("no_triage", "no_impact", "no_kl")
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tc = default_train_config(r["variant"], r["seed"], **overrides)
         ref: dict[str, float] = {}
         if r["variant"] in IMPACT_VARIANTS:
-            skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])
+            skey = (scored_as(r["variant"]), r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
                 score_cache[skey] = score(base.path, train_rows, r["variant"], tc, normalise=cfg.normalise,
                                           gold_size=cfg.gold_size, seed=r["seed"], shaping=shaping)

@@ -36,21 +36,22 @@ sys.path.insert(0, str(REPO))
 
 from quality_bench import log, mean_std, nested_subset  # noqa: E402
 
+from trace_engine.config import LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
 from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
 from trace_engine.evaluation.stats import rate  # noqa: E402
 from trace_engine.judge.rules import RulesJudge  # noqa: E402
-from trace_engine.modeling import LoraSettings, ModelSource  # noqa: E402
+from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import ensure_real_base  # noqa: E402
 from trace_engine.realworld.world import RealOracleJudge, RealWorld  # noqa: E402
 from trace_engine.scoring import WeightShaping, score  # noqa: E402
 from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
-    SCORING_VARIANT,
     add_triage_noise,
     default_train_config,
 )
 from trace_engine.train import train  # noqa: E402
+from trace_engine.variants import scored_as  # noqa: E402
 
 MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "dpo_gold", "u2a")
 ABLATIONS = ("no_triage", "no_impact", "no_kl")
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ref: dict[str, float] = {}
         scored_summary: dict[str, Any] = {}
         if r["variant"] in IMPACT_VARIANTS:
-            skey = (SCORING_VARIANT[r["variant"]], r["size"], r["seed"], r["noise"])
+            skey = (scored_as(r["variant"]), r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
                 kwargs = {"shaping": shaping} if shaping else {}
                 score_cache[skey] = score(base, train_rows, r["variant"], tc, normalise="sum", gold_size=24,

@@ -21,7 +21,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,20 +34,7 @@ from trace_engine.head import policy_pass
 from trace_engine.logprobs import SequenceBatch, host_to_device
 from trace_engine.losses import dpo_loss, npo_loss, preference_loss
 from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
-from trace_engine.variants import SCORED_PREF_LOSSES
-
-
-class SampleKind(str, Enum):
-    """Which training loss a scored sample gets (and so which sequences it reads, in this order)."""
-
-    INVERT = "INVERT"  # ℓ_pref(x, preferred, dispreferred) on the triaged (already swapped) pair
-    PUNISH_NPO = "PUNISH_NPO"  # dual NPO on both violating responses (y_w, y_l)
-    PUNISH_ORACLE = "PUNISH_ORACLE"  # ℓ_pref(x, y_c, y_w) with the judge-written compliant y_c
-    NO_TRIAGE = "NO_TRIAGE"  # ablation: NPO on the pair's ORIGINAL rejected response (one sequence)
-
-
-ARITY = {SampleKind.INVERT: 2, SampleKind.PUNISH_NPO: 2, SampleKind.PUNISH_ORACLE: 2, SampleKind.NO_TRIAGE: 1}
-PREFERENCE_KINDS = (SampleKind.INVERT, SampleKind.PUNISH_ORACLE)
+from trace_engine.variants import SCORED_PREF_LOSSES, LossKind, SampleKind
 
 
 @dataclass(frozen=True)
@@ -88,8 +74,8 @@ class ScoringBatch:
         seen: set[int] = set()
         n = self.batch.input_ids.shape[0]
         for sid, kind, rows in zip(self.sample_ids, self.kinds, self.rows, strict=True):
-            if len(rows) != ARITY[kind]:
-                raise ValueError(f"sample {sid!r}: {kind.value} reads {ARITY[kind]} rows, got {len(rows)}")
+            if len(rows) != kind.arity:
+                raise ValueError(f"sample {sid!r}: {kind.value} reads {kind.arity} rows, got {len(rows)}")
             for r in rows:
                 if not 0 <= r < n or r in seen:
                     raise ValueError(f"sample {sid!r}: row {r} is out of range or shared with another sample")
@@ -125,7 +111,7 @@ def sample_losses(
         if not idx:
             continue
         r = torch.tensor([rows[k] for k in idx], dtype=torch.long, device=policy.device)  # [m, arity]
-        if kind in PREFERENCE_KINDS:
+        if kind.loss is LossKind.PREF:
             pos, neg = r[:, 0], r[:, 1]
             loss = preference_loss(settings.preference_loss, policy[pos], policy[neg], reference[pos], reference[neg],
                                    num_tokens[pos], num_tokens[neg], settings.beta)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from trace_engine.config import LengthLimits
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
 from trace_engine.gold import (
     GoldPair,
@@ -28,11 +29,9 @@ from trace_engine.gold import (
     gold_candidates,
 )
 from trace_engine.impact import (
-    ARITY,
     LossSettings,
     NormalisedWeights,
     NormaliseMode,
-    SampleKind,
     ScoredSample,
     ScoringBatch,
     attach_scores,
@@ -43,18 +42,17 @@ from trace_engine.impact import (
 )
 from trace_engine.modeling import ModelSource
 from trace_engine.runtime import Runtime
-from trace_engine.tokenization import LengthLimits, TruncationReport, collate, encode_sequences, pad_id_of
+from trace_engine.tokenization import TruncationReport, collate, encode_sequences, pad_id_of
+from trace_engine.variants import SCORING_VARIANTS, VARIANTS, SampleKind, choose_row, scored_as
 
 if TYPE_CHECKING:
-    from trace_engine.train import TrainConfig
+    from trace_engine.config import TrainConfig
 
-SCORING_VARIANTS = ("trace", "trace_oracle", "no_triage")
-SCORED_AS = {"trace": "trace", "trace_oracle": "trace_oracle", "no_kl": "trace", "no_triage": "no_triage"}
 
 
 @dataclass(frozen=True)
 class ConflictSample:
-    """One scored sample: its loss kind and the responses that loss reads (order as in `impact.ARITY`)."""
+    """One scored sample: its loss kind and the responses that loss reads (`SampleKind.arity`, in loss order)."""
 
     sample_id: str
     kind: SampleKind
@@ -63,33 +61,23 @@ class ConflictSample:
 
 
 def conflict_samples(rows: Sequence[Mapping[str, Any]], variant: str) -> list[ConflictSample]:
-    """The samples a variant trains with a weighted loss (design.md §5).
-
-    trace:        INVERT -> ℓ_pref(chosen, rejected) (already swapped); PUNISH -> dual NPO on (chosen, rejected).
-    trace_oracle: as trace, but PUNISH with a usable oracle rewrite -> ℓ_pref(oracle_response, chosen); a missing
-                  or empty rewrite falls back to dual NPO (never an empty preferred answer).
-    no_triage:    every pair (ERROR rows excepted) -> NPO on its ORIGINAL rejected response (`original_rejected`,
-                  i.e. before any INVERT swap), so no triage decision leaks into the ablation's loss.
+    """The samples a variant weights by impact score, chosen by training's own row selection
+    (`variants.choose_row`): the rows its `scores_weight` (INVERT/PUNISH; every row for an every-row variant),
+    with the loss and texts training gives them. E.g. trace_oracle's PUNISH row with a usable oracle rewrite is
+    ℓ_pref(oracle_response, chosen), else dual NPO; no_triage's row is NPO on its ORIGINAL rejected response.
     """
-    if variant not in SCORING_VARIANTS:
+    spec = VARIANTS.get(variant)
+    if spec is None or not spec.scorable:
         raise ValueError(f"unknown scoring variant {variant!r}: use one of {SCORING_VARIANTS}")
     out: list[ConflictSample] = []
-    for row in rows:
-        cat, rid, prompt = str(row.get("category", "")), str(row["id"]), row["prompt"]
-        if variant == "no_triage":
-            if cat != "ERROR":
-                original = row.get("original_rejected", row["rejected"])
-                out.append(ConflictSample(rid, SampleKind.NO_TRIAGE, prompt, (str(original),)))
+    for i, row in enumerate(rows):
+        choice = choose_row(dict(row), i, spec)
+        e = choice.example
+        if e is None or not spec.scores_weight(e.category):
             continue
-        if cat == "INVERT":
-            out.append(ConflictSample(rid, SampleKind.INVERT, prompt, (str(row["chosen"]), str(row["rejected"]))))
-        elif cat == "PUNISH":
-            oracle = row.get("oracle_response")
-            if variant == "trace_oracle" and isinstance(oracle, str) and oracle.strip():
-                out.append(ConflictSample(rid, SampleKind.PUNISH_ORACLE, prompt, (oracle, str(row["chosen"]))))
-            else:
-                both = (str(row["chosen"]), str(row["rejected"]))
-                out.append(ConflictSample(rid, SampleKind.PUNISH_NPO, prompt, both))
+        kind = choice.sample_kind
+        responses = (e.dispreferred,) if kind.arity == 1 else (e.preferred, e.dispreferred)
+        out.append(ConflictSample(e.row_id, kind, e.prompt, responses))
     return out
 
 
@@ -103,8 +91,8 @@ def pack_batches(
     if rows_per_batch < 2:
         raise ValueError("rows_per_batch must be >= 2 (a preference sample reads two rows)")
     for s in samples:
-        if len(s.responses) != ARITY[s.kind]:
-            raise ValueError(f"sample {s.sample_id!r}: {s.kind.value} needs {ARITY[s.kind]} responses")
+        if len(s.responses) != s.kind.arity:
+            raise ValueError(f"sample {s.sample_id!r}: {s.kind.value} needs {s.kind.arity} responses")
     prompts = [s.prompt for s in samples for _ in s.responses]
     responses = [r for s in samples for r in s.responses]
     encoded, report = encode_sequences(tokenizer, prompts, responses, limits)
@@ -279,7 +267,7 @@ def score(
     model = attach_lora(load_causal_lm(source, device, dtype, config.fused_kernels), config.lora, seed=seed)
     try:
         return score_conflicts(
-            model, tokenizer, rows, variant=SCORED_AS[variant], settings=settings, gold_size=gold_size, seed=seed,
+            model, tokenizer, rows, variant=scored_as(variant), settings=settings, gold_size=gold_size, seed=seed,
             mode=normalise, rows_per_batch=score_rows_per_batch(config),
             limits=LengthLimits(config.max_prompt_len, config.max_len), checkpoint=config.gradient_checkpointing,
             runtime=runtime, progress=progress, gold_from=gold_from, shaping=shaping,

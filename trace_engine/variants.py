@@ -11,10 +11,11 @@ import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from enum import IntEnum
+from dataclasses import dataclass, field, replace
+from enum import Enum, IntEnum
 from typing import Any
 
+from trace_engine.categories import CATEGORIES, Category
 from trace_engine.data.pairs import Prompt, prompt_key
 
 
@@ -31,6 +32,8 @@ class LossKind(IntEnum):
 # to dual NPO when the oracle rewrite is missing (never an empty preferred answer).
 RowUse = str
 _ROW_USES = {"pref", "dual_npo", "npo_dispreferred", "kl", "oracle_pref", "oracle_pref_or_npo"}
+_ORACLE_USES = ("oracle_pref", "oracle_pref_or_npo")
+_CONFLICT = (Category.INVERT, Category.PUNISH)  # the categories impact scores weight
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class VariantSpec:
     every_row: when set, every row gets this use and categories are not read (no triage).
     invert/punish/retain: the use of each category's rows (None = row not trained on).
     weights: 'impact' (the row's impact_score for INVERT/PUNISH) or 'uniform'.
-    pref_loss: fixed preference loss for baselines that define one (None = the config's choice)."""
+    pref_loss: fixed preference loss for baselines that define one (None = the config's choice).
+    scored_ablation: a uniform-weight variant whose rows `realign score` still scores (to study the scores)."""
 
     pairs: str = "relabelled"
     every_row: RowUse | None = None
@@ -48,7 +52,39 @@ class VariantSpec:
     retain: RowUse | None = None
     weights: str = "uniform"
     pref_loss: str | None = None
+    scored_ablation: bool = False
     description: str = ""
+
+    @property
+    def needs_triage(self) -> bool:
+        """Rows must carry a triage category (the service runs the triage stage)."""
+        return self.pairs != "original"
+
+    @property
+    def needs_scores(self) -> bool:
+        """INVERT/PUNISH rows are weighted by impact scores (the service runs the score stage)."""
+        return self.weights == "impact"
+
+    @property
+    def needs_oracle(self) -> bool:
+        """PUNISH rows read the oracle's compliant rewrite (triage asks the judge for one)."""
+        return any(use in _ORACLE_USES for use in (self.every_row, self.invert, self.punish, self.retain))
+
+    @property
+    def scorable(self) -> bool:
+        """Impact scores can be taken for this variant's rows."""
+        return self.needs_scores or self.scored_ablation
+
+    def use_of(self, category: str | None) -> RowUse | None:
+        """The loss a row of `category` gets (None: the row is not trained on)."""
+        if self.every_row:
+            return self.every_row
+        return {Category.INVERT: self.invert, Category.PUNISH: self.punish, Category.RETAIN: self.retain}[category]
+
+    def scores_weight(self, category: str | None) -> bool:
+        """Whether a row of `category` is one impact scores weight: every row of an every-row variant, else the
+        conflicting (INVERT, PUNISH) rows."""
+        return self.every_row is not None or category in _CONFLICT
 
 
 VARIANTS: dict[str, VariantSpec] = {
@@ -65,7 +101,7 @@ VARIANTS: dict[str, VariantSpec] = {
         description="TRACE with uniform weights",
     ),
     "no_triage": VariantSpec(
-        pairs="original", every_row="npo_dispreferred", weights="uniform",
+        pairs="original", every_row="npo_dispreferred", weights="uniform", scored_ablation=True,
         description="NPO on every pair's ORIGINAL rejected response (no triage information leaks in)",
     ),
     "no_kl": VariantSpec(
@@ -99,8 +135,45 @@ VARIANTS: dict[str, VariantSpec] = {
 }
 VARIANTS["npo"] = VARIANTS["u2a"]
 
-CATEGORIES = ("INVERT", "PUNISH", "RETAIN")
-_SKIPPED_CATEGORIES = ("ERROR",)
+_SKIPPED_CATEGORIES = (Category.ERROR,)
+SCORING_VARIANTS = tuple(name for name, spec in VARIANTS.items() if spec.scorable)
+
+
+def scored_as(variant: str) -> str:
+    """The first scorable variant whose rows are scored exactly like `variant`'s (no_kl -> trace): scores taken
+    for one serve the other. A variant no scorable one matches is its own."""
+    key = _scoring_key(get_variant(variant))
+    return next((name for name in SCORING_VARIANTS if _scoring_key(VARIANTS[name]) == key), variant)
+
+
+def _scoring_key(spec: VariantSpec) -> tuple[Any, ...]:
+    return spec.pairs, spec.every_row, spec.invert, spec.punish, spec.scored_ablation
+
+
+class SampleKind(str, Enum):
+    """Which loss a scored row gets (and so which sequences it reads, in this order); the label scores carry."""
+
+    INVERT = "INVERT"  # ℓ_pref(x, preferred, dispreferred) on the triaged (already swapped) pair
+    PUNISH_NPO = "PUNISH_NPO"  # dual NPO on both violating responses (y_w, y_l)
+    PUNISH_ORACLE = "PUNISH_ORACLE"  # ℓ_pref(x, y_c, y_w) with the judge-written compliant y_c
+    NO_TRIAGE = "NO_TRIAGE"  # ablation: NPO on the pair's ORIGINAL rejected response (one sequence)
+
+    @property
+    def loss(self) -> LossKind:
+        return _SAMPLE_LOSS[self]
+
+    @property
+    def arity(self) -> int:
+        """Sequences the loss reads."""
+        return 1 if self.loss is LossKind.NPO_DISPREFERRED else 2
+
+
+_SAMPLE_LOSS = {
+    SampleKind.INVERT: LossKind.PREF,
+    SampleKind.PUNISH_NPO: LossKind.DUAL_NPO,
+    SampleKind.PUNISH_ORACLE: LossKind.PREF,
+    SampleKind.NO_TRIAGE: LossKind.NPO_DISPREFERRED,
+}
 
 
 class DataError(ValueError):
@@ -151,11 +224,55 @@ def check_pref_loss(variant: str, pref_loss: str) -> None:
     scored with one loss and trained with another."""
     spec = get_variant(variant)
     effective = spec.pref_loss or pref_loss
-    if spec.weights == "impact" and effective not in SCORED_PREF_LOSSES:
+    if spec.needs_scores and effective not in SCORED_PREF_LOSSES:
         raise DataError(
             f"impact scores support pref_loss {' or '.join(SCORED_PREF_LOSSES)}, not {effective!r}, and variant "
             f"{variant!r} weights pairs by impact scores: use one of those losses, or a uniform-weight variant "
             f"(no_impact, rdpo) to train with {effective}")
+
+
+@dataclass(frozen=True)
+class RowChoice:
+    """What one row becomes under a variant: an example (weight 1; the caller applies impact weights) or a skip.
+
+    note: why the row was skipped, or a remark on the example (`oracle_fallback_npo`), for the counts.
+    oracle: the preferred response is the oracle's rewrite.
+    """
+
+    example: Example | None
+    note: str | None = None
+    oracle: bool = False
+
+    @property
+    def sample_kind(self) -> SampleKind:
+        """The label impact scoring gives this row's example."""
+        e = self.example
+        assert e is not None
+        if e.kind is LossKind.PREF:
+            return SampleKind.PUNISH_ORACLE if self.oracle else SampleKind.INVERT
+        return {LossKind.DUAL_NPO: SampleKind.PUNISH_NPO, LossKind.NPO_DISPREFERRED: SampleKind.NO_TRIAGE}[e.kind]
+
+
+def choose_row(row: dict[str, Any], index: int, spec: VariantSpec) -> RowChoice:
+    """The row selection training and scoring share: which loss a row gets under `spec`, on which texts."""
+    row_id = str(row.get("id", index))
+    if row.get("category") in _SKIPPED_CATEGORIES:  # a failed verdict: never trained on, not even without triage
+        return RowChoice(None, "skipped_error_rows")
+    category = None if spec.every_row else _category(row, row_id)
+    use = spec.use_of(category)
+    if use is None:
+        return RowChoice(None, f"unused_{category}")
+    preferred, dispreferred = _texts(row, spec.pairs, row_id)
+    kind, note, oracle_used = _kind(use), None, False
+    if use in _ORACLE_USES:
+        oracle = row.get("oracle_response")
+        if isinstance(oracle, str) and oracle.strip():
+            preferred, dispreferred, kind, oracle_used = oracle, preferred, LossKind.PREF, True  # y_c over y_w
+        elif use == "oracle_pref":
+            return RowChoice(None, "missing_oracle")
+        else:
+            kind, note = LossKind.DUAL_NPO, "oracle_fallback_npo"
+    return RowChoice(Example(row_id, row["prompt"], preferred, dispreferred, kind, 1.0, category), note, oracle_used)
 
 
 def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
@@ -166,41 +283,30 @@ def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
     missing_scores: list[str] = []
     missing_oracle: list[str] = []
     for i, row in enumerate(rows):
-        row_id = str(row.get("id", i))
-        category = None if spec.every_row else _category(row, row_id)
-        if category in _SKIPPED_CATEGORIES:
-            counts["skipped_error_rows"] += 1
-            continue
-        use = spec.every_row or {"INVERT": spec.invert, "PUNISH": spec.punish, "RETAIN": spec.retain}[category]
-        if use is None:
-            counts[f"unused_{category}"] += 1
-            continue
-        preferred, dispreferred = _texts(row, spec.pairs, row_id)
-        kind = _kind(use)
-        if use in ("oracle_pref", "oracle_pref_or_npo"):
-            oracle = row.get("oracle_response")
-            if isinstance(oracle, str) and oracle.strip():
-                preferred, dispreferred, kind = oracle, preferred, LossKind.PREF  # y_c over y_w
-            elif use == "oracle_pref":
-                missing_oracle.append(row_id)
-                continue
+        choice = choose_row(row, i, spec)
+        example = choice.example
+        if example is None:
+            if choice.note == "missing_oracle":
+                missing_oracle.append(str(row.get("id", i)))
             else:
-                kind = LossKind.DUAL_NPO
-                counts["oracle_fallback_npo"] += 1
+                counts[str(choice.note)] += 1
+            continue
+        if choice.note:
+            counts[choice.note] += 1
         weight = 1.0
-        if spec.weights == "impact" and category in ("INVERT", "PUNISH"):
+        if spec.needs_scores and spec.scores_weight(example.category):
             score = row.get("impact_score")
             if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-                missing_scores.append(row_id)
+                missing_scores.append(example.row_id)
                 continue
             if score < 0:
-                raise DataError(f"row {row_id}: impact_score {score} is negative; scoring clamps weights at 0")
+                raise DataError(f"row {example.row_id}: impact_score {score} is negative; scoring clamps weights at 0")
             weight = float(score)
         if weight == 0.0:
             counts["skipped_zero_weight"] += 1
             continue
-        counts[kind.name] += 1
-        examples.append(Example(row_id, row["prompt"], preferred, dispreferred, kind, weight, category))
+        counts[example.kind.name] += 1
+        examples.append(replace(example, weight=weight))
     if missing_scores:
         raise DataError(
             f"variant {variant!r} weights conflicting pairs by impact, but {len(missing_scores)} INVERT/PUNISH rows "
@@ -211,7 +317,7 @@ def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
             f"variant {variant!r} needs an oracle_response for every PUNISH row; {len(missing_oracle)} lack one "
             f"(first: {missing_oracle[:3]}); re-run triage with the oracle, or use 'trace_oracle' (NPO fallback)"
         )
-    if not spec.every_row and not any(e.category in ("INVERT", "PUNISH") for e in examples):
+    if not spec.every_row and not any(e.category in _CONFLICT for e in examples):
         raise DataError(
             f"no INVERT or PUNISH rows to train on for variant {variant!r} (empty conflict set): the new policy "
             "changes nothing in this data, or every conflicting row has weight 0"

@@ -44,7 +44,6 @@ from trace_engine.variants import get_variant
 from worker.errors import sanitise_error_text, scrub_server_paths
 
 SYNTHETIC_BASE_NAMES = frozenset({"synthetic-tiny", "synthetic"})
-ORACLE_VARIANTS = frozenset({"trace_oracle", "dpo_gold"})
 _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 PROBE_PROMPT = "What is the capital of France?"
 PROBE_RESPONSE = "The capital of France is Paris."
@@ -147,11 +146,11 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 
 def needs_triage(request: RealignRequest) -> bool:
-    return get_variant(request.method.variant).pairs != "original"
+    return get_variant(request.method.variant).needs_triage
 
 
 def needs_scoring(request: RealignRequest) -> bool:
-    return get_variant(request.method.variant).weights == "impact"
+    return get_variant(request.method.variant).needs_scores
 
 
 def next_stage(request: RealignRequest | EvalRequest, finished: Stage) -> Stage | None:
@@ -230,7 +229,7 @@ def build_judge(request: RealignRequest | EvalRequest, settings: Settings) -> tu
     judge is the operator's judge profile the request names (api/judges.py): its URL and the NAME of its key's
     environment variable come from the settings, never from the request; the key is never stored."""
     spec = request.judge
-    oracle = isinstance(request, RealignRequest) and request.method.variant in ORACLE_VARIANTS
+    oracle = isinstance(request, RealignRequest) and get_variant(request.method.variant).needs_oracle
     if spec.provider == "synthetic":
         from trace_engine.synthetic.oracle_judge import SyntheticOracleJudge
         from trace_engine.synthetic.world import make_world

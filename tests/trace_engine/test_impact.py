@@ -12,7 +12,6 @@ from peft import LoraConfig, get_peft_model
 
 from trace_engine.impact import (
     LossSettings,
-    SampleKind,
     ScoringBatch,
     adapter_is_identity,
     gold_gradient,
@@ -24,6 +23,7 @@ from trace_engine.impact import (
 )
 from trace_engine.logprobs import SequenceBatch, sequence_logps
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, train_tokenizer
+from trace_engine.variants import SampleKind
 
 QV = ["q_proj", "v_proj"]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

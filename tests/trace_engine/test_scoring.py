@@ -6,12 +6,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from trace_engine.impact import SampleKind, seed_lora_
+from trace_engine.impact import seed_lora_
 from trace_engine.logprobs import sequence_logps
 from trace_engine.scoring import conflict_samples, pack_batches, score_conflicts, sequence_key
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, train_tokenizer
 from trace_engine.tokenization import collate, encode_sequences, pad_id_of
 from trace_engine.train import sequence_key as train_sequence_key
+from trace_engine.variants import SampleKind
 
 K = SampleKind
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 import trace_engine.impact as impact
+from trace_engine.config import TrainConfig
 from trace_engine.scoring import score as score_rows
 from trace_engine.scoring import score_rows_per_batch
 from trace_engine.synthetic.offline_run import triage_pairs
 from trace_engine.synthetic.world import make_world
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
-from trace_engine.train import TrainConfig
 
 WORLD = make_world(0)
 

@@ -25,22 +25,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import CATEGORIES, Category
 from trace_engine.checkpoint import CheckpointMismatch
+from trace_engine.config import FUSED_MODES, KL_RESPONSES, ConfigError, LoraSettings, TrainConfig
 from trace_engine.data.io import DatasetError, iter_raw_rows
-from trace_engine.kernels import FUSED_MODES
-from trace_engine.modeling import LoraSettings, ModelLoadError, ModelSource
-from trace_engine.train import KL_RESPONSES, ConfigError, TrainConfig
+from trace_engine.modeling import ModelLoadError, ModelSource
 from trace_engine.variants import (
-    CATEGORIES,
     SCORED_PREF_LOSSES,
+    SCORING_VARIANTS,
     VARIANTS,
     DataError,
     get_variant,
     prepare_examples,
+    scored_as,
 )
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-SCORING_VARIANTS = ("trace", "trace_oracle", "no_triage")  # = scoring.SCORING_VARIANTS (not imported: cheap CLI)
 SCORED_FILE, SCORE_META, REFERENCE_CACHE = "scored.jsonl", "score.json", "reference_logps.safetensors"
 DEFAULT_WEIGHT_CAP = 2.0  # = scoring.DEFAULT_WEIGHT_CAP (not imported: cheap CLI; a test keeps them equal)
 # settings that change the scores (must match between scoring and training) / the reference log-probs
@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
     score.add_argument("--variant", required=True, choices=SCORING_VARIANTS, help="which loss each sample is scored for")
     score.add_argument("--out", required=True, help="output directory")
     _scoring_args(score, batch_flag="--batch-size")
-    _loss_args(score, ("dpo", "ipo"))
+    _loss_args(score, SCORED_PREF_LOSSES)
     _lora_args(score)
     _length_args(score)
     score.add_argument("--seed", type=int, default=0, help="seed of the gold batch and of the LoRA A init")
@@ -246,8 +246,8 @@ def _train(args: argparse.Namespace) -> int:
     config.validate()
     base = ModelSource(args.model, args.revision)
     rows = read_rows(args.scored or args.triaged)
-    needs_scores = get_variant(args.variant).weights == "impact"
-    scoring_variant = "trace_oracle" if args.variant == "trace_oracle" else "trace"
+    needs_scores = get_variant(args.variant).needs_scores
+    scoring_variant = scored_as(args.variant)
     cache: dict[str, float] | None = None
     if needs_scores and args.triaged:
         prepare_examples([{**r, "impact_score": 1.0} for r in rows], args.variant)  # everything but the scores
@@ -330,7 +330,7 @@ def check_scoring_inputs(rows: list[dict[str, Any]], variant: str, gold_size: in
         if "id" not in row or "prompt" not in row:
             raise UserError(f"row {i + 1}: scoring needs 'id' and 'prompt' fields")
         category = row.get("category")
-        if category not in (*CATEGORIES, "ERROR"):
+        if category not in (*CATEGORIES, Category.ERROR):
             raise UserError(f"row {row['id']}: unknown category {category!r}; expected one of "
                             f"{', '.join(CATEGORIES)} (run `realign triage` first)")
     ids = [str(r["id"]) for r in rows]

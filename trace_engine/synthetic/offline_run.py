@@ -20,22 +20,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trace_engine.config import LoraSettings, TrainConfig
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.noise import make_noisy
 from trace_engine.data.pairs import PreferencePair
 from trace_engine.data.split import make_splits
-from trace_engine.modeling import LoraSettings, ModelSource
+from trace_engine.modeling import ModelSource
 from trace_engine.scoring import score
 from trace_engine.synthetic.base_model import BaseModelRecipe, ensure_base_model
 from trace_engine.synthetic.evaluation import eval_sets, evaluate_model_dir, summary_json
 from trace_engine.synthetic.oracle_judge import SyntheticOracleJudge
 from trace_engine.synthetic.world import World, make_world
-from trace_engine.train import TrainConfig
+from trace_engine.variants import VARIANTS
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 STAGES = ("base", "data", "triage", "split", "score", "train", "evaluate", "report")
-IMPACT_VARIANTS = ("trace", "trace_oracle", "no_kl")
-SCORING_VARIANT = {"trace": "trace", "trace_oracle": "trace_oracle", "no_kl": "trace"}
+IMPACT_VARIANTS = tuple(name for name, spec in VARIANTS.items() if spec.needs_scores)
 
 DEFAULT_LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj",
                                                                         "gate_proj", "up_proj", "down_proj"))
