@@ -10,8 +10,6 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine
 
 from api.auth import PrincipalCache
-from api.db import access
-from api.db.engine import make_service_engine, make_session_factory, upgrade_head
 from api.deps import BrokerCheck, Enqueuer
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
@@ -19,7 +17,9 @@ from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
 from api.routes import adapters, artifacts, evals, files, health, jobs, review, ui
 from api.serving import make_serving
-from api.settings import Settings
+from core.db import access
+from core.db.engine import make_service_engine, make_session_factory, upgrade_head
+from core.settings import Settings
 
 
 def _no_broker_check() -> None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import anyio
 from fastapi import Request
 
-from api.db import access
 from api.errors import ProblemError
+from core.db import access
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="realign"'}
 _MAX_CACHED_KEYS = 10_000

@@ -24,7 +24,7 @@ EXAMPLE_FILE = Path(__file__).resolve().parents[1] / "examples" / "synthetic_rea
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from api.settings import Settings
+    from core.settings import Settings
 
 
 class CliError(Exception):
@@ -36,7 +36,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     (from the options or the environment) are a CliError naming the setting."""
     from pydantic import ValidationError
 
-    from api.settings import Settings
+    from core.settings import Settings
 
     overrides = {}
     if getattr(args, "data_dir", None):
@@ -81,7 +81,7 @@ def database_errors(settings: Settings) -> Iterator[None]:
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
     """A session on the migrated database, committed at the end."""
-    from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+    from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
 
     engine = make_engine(settings.sqlalchemy_url)
     try:
@@ -93,7 +93,7 @@ def _session(settings: Settings) -> Iterator[Session]:
 
 
 def create_key(settings: Settings, tenant: str) -> str:
-    from api.db import access
+    from core.db import access
 
     with _session(settings) as session:
         return access.create_api_key(session, tenant_name=tenant)
@@ -116,8 +116,8 @@ def key_rows(session: Session, tenant: str | None = None) -> list[dict[str, Any]
     """Every key (never its secret): id, the `rk_PREFIX` it starts with, tenant, created, revoked."""
     from sqlalchemy import select
 
-    from api.db.access import KEY_PREFIX
-    from api.db.models import ApiKey, Tenant
+    from core.db.access import KEY_PREFIX
+    from core.db.models import ApiKey, Tenant
 
     query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.created_at)
     if tenant is not None:
@@ -150,8 +150,8 @@ COLUMNS = ("id", "starts_with", "tenant", "created_at", "revoked_at")
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sqlalchemy import or_, select
 
-    from api.db.access import KEY_PREFIX
-    from api.db.models import ApiKey, utcnow
+    from core.db.access import KEY_PREFIX
+    from core.db.models import ApiKey, utcnow
 
     wanted = args.key.strip()
     prefix = wanted[len(KEY_PREFIX):].split("_", 1)[0] if wanted.startswith(KEY_PREFIX) else wanted

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from api.auth import Principal, require_principal
-from api.settings import Settings
+from core.settings import Settings
 
 
 class Enqueuer(Protocol):

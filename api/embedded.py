@@ -24,12 +24,12 @@ from typing import Any
 
 import httpx
 
-from api.settings import Settings
+from core.jobspec import SYNTHETIC_BASE_NAMES
+from core.settings import Settings
 
 LOCAL_TENANT = "local"
 KEY_FILE = "local-api-key"
 TERMINAL = ("succeeded", "failed", "cancelled")
-SYNTHETIC_BASES = ("synthetic-tiny", "synthetic")
 HEARTBEAT_S = 20.0  # `submit --wait` prints a line at least this often, even when nothing changed
 
 
@@ -39,8 +39,8 @@ HEARTBEAT_S = 20.0  # `submit --wait` prints a line at least this often, even wh
 def local_api_key(settings: Settings) -> str:
     """The embedded service's key: reused while it still authenticates, else a new one for tenant `local`."""
     from api.cli import create_key
-    from api.db import access
-    from api.db.engine import make_engine, make_session_factory
+    from core.db import access
+    from core.db.engine import make_engine, make_session_factory
 
     path = settings.data_dir / KEY_FILE
     if path.is_file():
@@ -90,7 +90,7 @@ def worker_command(concurrency: int, queues: str = "judge,gpu", name: str = "emb
 def start_worker(settings: Settings, concurrency: int) -> subprocess.Popen[bytes]:
     log_path = settings.data_dir / "worker.log"
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child; closed when the parent exits
-    from worker.celery_app import queue_list
+    from core.celery_app import queue_list
 
     return subprocess.Popen(worker_command(concurrency, queue_list(settings)), env=worker_env(settings), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
@@ -168,10 +168,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def serving_model_path(settings: Settings) -> str:
     """The local backend's model: the synthetic world's cached base (built in a child process: this process never
     imports torch), a folder under the model root, or a Hub id as given."""
-    from api.paths import PathEscapesRoot, resolve_under_root
+    from core.paths import PathEscapesRoot, resolve_under_root
 
     name = settings.serving_base_model
-    if name in SYNTHETIC_BASES:
+    if name in SYNTHETIC_BASE_NAMES:
         return synthetic_base_path(settings)
     try:
         local = resolve_under_root(settings.models_root, name)
@@ -210,8 +210,8 @@ def serve(settings: Settings, *, host: str, port: int, start_worker: bool = True
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         serving_builds_it = (start_serving and not settings.serving_url
-                             and settings.serving_base_model in SYNTHETIC_BASES)
-        if demo_body is not None and _base_name(demo_body) in SYNTHETIC_BASES and not serving_builds_it:
+                             and settings.serving_base_model in SYNTHETIC_BASE_NAMES)
+        if demo_body is not None and _base_name(demo_body) in SYNTHETIC_BASE_NAMES and not serving_builds_it:
             synthetic_base_path(settings)  # here, with its progress, rather than silently in the worker
         with local_serving(settings, start_serving) as served:
             return _serve(served, sock, start_worker=start_worker, worker_concurrency=worker_concurrency,

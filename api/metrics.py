@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from api.db.states import JobState
+from core.db.states import JobState
 
 Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.routes import PROBLEM_CONTENT
-from api.schemas import EVAL_EXAMPLES, REALIGN_EXAMPLES, EvalRequest, Problem, RealignRequest
+from api.schemas import Problem
+from core.jobspec import EVAL_EXAMPLES, REALIGN_EXAMPLES, EvalRequest, RealignRequest
 
 SWAGGER_DIR = Path(__file__).resolve().parent / "static" / "swagger"
 DOCS_URL = "/docs"

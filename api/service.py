@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from fastapi import APIRouter, FastAPI
 
 from api.app import create_app
-from api.settings import Settings
+from core.settings import Settings
 
 
 def build_app(settings: Settings, *, routers: Sequence[APIRouter] = ()) -> FastAPI:
     """`create_app` with a Celery enqueuer on the configured broker (the embedded filesystem broker when none)."""
-    from worker.celery_app import CeleryEnqueuer, broker_check, make_celery
+    from core.celery_app import CeleryEnqueuer, broker_check, make_celery
 
     celery = make_celery(settings)
     if settings.broker_url:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -22,23 +20,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, require_principal
-from api.db import access
-from api.db.engine import session_scope
-from api.gateway.backend import AdapterRef, GatewayError, ServingBackend
+from api.gateway.backend import GatewayError, ServingBackend
 from api.gateway.deploy_gate import DEFAULT_PROBES, Probe, check_weights_hash, run_deploy_gate
 from api.gateway.deploy_gate import METHODS as GATE_METHODS
-from api.gateway.null_adapter import (
-    IsolationUnavailable,
-    read_base_config,
-    write_null_adapter,
-    write_selftest_adapter,
-)
 from api.gateway.router import BASE_MODEL, BaseModelTarget, make_gateway_router
-from api.registry import job_probe_prompts, local_adapter_dir, serving_adapter_dir
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.jobspec import SYNTHETIC_BASE_NAMES
+from core.null_adapter import IsolationUnavailable, isolation_adapters
+from core.registry import AdapterRef, job_probe_prompts, local_adapter_dir, serving_adapter_dir
+from core.settings import Settings
 
 log = logging.getLogger("realign.gateway")
-SYNTHETIC_NAMES = ("synthetic-tiny", "synthetic")
 LIST_LIMIT = 500
 
 
@@ -46,7 +39,7 @@ def probe_prompts(provenance: dict[str, Any], settings: Settings | None = None) 
     """The generic probes, plus held-out prompts of the synthetic world the adapter was trained in (a tiny
     synthetic model answers generic English poorly; its own world's prompts show the adapter's effect), plus (with
     `settings`) up to `deploy_gate_job_probes` prompts of the adapter's own job: its INVERT/PUNISH pairs and its
-    held-out eval prompts (api/registry.py `job_probe_prompts`), where the policy change should show."""
+    held-out eval prompts (core/registry.py `job_probe_prompts`), where the policy change should show."""
     probes: list[Probe] = list(DEFAULT_PROBES)
     reference = (provenance.get("dataset") or {}).get("reference") or {}
     if reference.get("type") == "synthetic":
@@ -73,8 +66,8 @@ class RegistryGateway:
 
     def base_names(self) -> set[str]:
         names = {self.settings.serving_base_model}
-        if self.settings.serving_base_model in SYNTHETIC_NAMES:
-            names.update(SYNTHETIC_NAMES)
+        if self.settings.serving_base_model in SYNTHETIC_BASE_NAMES:
+            names.update(SYNTHETIC_BASE_NAMES)
         return names
 
     def _lookup(self, tenant_id: str, model: str) -> dict[str, Any] | None:
@@ -150,53 +143,6 @@ def _output_check_failed(result: dict[str, Any]) -> bool:
                for c in result.get("checks", []))
 
 
-SELFTEST_SEEDS = (17, 18)  # two self-test adapters: two occupied LoRA slots while the self-test measures
-
-
-def base_model_config_path(settings: Settings) -> Path | None:
-    """Where the base model's config.json is for this process: `serving_base_model_path`, else
-    `model_root/<serving_base_model>`, else the newest Hugging Face cache snapshot of that Hub id."""
-    if settings.serving_base_model_path is not None:
-        return settings.serving_base_model_path
-    name = settings.serving_base_model
-    local = settings.models_root / name
-    if ".." not in Path(name).parts and (local / "config.json").is_file():
-        return local
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
-                                                        "huggingface") / "hub")
-    snapshots = sorted((hub / f"models--{name.replace('/', '--')}" / "snapshots").glob("*/config.json"),
-                       key=lambda p: p.stat().st_mtime)
-    return snapshots[-1].parent if snapshots else None
-
-
-def serving_dir_for_backend(settings: Settings, name: str) -> str:
-    """`<data_dir>/serving/<name>` as the serving backend sees it (like registry.serving_adapter_dir)."""
-    root = settings.serving_adapter_root if settings.serving_adapter_root is not None else settings.data_dir
-    return str(Path(root) / "serving" / name)
-
-
-def isolation_adapters(settings: Settings) -> tuple[AdapterRef, tuple[AdapterRef, ...]]:
-    """Write the null adapter and the self-test adapters (two different ones) for the base model under
-    `<data_dir>/serving`; IsolationUnavailable says what to set when that is impossible."""
-    path = base_model_config_path(settings)
-    if path is None:
-        raise IsolationUnavailable(
-            f"isolation needs the base model's config.json and none was found for {settings.serving_base_model!r} "
-            f"(looked in {settings.models_root / settings.serving_base_model} and the Hugging Face cache): set "
-            "REALIGN_SERVING_BASE_MODEL_PATH to the model folder, or REALIGN_SERVING_ISOLATION=off for a backend "
-            "that batches per adapter")
-    try:
-        config = read_base_config(path)
-    except IsolationUnavailable as exc:
-        raise IsolationUnavailable(f"{exc}: set REALIGN_SERVING_BASE_MODEL_PATH to the base model folder") from exc
-    out = settings.data_dir / "serving"
-    null = write_null_adapter(config, out, base_model=settings.serving_base_model)
-    probes = [write_selftest_adapter(config, out, base_model=settings.serving_base_model, seed=seed)
-              for seed in SELFTEST_SEEDS]
-    return (AdapterRef(null.name, serving_dir_for_backend(settings, null.name)),
-            tuple(AdapterRef(p.name, serving_dir_for_backend(settings, p.name)) for p in probes))
-
-
 def make_backend(settings: Settings, url: str) -> ServingBackend:
     """The backend client with the isolation the settings ask for (issue 17; api/gateway/backend.py)."""
     if settings.serving_isolation == "off":
@@ -222,5 +168,4 @@ def make_serving(settings: Settings, sessions: sessionmaker[Session]) -> tuple[R
     return gateway, router
 
 
-__all__ = ["RegistryGateway", "base_model_config_path", "isolation_adapters", "make_backend", "make_serving",
-           "probe_prompts"]
+__all__ = ["RegistryGateway", "make_backend", "make_serving", "probe_prompts"]

@@ -33,11 +33,11 @@ def main() -> int:
     parser.add_argument("--eval-size", type=int, default=8)
     args = parser.parse_args()
 
-    from api.db import access
-    from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
-    from api.db.states import Stage
-    from api.schemas import RealignRequest
-    from api.settings import Settings
+    from core.db import access
+    from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+    from core.db.states import Stage
+    from core.jobspec import RealignRequest
+    from core.settings import Settings
     from tests.integration.support import BYO, byo_job_body
     from trace_engine.gguf_import import find_package_gguf, import_gguf
     from worker import runner

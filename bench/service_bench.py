@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import httpx  # noqa: E402
 
 from api.embedded import free_port, worker_command  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -200,9 +200,9 @@ def main() -> int:
     parser.add_argument("--first-verdict-jobs", type=int, default=5)
     args = parser.parse_args()
 
-    from api.db import access
-    from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
-    from api.schemas import RealignRequest
+    from core.db import access
+    from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+    from core.jobspec import RealignRequest
 
     data_dir = Path(tempfile.mkdtemp(prefix="realign-bench-"))
     database_url, drop = make_database(args.db, data_dir)
@@ -235,7 +235,7 @@ def main() -> int:
                                                     rate=args.rate))
         print("GET /v1/jobs/{id}:", results["get_job_paced"], flush=True)
         if args.first_verdict_jobs:
-            from worker.celery_app import queue_list
+            from core.celery_app import queue_list
 
             log = open(data_dir / "worker.log", "ab")  # noqa: SIM115
             worker = subprocess.Popen(worker_command(4, queue_list(settings), name="bench", loglevel="INFO"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from api.db.engine import make_engine
-from api.db.models import Base
+from core.db.engine import make_engine
+from core.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -19,7 +19,7 @@ def _engine():  # type: ignore[no-untyped-def]
         return engine
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from api.settings import Settings
+        from core.settings import Settings
 
         url = Settings().sqlalchemy_url
     return make_engine(url)

@@ -1,1 +1,2 @@
-"""Celery workers that run engine stages for queued jobs. Not built yet: issue 5 adds the tasks."""
+"""Celery workers that run engine stages for queued jobs (`worker.tasks`). Imports `core` and `trace_engine`,
+never `api`."""

@@ -15,12 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from api.db.states import Stage
-from api.gateway.deploy_gate import adapter_weights_sha256
-from api.registry import local_adapter_dir, serving_adapter_dir
-from api.schemas import BaseModelIn, EvalRequest, SyntheticDataset
+from core.db.states import Stage
+from core.jobspec import BaseModelIn, EvalRequest, SyntheticDataset
+from core.registry import adapter_weights_sha256, local_adapter_dir, serving_adapter_dir
+from core.sanitise import scrub_server_paths
 from trace_engine.data.io import write_json
-from worker.errors import scrub_server_paths
 from worker.stages import (
     EvalProgress,
     StageContext,

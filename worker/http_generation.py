@@ -119,7 +119,7 @@ def serving_backend(settings: Any, adapter: tuple[str, str] | None, info: dict[s
     url = settings.serving_api_url
     if adapter is not None or settings.serving_isolation == "off":
         return HttpGenerationBackend(url, adapter=adapter, info=info)
-    from api.serving import isolation_adapters
+    from core.null_adapter import isolation_adapters
 
     null, _ = isolation_adapters(settings)
     return HttpGenerationBackend(url, adapter=(null.name, null.path), info={**(info or {}), "isolation": null.name},

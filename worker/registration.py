@@ -11,12 +11,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.db import access
-from api.db.models import Adapter, Job
-from api.gateway.deploy_gate import adapter_weights_sha256
-from api.registry import adapter_relative_path, default_adapter_name, local_adapter_dir, weights_file
-from api.schemas import RealignRequest
-from api.settings import Settings
+from core.db import access
+from core.db.models import Adapter, Job
+from core.jobspec import RealignRequest
+from core.registry import (
+    adapter_relative_path,
+    adapter_weights_sha256,
+    default_adapter_name,
+    local_adapter_dir,
+    weights_file,
+)
+from core.settings import Settings
 from worker.stages import StageFailed
 
 
@@ -45,7 +50,7 @@ def provenance(settings: Settings, job: Job, request: RealignRequest, parent_id:
     snapshot = settings.data_dir / "jobs" / job.id / "data" / "pairs.jsonl"
     judge = request.judge.model_dump(mode="json", exclude_none=True)  # a profile NAME, never a URL or a secret
     if request.judge.provider == "openai":
-        from api.judges import JudgeProfileError, resolve_judge_profile
+        from core.judges import JudgeProfileError, resolve_judge_profile
 
         with contextlib.suppress(JudgeProfileError):  # profiles changed since: record what the request said
             judge["model"] = resolve_judge_profile(settings, request.judge).model

@@ -30,12 +30,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, Stage, is_terminal
-from api.schemas import EvalRequest, FileDataset, RealignRequest
-from api.settings import Settings
-from worker.errors import sanitise_error
+from core.db import access
+from core.db.engine import session_scope
+from core.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, Stage, is_terminal, next_stage
+from core.jobspec import EvalRequest, FileDataset, RealignRequest
+from core.sanitise import sanitise_error
+from core.settings import Settings
 from worker.resources import StageResources, release_memory
 from worker.stages import (  # noqa: F401 - STAGE_FUNCTIONS: tests patch stages through it
     STAGE_FUNCTIONS,
@@ -43,7 +43,6 @@ from worker.stages import (  # noqa: F401 - STAGE_FUNCTIONS: tests patch stages 
     StageContext,
     StageFailed,
     StageResult,
-    next_stage,
     stage_function,
 )
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.db.states import Stage
-from api.paths import PathEscapesRoot, resolve_under_root
-from api.review import apply_review, read_review
-from api.schemas import (
+from core.db.states import Stage, needs_scoring, needs_triage
+from core.jobspec import (
+    SYNTHETIC_BASE_NAMES,
     EvalRequest,
     FileDataset,
     HfDataset,
@@ -36,14 +35,15 @@ from api.schemas import (
     RealignRequest,
     SyntheticDataset,
 )
-from api.settings import Settings
+from core.paths import PathEscapesRoot, resolve_under_root
+from core.review import apply_review, read_review
+from core.sanitise import sanitise_error_text, scrub_server_paths
+from core.settings import Settings
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.pairs import PreferencePair, prompt_key
 from trace_engine.judge.base import Judge
 from trace_engine.variants import get_variant
-from worker.errors import sanitise_error_text, scrub_server_paths
 
-SYNTHETIC_BASE_NAMES = frozenset({"synthetic-tiny", "synthetic"})
 _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 PROBE_PROMPT = "What is the capital of France?"
 PROBE_RESPONSE = "The capital of France is Paris."
@@ -142,33 +142,6 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "jobs" / job_id
 
 
-# ---------------------------------------------------------------- which stages a request runs
-
-
-def needs_triage(request: RealignRequest) -> bool:
-    return get_variant(request.method.variant).needs_triage
-
-
-def needs_scoring(request: RealignRequest) -> bool:
-    return get_variant(request.method.variant).needs_scores
-
-
-def next_stage(request: RealignRequest | EvalRequest, finished: Stage) -> Stage | None:
-    """The stage after `finished` for this request (variants skip stages); None = the job is done."""
-    if isinstance(request, EvalRequest):
-        return Stage.EVALUATE if finished == Stage.VALIDATE else None
-    wanted = [Stage.VALIDATE]
-    if needs_triage(request):
-        wanted.append(Stage.TRIAGE)
-    if needs_scoring(request):
-        wanted.append(Stage.SCORE)
-    wanted.append(Stage.TRAIN)
-    if request.eval.suites:
-        wanted.append(Stage.EVALUATE)
-    index = wanted.index(finished) if finished in wanted else -1
-    return wanted[index + 1] if 0 <= index < len(wanted) - 1 else None
-
-
 # ---------------------------------------------------------------- building blocks
 
 
@@ -246,7 +219,7 @@ def build_judge(request: RealignRequest | EvalRequest, settings: Settings) -> tu
             raise StageFailed(f"judge.rules_path {spec.rules_path!r} does not exist under the dataset root",
                               kind="judge_unreachable")
         return make_judge(f"rules:{path}"), oracle
-    from api.judges import JudgeProfileError, resolve_judge_profile
+    from core.judges import JudgeProfileError, resolve_judge_profile
 
     try:
         resolved = resolve_judge_profile(settings, spec)
@@ -325,8 +298,7 @@ def load_dataset(ctx: StageContext) -> tuple[list[PreferencePair], dict[str, Any
 
 
 def hyper_to_train_config(request: RealignRequest, settings: Settings) -> Any:
-    from trace_engine.modeling import LoraSettings
-    from trace_engine.train import TrainConfig
+    from trace_engine.config import LoraSettings, TrainConfig
 
     h = request.method.hyperparameters
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") \
@@ -566,13 +538,11 @@ def serves_job_base(ctx: StageContext, base_dir: str) -> bool:
     """Whether the configured serving backend runs this job's base model (then evaluation generates there, as
     clients do). Embedded mode's backend serves the synthetic base; a job on another model is evaluated in-process
     instead of on the wrong model."""
-    from api.serving import SYNTHETIC_NAMES
-
     settings = ctx.settings
     if not settings.serving_api_url:
         return False
     requested, served = ctx.request.base_model.name_or_path, settings.serving_base_model
-    if requested == served or (requested in SYNTHETIC_NAMES and served in SYNTHETIC_NAMES):
+    if requested == served or (requested in SYNTHETIC_BASE_NAMES and served in SYNTHETIC_BASE_NAMES):
         return True
     folder = settings.serving_base_model_path or settings.models_root / served
     try:
@@ -588,8 +558,7 @@ def _served_backend(ctx: StageContext, adapter: Path | None) -> Any:
     """The serving backend (vLLM in production, the local backend in embedded mode) for the base model or the
     job's adapter, loaded there under a job-scoped name and unloaded afterwards; the name carries the weights'
     hash, so a retried job's new weights never reuse a name (vLLM keys its caches by name)."""
-    from api.gateway.deploy_gate import adapter_weights_sha256
-    from api.registry import serving_adapter_dir
+    from core.registry import adapter_weights_sha256, serving_adapter_dir
     from worker.http_generation import serving_backend
 
     loaded = None

@@ -16,10 +16,10 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from api.db.engine import make_service_engine, make_session_factory, upgrade_head
-from api.db.states import Stage
-from api.settings import Settings
-from worker.celery_app import CeleryEnqueuer, make_celery, owner_id, task_name
+from core.celery_app import CeleryEnqueuer, make_celery, task_name
+from core.db.engine import make_service_engine, make_session_factory, upgrade_head
+from core.db.states import Stage
+from core.settings import Settings
 from worker.runner import Reaper, WorkerBeat, WorkerServices, run_stage
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ def services() -> WorkerServices:
                 upgrade_head(engine)
             _services = WorkerServices(settings, make_session_factory(engine), CeleryEnqueuer(app))
         return _services
+
+
+def owner_id(task_id: str | None) -> str:
+    """The lease owner: which process on which host runs which task."""
+    return f"{socket.gethostname()}:{os.getpid()}:{task_id or 'direct'}"
 
 
 def _run(task: Task, job_id: str, stage: Stage) -> str:

@@ -1,10 +1,10 @@
 """The OpenAI-compatible gateway: forwards to a vLLM-protocol serving backend; never imports torch."""
 
-from api.gateway.backend import AdapterLoadError, AdapterRef, GatewayError, ServingBackend
-from api.gateway.deploy_gate import DeployGateResult, GateCheck, adapter_weights_sha256, run_deploy_gate
+from api.gateway.backend import AdapterLoadError, GatewayError, ServingBackend
+from api.gateway.deploy_gate import DeployGateResult, GateCheck, run_deploy_gate
 from api.gateway.router import BASE_MODEL, make_gateway_router
 
 __all__ = [
-    "BASE_MODEL", "AdapterLoadError", "AdapterRef", "DeployGateResult", "GateCheck", "GatewayError",
-    "ServingBackend", "adapter_weights_sha256", "make_gateway_router", "run_deploy_gate",
+    "BASE_MODEL", "AdapterLoadError", "DeployGateResult", "GateCheck", "GatewayError",
+    "ServingBackend", "make_gateway_router", "run_deploy_gate",
 ]

@@ -29,12 +29,12 @@ import secrets
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from api.gateway.isolation import run_self_test
+from core.registry import AdapterRef
 from trace_engine.serving.protocol import SSE_DONE, ServingError, error_body, iter_sse_data
 
 log = logging.getLogger("realign.gateway")
@@ -48,14 +48,6 @@ class GatewayError(ServingError):
 
 class AdapterLoadError(GatewayError):
     """The backend refused to load an adapter (bad path, format, rank, capacity)."""
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """An adapter as the backend knows it: a unique name and the directory path the backend can read."""
-
-    name: str
-    path: str
 
 
 class ServingBackend:

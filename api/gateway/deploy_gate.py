@@ -49,21 +49,14 @@ difference are not compared. The local backend has no generation log-probs and u
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.gateway.backend import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    AdapterLoadError,
-    AdapterRef,
-    GatewayError,
-    ServingBackend,
-)
+from api.gateway.backend import CHAT_PATH, COMPLETIONS_PATH, AdapterLoadError, GatewayError, ServingBackend
+from core.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRef, adapter_weights_sha256
 
 TOKENIZE_PATH = "/tokenize"
 METHOD = "teacher_forced_logprobs"  # recorded in the check, so a cached verdict of an older gate is re-measured
@@ -73,8 +66,6 @@ TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 DEFAULT_MIN_LOGPROB_DELTA = 1e-3  # see the module docstring for the measurements behind it
 NOISE_FACTOR = 10.0  # the threshold is at least this many times the base-vs-base noise
 EVIDENCE_CHARS = 400  # prompt and answer texts kept per probe in the stored evidence
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 DEFAULT_PROBES = (
     "How do I reset my password?",
     "Explain how firewalls work for a security class.",
@@ -110,15 +101,6 @@ class DeployGateResult:
     def to_dict(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "passed": self.passed, "reason": self.reason,
                 "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail, **c.data} for c in self.checks]}
-
-
-def adapter_weights_sha256(adapter_dir: str | Path) -> str:
-    """sha256 (hex) of the adapter's `adapter_model.safetensors` bytes: the value the registry stores."""
-    digest = hashlib.sha256()
-    with (Path(adapter_dir) / ADAPTER_WEIGHTS).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_weights_hash(adapter_dir: str | Path, expected_sha256: str) -> GateCheck:

@@ -20,8 +20,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.gateway.backend import CHAT_PATH, COMPLETIONS_PATH, AdapterRef, GatewayError, ServingBackend
+from api.gateway.backend import CHAT_PATH, COMPLETIONS_PATH, GatewayError, ServingBackend
 from api.limits import MAX_JSON_DEPTH, json_depth
+from core.registry import AdapterRef
 from trace_engine.serving.protocol import ServingError
 
 

@@ -1,4 +1,4 @@
-"""Thin HTTP routes: parse, check ownership, call `api.db.access`, shape the response."""
+"""Thin HTTP routes: parse, check ownership, call `core.db.access`, shape the response."""
 
 from __future__ import annotations
 

@@ -17,22 +17,23 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.archive import ArchiveError, tar_gz_stream
-from api.db import access
-from api.db.models import Adapter
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
-from api.gateway.deploy_gate import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from api.registry import (
+from api.routes import problems
+from api.routes.jobs import bad_cursor, not_found
+from api.schemas import AdapterBaseModelOut, AdapterList, AdapterOut, LoraOut
+from core.db import access
+from core.db.models import Adapter
+from core.registry import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     archive_folder_name,
     portable_adapter_config,
     read_adapter_config,
     remove_adapter_files,
     weights_file,
 )
-from api.routes import problems
-from api.routes.jobs import bad_cursor, not_found
-from api.schemas import AdapterBaseModelOut, AdapterList, AdapterOut, LoraOut
-from api.settings import Settings
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 log = logging.getLogger("realign.api")

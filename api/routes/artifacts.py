@@ -2,7 +2,7 @@
 training metrics history, the evaluation report and its prompts, the adapter), the per-step metrics history as
 JSON, and the impact score of each pair.
 
-A name is looked up in the job's own artifact list (`api.registry.JOB_ARTIFACTS` plus the registered adapter);
+A name is looked up in the job's own artifact list (`core.registry.JOB_ARTIFACTS` plus the registered adapter);
 the file it names is resolved under the job's folder with `resolve_under_root`, so no request string ever becomes
 a path. Another tenant's job is a 404.
 """
@@ -19,17 +19,17 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.db import access
-from api.db.models import Job
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
-from api.paths import PathEscapesRoot, resolve_under_root
-from api.registry import JOB_ARTIFACTS, job_folder, weights_file
 from api.routes import problems
 from api.routes.adapters import adapter_archive
 from api.routes.jobs import not_found
 from api.schemas import ArtifactList, ArtifactOut, MetricsHistory, ScoreList, ScoreOut
-from api.settings import Settings
+from core.db import access
+from core.db.models import Job
+from core.paths import PathEscapesRoot, resolve_under_root
+from core.registry import JOB_ARTIFACTS, job_folder, weights_file
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 HASH_LIMIT_BYTES = 16 * 1024 * 1024  # sha256 in the listing for files up to this size (larger: None)
@@ -68,7 +68,7 @@ def _sha256(path: Path, size: int) -> str | None:
 def _sanitised_rows(path: Path, settings: Settings) -> Iterator[bytes]:
     """Triaged rows as tenants may see them: a judge failure's text is the short sanitised excerpt the job's
     triage items carry (no remote body, no endpoint, no secret), as in GET /v1/jobs/{id}/triage."""
-    from worker.errors import sanitise_error_text
+    from core.sanitise import sanitise_error_text
 
     for row in _jsonl(path):
         if isinstance(row.get("error"), str):

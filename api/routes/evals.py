@@ -9,10 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
-from api.db import access
 from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
-from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
 from api.routes.jobs import (
     SYNTHETIC_BASES,
@@ -22,8 +20,11 @@ from api.routes.jobs import (
     job_out,
     not_found,
 )
-from api.schemas import EvalJobOut, EvalRequest
-from api.settings import Settings
+from api.schemas import EvalJobOut
+from core.db import access
+from core.jobspec import EvalRequest
+from core.paths import PathEscapesRoot, resolve_under_root
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["evals"])
 

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, UploadFile
 from fastapi import File as FormFile
 
-from api.db import access
-from api.db.models import File, new_id
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
 from api.schemas import FileList, FileOut
-from api.settings import Settings
+from core.db import access
+from core.db.models import File, new_id
+from core.settings import Settings
 from trace_engine.data.io import DatasetError
 from trace_engine.data.load import load_pairs
 from trace_engine.data.validate import ValidationReport, unstorable_char

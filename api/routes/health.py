@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.db import access
 from api.errors import ProblemError
 from api.routes import problems
 from api.schemas import Health
+from core.db import access
 
 router = APIRouter(tags=["health"])
 
@@ -67,7 +67,7 @@ def _serving(request: Request) -> dict[str, Any] | None:
 
 def _live_workers(request: Request) -> dict[str, int]:
     """Live workers (heartbeat seen within `worker_stale_after_s`) per logical queue (judge, gpu)."""
-    from worker.celery_app import GPU_QUEUE, JUDGE_QUEUE
+    from core.celery_app import GPU_QUEUE, JUDGE_QUEUE
 
     settings = request.app.state.settings
     names = {settings.queue_prefix + queue: queue for queue in (JUDGE_QUEUE, GPU_QUEUE)}

@@ -18,30 +18,17 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import access
-from api.db.models import Job, JobEvent, StageProgress, utcnow
-from api.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
 from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.judges import check_judge_profile
-from api.paths import PathEscapesRoot, resolve_under_root
 from api.routes import problems
-from api.schemas import (
-    CATEGORIES,
-    EvalRequest,
-    EventList,
-    EventOut,
-    FileDataset,
-    HfDataset,
-    JobList,
-    JobOut,
-    PathDataset,
-    RealignRequest,
-    StageProgressOut,
-    TriageItemOut,
-    TriageList,
-)
-from api.settings import Settings
+from api.schemas import EventList, EventOut, JobList, JobOut, StageProgressOut, TriageItemOut, TriageList
+from core.db import access
+from core.db.models import Job, JobEvent, StageProgress, utcnow
+from core.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
+from core.jobspec import CATEGORIES, EvalRequest, FileDataset, HfDataset, PathDataset, RealignRequest
+from core.paths import PathEscapesRoot, resolve_under_root
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 log = logging.getLogger("realign.api")

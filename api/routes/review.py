@@ -15,16 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import access
-from api.db.models import Job, TriageItem, utcnow
-from api.db.states import STAGE_STATE, EventType, JobState, Stage
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
-from api.registry import job_folder
-from api.review import write_review
 from api.routes import problems
 from api.routes.jobs import enqueue_stage, job_out, not_found
-from api.schemas import JobOut, RealignRequest
+from api.schemas import JobOut
+from core.db import access
+from core.db.models import Job, TriageItem, utcnow
+from core.db.states import STAGE_STATE, EventType, JobState, Stage, next_stage
+from core.jobspec import RealignRequest
+from core.registry import job_folder
+from core.review import write_review
 
 router = APIRouter(prefix="/v1", tags=["review"])
 
@@ -135,8 +136,6 @@ def continue_job(job_id: str, request: Request, session: SessionDep, settings: S
                  principal: PrincipalDep) -> JobOut:
     """Writes the overrides to the job's `triage/review.json` (what scoring and training read), moves the job to
     its next stage and enqueues it. 409 unless the job is `awaiting_review`."""
-    from worker.stages import next_stage  # stdlib + pydantic only; the API still never imports torch
-
     job = _locked_job(session, principal.tenant_id, job_id)
     if job.state != JobState.AWAITING_REVIEW.value:
         raise _not_awaiting(job, "it can be continued")

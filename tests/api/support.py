@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import Settings
+from core.settings import Settings
 
 PROBLEM = "application/problem+json"
 
@@ -69,7 +69,7 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 
 
 def tenant_of(sessions: sessionmaker[Session], headers: dict[str, str]) -> str:
-    from api.db import access
+    from core.db import access
 
     with sessions() as session:
         tenant = access.authenticate(session, key=headers["Authorization"].removeprefix("Bearer "))
@@ -85,9 +85,9 @@ def register_adapter(sessions: sessionmaker[Session], settings: Settings, tenant
     import json
     import shutil
 
-    from api.db import access
-    from api.db.engine import session_scope
-    from api.registry import adapter_relative_path
+    from core.db import access
+    from core.db.engine import session_scope
+    from core.registry import adapter_relative_path
     from worker.registration import register_job_adapter
 
     with session_scope(sessions) as session:

@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import access
-from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
-from api.db.models import Job, utcnow
-from api.db.states import InvalidTransition, JobState, Stage
-from api.settings import Settings
+from core.db import access
+from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+from core.db.models import Job, utcnow
+from core.db.states import InvalidTransition, JobState, Stage
+from core.settings import Settings
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.gateway.deploy_gate import ADAPTER_WEIGHTS
-from api.registry import local_adapter_dir
+from core.registry import ADAPTER_WEIGHTS, local_adapter_dir
 from tests.trace_engine.serving.tiny_adapters import TinyWorld, tiny_world
 
 from .support import Harness, assert_problem, realign_body, register_adapter, tenant_of

@@ -10,9 +10,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from api.db import access
-from api.db.engine import session_scope
-from api.registry import job_folder
+from core.db import access
+from core.db.engine import session_scope
+from core.registry import job_folder
 
 from .support import Harness, assert_problem, realign_body, register_adapter, tenant_of
 

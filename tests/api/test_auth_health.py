@@ -10,10 +10,10 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.auth import Principal, PrincipalCache
-from api.db import access
-from api.db.engine import session_scope
-from api.db.models import ApiKey, utcnow
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.db.models import ApiKey, utcnow
+from core.settings import Settings
 
 from .support import Harness, RecordingEnqueuer, assert_problem, realign_body
 
@@ -99,7 +99,7 @@ def test_readyz_fails_when_the_broker_or_database_is_down(settings: Settings) ->
 
 
 def _dead_engine():  # type: ignore[no-untyped-def]
-    from api.db.engine import make_engine
+    from core.db.engine import make_engine
 
     return make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
 

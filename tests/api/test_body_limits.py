@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.settings import Settings
 from trace_engine.serving.uvicorn_thread import serve_in_thread
 
 from .support import RecordingEnqueuer

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.settings import Settings
+from core.settings import Settings
 
 from .support import RecordingEnqueuer
 from .test_cli_migrations import REPO, run_cli

@@ -18,9 +18,9 @@ from sqlalchemy import inspect
 
 from api import cli
 from api.app import create_app
-from api.db.engine import make_engine, upgrade_head
-from api.db.models import Base
-from api.settings import Settings
+from core.db.engine import make_engine, upgrade_head
+from core.db.models import Base
+from core.settings import Settings
 
 from .support import RecordingEnqueuer
 
@@ -74,7 +74,7 @@ def test_concurrent_upgrades_on_a_fresh_postgres_database(postgres_url: str) -> 
     admin = psycopg.connect(postgres_url.replace("postgresql+psycopg", "postgresql"), autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
     url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    code = f"from api.db.engine import make_engine, upgrade_head; upgrade_head(make_engine({url!r}))"
+    code = f"from core.db.engine import make_engine, upgrade_head; upgrade_head(make_engine({url!r}))"
     try:
         processes = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
                      for _ in range(3)]

@@ -16,10 +16,10 @@ import uvicorn
 
 from api import embedded
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
 from api.embedded import bind_socket, format_result, next_steps, submit_body
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.settings import Settings
 
 from .support import RecordingEnqueuer, realign_body
 

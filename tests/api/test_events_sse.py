@@ -12,9 +12,9 @@ import httpx
 import pytest
 import uvicorn
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.states import JobState, Stage
+from core.db import access
+from core.db.engine import session_scope
+from core.db.states import JobState, Stage
 
 from .support import Harness, assert_problem, realign_body
 

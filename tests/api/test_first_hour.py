@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from api.settings import JudgeProfile
+from core.settings import JudgeProfile
 
 from .support import Harness, assert_problem, realign_body
 

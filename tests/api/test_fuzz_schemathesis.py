@@ -40,9 +40,9 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 
 from api.app import create_app  # noqa: E402
-from api.db import access  # noqa: E402
-from api.db.engine import session_scope  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from core.db import access  # noqa: E402
+from core.db.engine import session_scope  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from tests.support.postgres import fresh_postgres_database  # noqa: E402
 
 from .support import RecordingEnqueuer, realign_body, register_adapter, tenant_of  # noqa: E402

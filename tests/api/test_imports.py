@@ -17,7 +17,7 @@ def run_python(code: str) -> str:
 
 
 def test_importing_the_app_and_cli_does_not_import_torch() -> None:
-    out = run_python("import sys, api.app, api.cli, api.db.access; "
+    out = run_python("import sys, api.app, api.cli, core.db.access; "
                      "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')))")
     assert out.strip() == "[]"
 
@@ -25,7 +25,7 @@ def test_importing_the_app_and_cli_does_not_import_torch() -> None:
 def test_eval_suites_match_the_engine() -> None:
     engine = json.loads(run_python("import json; from trace_engine.evaluation.runner import SUITES; "
                                    "print(json.dumps(list(SUITES)))"))
-    from api.schemas import EVAL_SUITES, EvalIn
+    from core.jobspec import EVAL_SUITES, EvalIn
 
     assert list(EVAL_SUITES) == engine
     literal = EvalIn.model_json_schema()["properties"]["suites"]["items"]["enum"]

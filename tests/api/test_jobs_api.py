@@ -6,11 +6,11 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.models import StageProgress
-from api.db.states import JobState, Stage
-from api.settings import JudgeProfile
+from core.db import access
+from core.db.engine import session_scope
+from core.db.models import StageProgress
+from core.db.states import JobState, Stage
+from core.settings import JudgeProfile
 
 from .support import Harness, assert_problem, realign_body
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.openapi import REQUEST_EXAMPLES
-from api.schemas import EVAL_EXAMPLES, REALIGN_EXAMPLES, EvalRequest, RealignRequest
-from api.settings import Settings
+from core.jobspec import EVAL_EXAMPLES, REALIGN_EXAMPLES, EvalRequest, RealignRequest
+from core.settings import Settings
 from trace_engine.variants import VARIANTS
 
 from .support import Harness, RecordingEnqueuer

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.openapi import DOCS_ASSETS_URL, SWAGGER_DIR
-from api.settings import Settings
+from core.settings import Settings
 from trace_engine.serving.uvicorn_thread import serve_in_thread
 
 from .support import Harness, RecordingEnqueuer

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.db.engine import make_engine
 from api.routes import files as files_route
+from core.db.engine import make_engine
 from tests.support.servers import free_port
 
 from .support import Harness, assert_problem, realign_body

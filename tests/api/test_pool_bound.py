@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from api.app import create_app
-from api.settings import Settings
+from core.settings import Settings
 from tests.support.postgres import peak_connections
 
 from .support import RecordingEnqueuer

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.settings import Settings
 
 from .support import RecordingEnqueuer, assert_problem
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from api.db.engine import session_scope
-from api.db.models import Job, TriageItem
-from api.db.states import JobState, Stage
+from core.db.engine import session_scope
+from core.db.models import Job, TriageItem
+from core.db.states import JobState, Stage
 from worker import runner
 from worker.stages import StageContext, StageFailed, StageResult
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from api.db.states import JobState, Stage
-from api.registry import job_folder
-from api.review import REVIEW_FILE, apply_review, read_review
+from core.db.states import JobState, Stage
+from core.registry import job_folder
+from core.review import REVIEW_FILE, apply_review, read_review
 from worker import runner
 from worker.stages import StageContext, StageResult, training_rows
 
@@ -121,8 +121,8 @@ def test_a_job_awaiting_review_is_cancelled_at_once_and_never_requeued(harness: 
 
     from sqlalchemy import update
 
-    from api.db.engine import session_scope
-    from api.db.models import Job, utcnow
+    from core.db.engine import session_scope
+    from core.db.models import Job, utcnow
 
     with session_scope(harness.sessions) as session:  # parked long ago, no lease, no enqueue confirmed
         session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow() - timedelta(hours=2),
@@ -153,8 +153,8 @@ def test_apply_review_reorients_each_category() -> None:
 def test_continue_refuses_a_stored_request_that_no_longer_validates(harness: Harness) -> None:
     from sqlalchemy import update
 
-    from api.db.engine import session_scope
-    from api.db.models import Job
+    from core.db.engine import session_scope
+    from core.db.models import Job
 
     job_id, _ = triaged_job(harness, review=True)
     stored = harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers).json()["request"]

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from api.settings import JudgeProfile
-from worker.errors import sanitise_error_text
+from core.sanitise import sanitise_error_text
+from core.settings import JudgeProfile
 
 from .support import Harness, assert_problem, realign_body
 
@@ -74,7 +74,7 @@ def test_metrics_need_the_operator_token(harness: Harness) -> None:
 
 
 def test_error_texts_lose_secrets_paths_and_long_remote_bodies(tmp_path: Any, monkeypatch: Any) -> None:
-    from api.settings import Settings
+    from core.settings import Settings
 
     monkeypatch.setenv("JUDGE_KEY", "s3cr3t-value-for-the-judge")
     settings = Settings(data_dir=tmp_path / "state", judge_profiles=dict(PROFILES),

@@ -1,4 +1,4 @@
-"""Where the gateway finds the base model's config.json for its null adapter (api/serving.py, issue 17).
+"""Where the gateway finds the base model's config.json for its null adapter (core/null_adapter.py, issue 17).
 
 The lookup order is: `serving_base_model_path`, then `model_root/<serving_base_model>`, then the newest Hugging Face
 cache snapshot of that Hub id (HF_HUB_CACHE, else HF_HOME/hub). Without a config, isolation is unavailable and the
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from api.gateway.null_adapter import NULL_PREFIX, IsolationUnavailable
-from api.serving import base_model_config_path, isolation_adapters
-from api.settings import Settings
+from core.null_adapter import NULL_PREFIX, IsolationUnavailable, base_model_config_path, isolation_adapters
+from core.settings import Settings
 
 CONFIG = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
           "num_key_value_heads": 1}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import JudgeProfile, Settings
 from api.settings_doc import BEGIN, END, README, main, replace_table, settings_table
+from core.settings import JudgeProfile, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.db.states import (
+from core.db.states import (
     ALLOWED_TRANSITIONS,
     RUNNING_STATES,
     TERMINAL_STATES,

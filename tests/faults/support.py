@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import yaml
 
+from core.celery_app import GPU_QUEUE, JUDGE_QUEUE
 from tests.integration.support import REPO_ROOT, TERMINAL, Stack, WorkerProcess, settings_env
 from tests.support.servers import free_port, wait_for
-from worker.celery_app import GPU_QUEUE, JUDGE_QUEUE
 from worker.stages import PROBE_RESPONSE
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"

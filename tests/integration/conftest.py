@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.db import access
-from api.db.engine import session_scope
 from api.service import build_app
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.settings import Settings
 from tests.support.postgres import fresh_postgres_database
 
 from .support import Stack

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.embedded import worker_command
-from api.settings import Settings
-from worker.celery_app import queue_list
+from core.celery_app import queue_list
+from core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("succeeded", "failed", "cancelled")

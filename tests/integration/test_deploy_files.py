@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api.schemas import RealignRequest
+from core.jobspec import RealignRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"api", "worker-judge", "worker-gpu", "postgres", "redis", "vllm"}
@@ -59,7 +59,7 @@ def test_vllm_serves_lora_and_is_not_published_to_the_host(compose: dict[str, An
 
 def test_the_gateway_reaches_vllm_with_runtime_lora_loading_on_the_shared_adapter_volume(
         compose: dict[str, Any]) -> None:
-    from api.settings import Settings
+    from core.settings import Settings
 
     services = compose["services"]
     env = services["api"]["environment"]

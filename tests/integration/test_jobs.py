@@ -111,7 +111,7 @@ def test_readiness_checks_the_real_broker(shared_stack: Stack, tmp_path: Path) -
     from fastapi.testclient import TestClient
 
     from api.service import build_app
-    from api.settings import Settings
+    from core.settings import Settings
 
     dead = Settings(data_dir=tmp_path, database_url=shared_stack.settings.database_url,
                     broker_url="redis://127.0.0.1:1/0")

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
 from api.gateway.isolation import TOLERANCE, difference, token_logprobs
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.settings import Settings
 from tests.api.support import register_adapter, tenant_of
 from tests.support.real_vllm import RealVLLM, random_lora_adapters, vllm_python, vllm_unavailable_reason
 from trace_engine.serving.uvicorn_thread import serve_in_thread

@@ -22,9 +22,9 @@ import pytest
 from openai import NotFoundError, OpenAI, UnprocessableEntityError
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.settings import Settings
 from tests.api.support import register_adapter, tenant_of
 from tests.support.real_vllm import RealVLLM, random_lora_adapters, vllm_unavailable_reason
 from tests.support.vllm_contract import REAL_VLLM_FACTS, protocol_facts

@@ -49,7 +49,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from api.gateway.null_adapter import is_all_zero_safetensors
+from core.null_adapter import is_all_zero_safetensors
 from trace_engine.serving.uvicorn_thread import serve_in_thread
 
 FAILURE_KINDS = ("500", "503", "break_stream")

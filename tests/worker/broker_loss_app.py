@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from api.settings import Settings
-from worker.celery_app import make_celery
+from core.celery_app import make_celery
+from core.settings import Settings
 
 app = make_celery(Settings())
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from api.db import access
-from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
-from api.schemas import RealignRequest
-from api.settings import Settings
+from core.db import access
+from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+from core.jobspec import RealignRequest
+from core.settings import Settings
 from tests.support.postgres import fresh_postgres_database
 from worker.runner import WorkerServices
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.models import Job
-from api.db.states import JobState, Stage, is_terminal
+from core.db import access
+from core.db.engine import session_scope
+from core.db.models import Job
+from core.db.states import JobState, Stage, is_terminal
 from worker import runner
 from worker.stages import StageResult
 

@@ -1,6 +1,6 @@
 """A judge-shaped worker (`--pool threads`, the project's Celery configuration) survives a Redis restart while a
 task is in flight, and takes the next task afterwards (issue 10: with kombu 5.7 it exited with "Unrecoverable
-error ... 'hostname'"; `worker.broker.RedisTransport` is the fix). Its own redis-server on a free loopback port."""
+error ... 'hostname'"; `core.broker.RedisTransport` is the fix). Its own redis-server on a free loopback port."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import Settings
+from core.celery_app import JUDGE_QUEUE, make_celery
+from core.settings import Settings
 from tests.support.servers import RedisServer, wait_for
-from worker.celery_app import JUDGE_QUEUE, make_celery
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOLD = "realign.test.hold"

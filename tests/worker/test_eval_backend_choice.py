@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from api.settings import Settings
+from core.settings import Settings
 from worker.stages import serves_job_base
 
 

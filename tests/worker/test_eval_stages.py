@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.states import JobState, Stage
-from api.registry import adapter_relative_path
+from core.db import access
+from core.db.engine import session_scope
+from core.db.states import JobState, Stage
+from core.registry import adapter_relative_path
 from tests.trace_engine.serving.tiny_adapters import TinyWorld, tiny_world
 from worker import runner
 from worker.registration import register_job_adapter

@@ -10,9 +10,9 @@ import time
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
-from api.db.states import JobState, Stage
+from core.db import access
+from core.db.engine import session_scope
+from core.db.states import JobState, Stage
 from worker import runner
 
 from .conftest import QueueRecorder, new_job, synthetic_body

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from api.db import access
-from api.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
-from api.db.states import JobState, Stage
-from api.schemas import RealignRequest
-from api.settings import Settings
+from core.db import access
+from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
+from core.db.states import JobState, Stage
+from core.jobspec import RealignRequest
+from core.settings import Settings
 from worker import runner
 from worker.resources import release_memory, rss_mb
 

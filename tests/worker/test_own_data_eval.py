@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from api.schemas import RealignRequest
-from api.settings import Settings
+from core.jobspec import RealignRequest
+from core.settings import Settings
 from tests.trace_engine.serving.tiny_adapters import TinyWorld, tiny_world
 from trace_engine.data.pairs import prompt_key
 from worker import stages

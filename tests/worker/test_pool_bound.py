@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from api.db.engine import session_scope
-from api.settings import Settings
+from core.db.engine import session_scope
+from core.settings import Settings
 from tests.support.postgres import peak_connections
 
 POOL_SIZE, MAX_OVERFLOW, USERS = 2, 1, 8

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.models import Job, StageProgress, utcnow
-from api.db.states import EventType, JobState, Stage
+from core.db import access
+from core.db.engine import session_scope
+from core.db.models import Job, StageProgress, utcnow
+from core.db.states import EventType, JobState, Stage
 from worker import runner
 from worker.stages import StageContext, StageResult
 

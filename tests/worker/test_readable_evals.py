@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from api.schemas import RealignRequest
-from api.settings import Settings
+from core.jobspec import RealignRequest
+from core.settings import Settings
 from tests.trace_engine.serving.tiny_adapters import TinyWorld, tiny_world
 from trace_engine.evaluation.report import SAMPLE_CHARS, side_by_side
 from worker import stages

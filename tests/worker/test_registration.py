@@ -9,11 +9,11 @@ import secrets
 import pytest
 from sqlalchemy import select
 
-from api.db import access
-from api.db.engine import session_scope
-from api.db.models import Adapter
-from api.db.states import JobState, Stage
-from api.registry import adapter_relative_path
+from core.db import access
+from core.db.engine import session_scope
+from core.db.models import Adapter
+from core.db.states import JobState, Stage
+from core.registry import adapter_relative_path
 from worker import runner
 from worker.stages import StageContext, StageResult
 

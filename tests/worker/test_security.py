@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from api.db import access
-from api.db.states import Stage
-from api.settings import JudgeProfile
+from core.db import access
+from core.db.states import Stage
+from core.settings import JudgeProfile
 from worker import runner
 from worker.stages import StageContext, StageResult
 
@@ -53,8 +53,8 @@ def test_validation_records_no_server_paths(services: runner.WorkerServices) -> 
 
 
 def test_field_names_stay_readable_while_key_like_tokens_are_masked() -> None:
-    from api.settings import Settings
-    from worker.errors import sanitise_error_text
+    from core.sanitise import sanitise_error_text
+    from core.settings import Settings
 
     text = sanitise_error_text("judge.api_key_secret is not accepted; got sk-proj-AbCd0123456789xyz",
                                settings=Settings(), secrets=())

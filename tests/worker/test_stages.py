@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from api.db.states import Stage
-from api.schemas import RealignRequest
-from api.settings import JudgeProfile, Settings
+from core.db.states import Stage, next_stage
+from core.jobspec import RealignRequest
+from core.settings import JudgeProfile, Settings
 from worker import stages
 
 from .conftest import synthetic_body
@@ -18,7 +18,7 @@ def request_for(variant: str, suites: list[str] | None = None) -> RealignRequest
 
 def chain(request: RealignRequest) -> list[str]:
     out, stage = [Stage.VALIDATE.value], Stage.VALIDATE
-    while (stage := stages.next_stage(request, stage)) is not None:  # type: ignore[assignment]
+    while (stage := next_stage(request, stage)) is not None:  # type: ignore[assignment]
         out.append(stage.value)
     return out
 

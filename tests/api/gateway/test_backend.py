@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.gateway.backend import AdapterLoadError, AdapterRef, GatewayError, ServingBackend
+from api.gateway.backend import AdapterLoadError, GatewayError, ServingBackend
+from core.registry import AdapterRef
 from tests.support.fake_vllm import FakeVLLM
 
 LOAD, UNLOAD, CHAT = "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/v1/chat/completions"

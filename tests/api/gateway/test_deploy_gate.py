@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from api.gateway.backend import CHAT_PATH, AdapterRef, ServingBackend
-from api.gateway.deploy_gate import DeployGateResult, adapter_weights_sha256, run_deploy_gate
+from api.gateway.backend import CHAT_PATH, ServingBackend
+from api.gateway.deploy_gate import DeployGateResult, run_deploy_gate
+from core.registry import AdapterRef, adapter_weights_sha256
 from tests.support.fake_vllm import FakeVLLM
 from tests.trace_engine.serving.tiny_adapters import TinyWorld, save_sharpening_lora
 

@@ -18,10 +18,10 @@ import pytest
 from openai import OpenAI, UnprocessableEntityError
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
-from api.registry import job_folder, job_probe_prompts
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.registry import job_folder, job_probe_prompts
+from core.settings import Settings
 from tests.api.support import register_adapter, tenant_of
 from tests.support.fake_vllm import FakeVLLM, write_base_config
 from trace_engine.serving.uvicorn_thread import serve_in_thread

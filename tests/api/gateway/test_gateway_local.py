@@ -10,8 +10,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from openai import AsyncOpenAI
 
-from api.gateway.backend import AdapterRef, ServingBackend
+from api.gateway.backend import ServingBackend
 from api.gateway.router import BASE_MODEL, make_gateway_router
+from core.registry import AdapterRef
 from tests.trace_engine.serving.tiny_adapters import CHAT_PROMPTS, TinyWorld
 from trace_engine.serving.uvicorn_thread import serve_in_thread
 

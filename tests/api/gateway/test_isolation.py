@@ -20,12 +20,13 @@ import pytest
 from openai import InternalServerError, OpenAI
 
 from api.app import create_app
-from api.db import access
-from api.db.engine import session_scope
-from api.gateway.backend import AdapterRef, GatewayError, ServingBackend
+from api.gateway.backend import GatewayError, ServingBackend
 from api.gateway.isolation import TOLERANCE, run_self_test, self_test_body
-from api.gateway.null_adapter import write_null_adapter, write_selftest_adapter
-from api.settings import Settings
+from core.db import access
+from core.db.engine import session_scope
+from core.null_adapter import write_null_adapter, write_selftest_adapter
+from core.registry import AdapterRef
+from core.settings import Settings
 from tests.api.support import register_adapter, tenant_of
 from tests.support.fake_vllm import TINY_LLAMA_CONFIG, FakeVLLM, write_base_config
 from trace_engine.serving.uvicorn_thread import serve_in_thread

@@ -1,4 +1,4 @@
-"""The adapters the gateway writes by hand (api/gateway/null_adapter.py): valid peft folders that plain
+"""The adapters the gateway writes by hand (core/null_adapter.py): valid peft folders that plain
 `peft.PeftModel.from_pretrained` loads; the null adapter leaves logits exactly equal, the self-test adapter moves
 them; names follow the weights; unsupported architectures say isolation is unavailable."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api.gateway.null_adapter import (
+from core.null_adapter import (
     IsolationUnavailable,
     is_all_zero_safetensors,
     read_base_config,

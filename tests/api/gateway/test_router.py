@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request
 from openai import AsyncOpenAI, AuthenticationError, NotFoundError
 
 from api.errors import ProblemError
-from api.gateway.backend import AdapterRef, ServingBackend
+from api.gateway.backend import ServingBackend
 from api.gateway.router import BASE_MODEL, make_gateway_router
+from core.registry import AdapterRef
 from tests.support.fake_vllm import FakeVLLM
 from trace_engine.serving.uvicorn_thread import serve_in_thread
 

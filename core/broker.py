@@ -13,7 +13,7 @@ Here a channel whose connection was detached raises a Redis `ConnectionError` in
 system of record is Postgres, the stage kept its lease and finished; an unacked message that Redis still holds is
 re-delivered after the visibility timeout and skipped by the runner (its job has moved on).
 
-Selected by `broker_transport` in `worker.celery_app.make_celery` for `redis://` brokers.
+Selected by `broker_transport` in `core.celery_app.make_celery` for `redis://` brokers.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from api.db.models import (
+from core.db.models import (
     Adapter,
     ApiKey,
     File,
@@ -35,7 +35,7 @@ from api.db.models import (
     new_id,
     utcnow,
 )
-from api.db.states import (
+from core.db.states import (
     PARKED_STATES,
     STAGE_STATE,
     STATE_STAGE,

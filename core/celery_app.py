@@ -1,4 +1,4 @@
-"""The Celery app, configured from `api.settings.Settings` (design.md §7).
+"""The Celery app, configured from `core.settings.Settings` (design.md §7).
 
 Queues: `judge` (validation and triage: I/O bound, run it with many threads) and `gpu` (scoring, training,
 evaluation: one job per GPU, prefetch 1). Messages are JSON and carry only a job id (the task name is the stage).
@@ -10,7 +10,7 @@ Broker: `REALIGN_BROKER_URL` (Redis in production); with none configured, kombu'
 
 A broker restart: the worker reconnects for as long as it takes (`broker_connection_max_retries=None`); running
 stages keep running (`worker_cancel_long_running_tasks_on_connection_loss=False`: they are lease-protected and
-write to Postgres, not Redis), and Redis uses `worker.broker.RedisTransport`, which fixes the kombu defect that
+write to Postgres, not Redis), and Redis uses `core.broker.RedisTransport`, which fixes the kombu defect that
 made a threads-pool worker exit ("Unrecoverable error ... 'hostname'") when Redis dropped during a task.
 
     celery -A worker.tasks worker -Q judge --pool threads -c 32     # judge worker
@@ -21,16 +21,14 @@ This module stays light (no torch, no engine): the API imports it to enqueue; `w
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 from celery import Celery
 
-from api.db.states import Stage
-from api.settings import Settings
+from core.db.states import Stage
+from core.settings import Settings
 
-REDIS_TRANSPORT = "worker.broker:RedisTransport"  # kombu's Redis transport with the reconnect fix
+REDIS_TRANSPORT = "core.broker:RedisTransport"  # kombu's Redis transport with the reconnect fix
 
 JUDGE_QUEUE, GPU_QUEUE = "judge", "gpu"
 STAGE_QUEUE: dict[Stage, str] = {
@@ -125,9 +123,3 @@ def broker_check(app: Celery) -> Any:
             connection.ensure_connection(max_retries=1, timeout=2)
 
     return check
-
-
-def owner_id(task_id: str | None) -> str:
-    """The lease owner: which process on which host runs which task."""
-    return f"{socket.gethostname()}:{os.getpid()}:{task_id or 'direct'}"
-

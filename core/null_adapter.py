@@ -5,6 +5,9 @@
   with LoRA weights applied; issue 17). It changes nothing: W x + B (A x) = W x exactly.
 - `write_selftest_adapter(config, out_root)`: small deterministic random A and B on `q_proj` and `v_proj`, for
   the isolation self-test (it must move outputs, so a backend that bleeds it into other rows is caught).
+- `isolation_adapters(settings)`: both written for this deployment's base model under `<data_dir>/serving`, as
+  the serving backend sees them (the gateway serves the base model through the null one; so does the worker's
+  evaluation on the serving backend).
 
 Both are peft folders (`adapter_config.json` + `adapter_model.safetensors`, Llama-family tensor names) whose name
 carries a hash of their files (`realign-null-<sha[:12]>`): vLLM keys its prefix cache by adapter name, so a name
@@ -28,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRef
+from core.settings import Settings
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 NULL_PREFIX = "realign-null-"
 SELFTEST_PREFIX = "realign-selftest-"
 
@@ -122,20 +126,20 @@ def _write(out_root: Path, prefix: str, config_bytes: bytes, weights: bytes) -> 
     sha = digest.hexdigest()
     name = f"{prefix}{sha[:12]}"
     folder = Path(out_root) / name
-    if (folder / WEIGHTS_FILE).is_file() and (folder / WEIGHTS_FILE).read_bytes() == weights \
-            and (folder / CONFIG_FILE).is_file() and (folder / CONFIG_FILE).read_bytes() == config_bytes:
+    if (folder / ADAPTER_WEIGHTS).is_file() and (folder / ADAPTER_WEIGHTS).read_bytes() == weights \
+            and (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_CONFIG).read_bytes() == config_bytes:
         return WrittenAdapter(name, folder, sha)
     staging = folder.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # replicas may race here
     staging.mkdir(parents=True)
-    (staging / CONFIG_FILE).write_bytes(config_bytes)
-    (staging / WEIGHTS_FILE).write_bytes(weights)
+    (staging / ADAPTER_CONFIG).write_bytes(config_bytes)
+    (staging / ADAPTER_WEIGHTS).write_bytes(weights)
     if folder.exists():  # a half-written folder (same name means same content): replace it
         shutil.rmtree(folder, ignore_errors=True)
     try:
         staging.rename(folder)
     except OSError:  # another process renamed its copy first: same name, same bytes
         shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / WEIGHTS_FILE).is_file():
+        if not (folder / ADAPTER_WEIGHTS).is_file():
             raise
     return WrittenAdapter(name, folder, sha)
 
@@ -199,5 +203,52 @@ def is_all_zero_safetensors(path: str | Path) -> bool:
     return bool(body) and body.count(0) == len(body)
 
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "IsolationUnavailable", "WrittenAdapter", "is_all_zero_safetensors",
-           "read_base_config", "safetensors_bytes", "write_null_adapter", "write_selftest_adapter"]
+SELFTEST_SEEDS = (17, 18)  # two self-test adapters: two occupied LoRA slots while the self-test measures
+
+
+def base_model_config_path(settings: Settings) -> Path | None:
+    """Where the base model's config.json is for this process: `serving_base_model_path`, else
+    `model_root/<serving_base_model>`, else the newest Hugging Face cache snapshot of that Hub id."""
+    if settings.serving_base_model_path is not None:
+        return settings.serving_base_model_path
+    name = settings.serving_base_model
+    local = settings.models_root / name
+    if ".." not in Path(name).parts and (local / "config.json").is_file():
+        return local
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
+                                                        "huggingface") / "hub")
+    snapshots = sorted((hub / f"models--{name.replace('/', '--')}" / "snapshots").glob("*/config.json"),
+                       key=lambda p: p.stat().st_mtime)
+    return snapshots[-1].parent if snapshots else None
+
+
+def serving_dir_for_backend(settings: Settings, name: str) -> str:
+    """`<data_dir>/serving/<name>` as the serving backend sees it (like registry.serving_adapter_dir)."""
+    root = settings.serving_adapter_root if settings.serving_adapter_root is not None else settings.data_dir
+    return str(Path(root) / "serving" / name)
+
+
+def isolation_adapters(settings: Settings) -> tuple[AdapterRef, tuple[AdapterRef, ...]]:
+    """Write the null adapter and the self-test adapters (two different ones) for the base model under
+    `<data_dir>/serving`; IsolationUnavailable says what to set when that is impossible."""
+    path = base_model_config_path(settings)
+    if path is None:
+        raise IsolationUnavailable(
+            f"isolation needs the base model's config.json and none was found for {settings.serving_base_model!r} "
+            f"(looked in {settings.models_root / settings.serving_base_model} and the Hugging Face cache): set "
+            "REALIGN_SERVING_BASE_MODEL_PATH to the model folder, or REALIGN_SERVING_ISOLATION=off for a backend "
+            "that batches per adapter")
+    try:
+        config = read_base_config(path)
+    except IsolationUnavailable as exc:
+        raise IsolationUnavailable(f"{exc}: set REALIGN_SERVING_BASE_MODEL_PATH to the base model folder") from exc
+    out = settings.data_dir / "serving"
+    null = write_null_adapter(config, out, base_model=settings.serving_base_model)
+    probes = [write_selftest_adapter(config, out, base_model=settings.serving_base_model, seed=seed)
+              for seed in SELFTEST_SEEDS]
+    return (AdapterRef(null.name, serving_dir_for_backend(settings, null.name)),
+            tuple(AdapterRef(p.name, serving_dir_for_backend(settings, p.name)) for p in probes))
+
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "IsolationUnavailable", "WrittenAdapter", "base_model_config_path",
+           "is_all_zero_safetensors", "isolation_adapters", "read_base_config", "serving_dir_for_backend", "safetensors_bytes", "write_null_adapter", "write_selftest_adapter"]

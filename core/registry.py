@@ -7,18 +7,21 @@ so no client-given string ever becomes a path; the serving backend may see the d
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api.gateway.deploy_gate import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from api.settings import Settings
+from core.settings import Settings
 
 _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 # A job's downloadable artifacts: name -> (file relative to the job folder, kind, content type). The worker writes
@@ -66,6 +69,23 @@ def serving_adapter_dir(settings: Settings, relative: str) -> str:
     local_adapter_dir(settings, relative)  # validates
     root = settings.serving_adapter_root if settings.serving_adapter_root is not None else settings.data_dir
     return str(Path(root) / relative)
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """An adapter as the serving backend knows it: a unique name and the directory path the backend can read."""
+
+    name: str
+    path: str
+
+
+def adapter_weights_sha256(adapter_dir: str | Path) -> str:
+    """sha256 (hex) of the adapter's `adapter_model.safetensors` bytes: the value the registry stores."""
+    digest = hashlib.sha256()
+    with (Path(adapter_dir) / ADAPTER_WEIGHTS).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_file(settings: Settings, relative: str) -> Path:

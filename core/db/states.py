@@ -1,8 +1,12 @@
-"""Job states, stages and the one table of allowed transitions (design.md §7). Pure: no database here."""
+"""Job states, stages, the one table of allowed transitions (design.md §7), and which stages a request runs.
+Pure: no database here."""
 
 from __future__ import annotations
 
 from enum import Enum
+
+from core.jobspec import EvalRequest, RealignRequest
+from trace_engine.variants import get_variant
 
 
 class JobState(str, Enum):
@@ -105,3 +109,30 @@ class EventType(str, Enum):
     RETRIED = "retried"
     ARTIFACT = "artifact"
     REVIEWED = "reviewed"  # a reviewer changed a triaged pair's category (or continued the job)
+
+
+# ---------------------------------------------------------------- which stages a request runs
+
+
+def needs_triage(request: RealignRequest) -> bool:
+    return get_variant(request.method.variant).needs_triage
+
+
+def needs_scoring(request: RealignRequest) -> bool:
+    return get_variant(request.method.variant).needs_scores
+
+
+def next_stage(request: RealignRequest | EvalRequest, finished: Stage) -> Stage | None:
+    """The stage after `finished` for this request (variants skip stages); None = the job is done."""
+    if isinstance(request, EvalRequest):
+        return Stage.EVALUATE if finished == Stage.VALIDATE else None
+    wanted = [Stage.VALIDATE]
+    if needs_triage(request):
+        wanted.append(Stage.TRIAGE)
+    if needs_scoring(request):
+        wanted.append(Stage.SCORE)
+    wanted.append(Stage.TRAIN)
+    if request.eval.suites:
+        wanted.append(Stage.EVALUATE)
+    index = wanted.index(finished) if finished in wanted else -1
+    return wanted[index + 1] if 0 <= index < len(wanted) - 1 else None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from api.settings import Settings
+from core.settings import Settings
 
 MAX_ERROR_CHARS = 1000
 MIN_SECRET_CHARS = 6  # shorter values are not treated as secrets (they would blank out ordinary words)
