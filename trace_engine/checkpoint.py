@@ -43,6 +43,12 @@ class Position:
     epoch: int
     batch_in_epoch: int
 
+    def after_step(self, next_batch: int, batches_in_epoch: int) -> Position:
+        """Where training stands after this step, whose last micro-batch came just before `next_batch`."""
+        if next_batch < batches_in_epoch:
+            return Position(self.step + 1, self.epoch, next_batch)
+        return Position(self.step + 1, self.epoch + 1, 0)
+
 
 def capture_rng() -> tuple[dict[str, Any], dict[str, Any]]:
     """(json-safe python/numpy states, tensor states for torch)."""

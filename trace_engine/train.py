@@ -50,6 +50,7 @@ from trace_engine.runtime import Runtime
 from trace_engine.schedule import count_steps, epoch_order, examples_reached, micro_batches, warmup_cosine
 from trace_engine.tokenization import (
     EncodedPair,
+    TruncationReport,
     collate,
     encode_pairs,
     pad_id_of,
@@ -80,15 +81,6 @@ def sequence_key(prompt: Prompt, response: str) -> str:
     return sha256_text(prompt_key(prompt), response)
 
 
-# ---------------------------------------------------------------- device handling (one place)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
 # ---------------------------------------------------------------- the recipe
 
 
@@ -115,15 +107,7 @@ def train(
     The adapter starts from LoRA A seeded with `config.seed` (modeling.seed_lora_), the θ_ref scoring uses.
     """
     # ---- setup: every check that can fail runs before the model is loaded
-    config.validate()
-    data = prepare_examples(list(rows), config.variant)
-    if config.alpha_kl == 0:
-        data = _drop_kind(data, LossKind.KL, "unused_RETAIN_alpha_kl_0")
-    if config.full_finetune and any(e.kind is LossKind.KL for e in data.examples):
-        raise ConfigError(
-            "the KL anchor needs reference logits every step, which a full fine-tune cannot get without a second "
-            "copy of the weights; use LoRA, alpha_kl=0, or a variant without KL"
-        )
+    data = training_examples(rows, config)
     base.validate()
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,30 +124,17 @@ def train(
         [e.dispreferred for e in data.examples],
         limits,
     )
-    model = load_causal_lm(base, rt.device, rt.dtype, config.fused_kernels)
-    if config.full_finetune:
-        model.requires_grad_(True)
-    else:
-        model = attach_lora(model, config.lora, seed=config.seed)  # validates target modules first
-    if config.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = trainable_model(base, config, rt)
     fingerprint = {
         "base_model": base.to_dict(),
         "data_hash": data.data_hash(),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_FINGERPRINT},
     }
-
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None and not resume:
         raise ckpt.CheckpointMismatch(f"{run_dir} already holds checkpoints ({latest.name}); resume or use a new dir")
-    if latest is not None:
-        position, state = ckpt.read_state(latest, fingerprint)  # refuses another model / data / config, early
-    else:
-        position, state = ckpt.Position(step=0, epoch=0, batch_in_epoch=0), None
+    # refuses another model / data / config, early
+    position, state = ckpt.read_state(latest, fingerprint) if latest is not None else (ckpt.Position(0, 0, 0), None)
 
     # ---- the schedule's length, and the examples its steps reach
     n = len(data.examples)
@@ -211,12 +182,7 @@ def train(
                 started = time.perf_counter()
                 sums = train_step(model, optimizer, scheduler, group, step_fn, rt, config)
                 last = step_metrics(sums, position, time.perf_counter() - started)
-                after = start + len(group)
-                position = (
-                    ckpt.Position(position.step + 1, position.epoch, after)
-                    if after < len(micro)
-                    else ckpt.Position(position.step + 1, position.epoch + 1, 0)
-                )
+                position = position.after_step(start + len(group), len(micro))
                 if log is not None:
                     ckpt.append_metrics(log, last)
                 if config.checkpoint_every and position.step % config.checkpoint_every == 0:
@@ -229,22 +195,8 @@ def train(
                     progress(position.step, total_steps, last)
 
     # ---- save: adapter (or full model) + tokenizer + provenance, atomically
-    provenance = {
-        "format": "realign-adapter/1",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": base.to_dict(),
-        "data_hash": fingerprint["data_hash"],
-        "variant": config.variant,
-        "variant_description": get_variant(config.variant).description,
-        "config": config.to_dict(),
-        "counts": {**data.counts, "examples": n},
-        "truncation": truncation.to_dict(),
-        "steps": position.step,
-        "world_size": rt.world_size,
-        "final_metrics": last,
-        "versions": _versions(),
-        **{k: v for k, v in data.provenance.items()},
-    }
+    outcome = {"steps": position.step, "world_size": rt.world_size, "final_metrics": last}
+    provenance = adapter_provenance(base, config, data, truncation, outcome)
 
     def fill(d: Path) -> None:
         ckpt.save_weights(model, d)
@@ -256,6 +208,46 @@ def train(
         ckpt.write_atomic_dir(out, fill)
     rt.barrier()
     return TrainResult(out, metrics_path, position.step, last, provenance)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def training_examples(rows: Sequence[dict[str, Any]], config: TrainConfig) -> PreparedData:
+    """The examples the run trains on, after every check that needs no model (a bad config or data fails here)."""
+    config.validate()
+    data = prepare_examples(list(rows), config.variant)
+    if config.alpha_kl == 0:
+        data = _drop_kind(data, LossKind.KL, "unused_RETAIN_alpha_kl_0")
+    if config.full_finetune and any(e.kind is LossKind.KL for e in data.examples):
+        raise ConfigError(
+            "the KL anchor needs reference logits every step, which a full fine-tune cannot get without a second "
+            "copy of the weights; use LoRA, alpha_kl=0, or a variant without KL"
+        )
+    return data
+
+
+def trainable_model(base: ModelSource, config: TrainConfig, rt: Runtime):
+    """The base model on the runtime's device with what trains switched on: a seeded LoRA adapter (the θ_ref
+    scoring uses) or, for a full fine-tune, every weight; activation checkpointing when asked."""
+    model = load_causal_lm(base, rt.device, rt.dtype, config.fused_kernels)
+    if config.full_finetune:
+        model.requires_grad_(True)
+    else:
+        model = attach_lora(model, config.lora, seed=config.seed)  # validates target modules first
+    if config.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 # ---------------------------------------------------------------- one optimizer step
@@ -525,6 +517,25 @@ def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
         counts[reason] = dropped
         counts.pop(kind.name, None)
     return PreparedData(kept, counts, data.provenance)
+
+
+def adapter_provenance(base: ModelSource, config: TrainConfig, data: PreparedData, truncation: TruncationReport,
+                       outcome: dict[str, Any]) -> dict[str, Any]:
+    """What `realign.json` records: how the adapter was made, and the run's outcome (steps, final metrics)."""
+    return {
+        "format": "realign-adapter/1",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": base.to_dict(),
+        "data_hash": data.data_hash(),
+        "variant": config.variant,
+        "variant_description": get_variant(config.variant).description,
+        "config": config.to_dict(),
+        "counts": {**data.counts, "examples": len(data.examples)},
+        "truncation": truncation.to_dict(),
+        **outcome,
+        "versions": _versions(),
+        **data.provenance,
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -407,7 +407,7 @@ def punish_rewrite_requests(
     template_version: str,
     policy_sha256: str,
 ) -> tuple[dict[str, Request], dict[int, str]]:
-    """Oracle requests for the PUNISH pairs (rewrite of the old chosen y_w), and each pair's request key."""
+    """Oracle requests for the PUNISH pairs (a rewrite of the original chosen response), and each pair's request key."""
     requests: dict[str, Request] = {}
     keys: dict[int, str] = {}
     for index, pair in enumerate(pairs):
