@@ -3,6 +3,9 @@
 Validation errors list each bad field (`loc`, `message`, `kind`) but never echo the submitted value: a value in
 the wrong place may be a secret.
 
+The data-access layer's `NotFound` (404: missing, or another tenant's) and `BadCursor` (400) are mapped here once,
+so routes let them propagate.
+
 Outages are not bugs: a database or broker that cannot be reached answers 503 with `Retry-After`, and storage that
 is full or read-only answers 507, wherever the error surfaces (`outage_of` looks through the exception chain).
 """
@@ -18,6 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.db.access import BadCursor, NotFound
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:realign:problem:"
@@ -120,6 +125,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(request, status=exc.status, detail=exc.detail, title=exc.title, slug=exc.slug,
                                 errors=exc.errors, headers=exc.headers, **exc.extensions)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return problem_response(request, status=404, detail=str(exc), slug="not-found")
+
+    @app.exception_handler(BadCursor)
+    async def _bad_cursor(request: Request, exc: BadCursor) -> JSONResponse:
+        return problem_response(request, status=400, detail=f"{exc}; pass back the next_cursor of a previous page",
+                                slug="bad-cursor")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

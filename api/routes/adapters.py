@@ -17,10 +17,9 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.archive import ArchiveError, tar_gz_stream
-from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
-from api.routes.jobs import bad_cursor, not_found
 from api.schemas import AdapterBaseModelOut, AdapterList, AdapterOut, LoraOut
 from core.db import access
 from core.db.models import Adapter
@@ -81,22 +80,11 @@ def list_adapters(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    limit: Annotated[int | None, Query(ge=1, description="page size (server caps it)")] = None,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+    paging: PaginationDep,
 ) -> AdapterList:
-    page_size = min(limit or settings.default_page_size, settings.max_page_size)
-    try:
-        page = access.list_adapters(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor)
-    except access.BadCursor as exc:
-        raise bad_cursor(exc) from None
+    page = access.list_adapters(session, tenant_id=principal.tenant_id, limit=paging.size(settings),
+                                cursor=paging.cursor)
     return AdapterList(data=[adapter_out(a, settings) for a in page.items], next_cursor=page.next_cursor)
-
-
-def _owned(session: SessionDep, tenant_id: str, adapter_id: str) -> Adapter:
-    try:
-        return access.get_adapter(session, tenant_id=tenant_id, adapter_id=adapter_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
 
 
 @router.get("/adapters/{adapter_id}", response_model=AdapterOut, responses=problems(401, 404),
@@ -105,7 +93,7 @@ def _owned(session: SessionDep, tenant_id: str, adapter_id: str) -> Adapter:
             "adapter_config.json has them, provenance (job, policy hash, dataset and its hash, judge, method, "
             "parent), the evaluation report, and the deploy gate's cached result once the gateway has served it.")
 def get_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> AdapterOut:
-    return adapter_out(_owned(session, principal.tenant_id, adapter_id), settings)
+    return adapter_out(access.get_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id), settings)
 
 
 @router.get("/adapters/{adapter_id}/download", responses={
@@ -128,7 +116,7 @@ def download_adapter(
         alias="format", description="tar.gz: the adapter directory (peft / vLLM load it as is); safetensors: "
                                     "the weights only")] = "tar.gz",
 ) -> Response:
-    adapter = _owned(session, principal.tenant_id, adapter_id)
+    adapter = access.get_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
     if archive_format == "safetensors":
         path = _weights(settings, adapter)
         return FileResponse(path, media_type="application/octet-stream", filename=f"{adapter.name}.safetensors",
@@ -174,10 +162,7 @@ async def delete_adapter(adapter_id: str, request: Request, principal: Principal
 
     def remove() -> str:
         with request.app.state.sessions() as session:
-            try:
-                adapter = access.delete_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
-            except access.NotFound as exc:
-                raise not_found(exc) from None
+            adapter = access.delete_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
             session.commit()
             return adapter.path
 

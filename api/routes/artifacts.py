@@ -13,17 +13,16 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
 from api.routes.adapters import adapter_archive
-from api.routes.jobs import not_found
 from api.schemas import ArtifactList, ArtifactOut, MetricsHistory, ScoreList, ScoreOut
 from core.db import access
 from core.db.models import Job
@@ -37,13 +36,6 @@ METRICS_PAGE, METRICS_PAGE_MAX = 1000, 10_000
 ADAPTER = "adapter"
 SANITISED = frozenset({"triaged"})  # served row by row with judge error texts sanitised (so: no sha256 listed)
 TRIAGE_ERROR_CHARS = 300  # as worker.stages.PROBE_ERROR_CHARS: what a triage item's error shows
-
-
-def _job(session: Session, tenant_id: str, job_id: str) -> Job:
-    try:
-        return access.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
 
 
 def _file(settings: Settings, job: Job, relative: str) -> Path | None:
@@ -100,7 +92,8 @@ def job_artifacts(session: Session, settings: Settings, job: Job) -> list[Artifa
             "history, the evaluation report and its prompts, the adapter, summaries); each entry's `url` "
             "downloads it. A running job lists the artifacts of the stages it has finished.")
 def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> ArtifactList:
-    return ArtifactList(data=job_artifacts(session, settings, _job(session, principal.tenant_id, job_id)))
+    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    return ArtifactList(data=job_artifacts(session, settings, job))
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses={
@@ -113,7 +106,7 @@ def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, prin
     "artifacts when `name` is not one of them; 410 when the file is gone from storage.")
 def download_artifact(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
                       principal: PrincipalDep) -> Response:
-    job = _job(session, principal.tenant_id, job_id)
+    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     if name == ADAPTER:
         adapter = access.adapter_of_job(session, job_id=job.id)
         if adapter is not None and adapter.tenant_id == job.tenant_id:
@@ -147,11 +140,11 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _cursor(value: str | None, what: str) -> int:
+    """A file-backed list's cursor: the row offset (scores) or the last step sent (metrics); 0 for the first page."""
     if value is None:
         return 0
     if not value.isdigit() or len(value) > 12:
-        raise ProblemError(400, f"bad cursor {value[:40]!r} for {what}; pass back the next_cursor of a previous page",
-                           slug="bad-cursor")
+        raise access.BadCursor(f"bad cursor {value[:40]!r} for {what}")
     return int(value)
 
 
@@ -159,21 +152,20 @@ def _cursor(value: str | None, what: str) -> int:
             summary="The training metrics history: loss components, rewards, margins per optimizer step",
             description="One object per optimizer step, in order, as training appends them (a step is on disk "
             "before the next starts). Follow a running job by passing the last `next_cursor` as `cursor`; an "
-            "empty page means no new step yet. A resumed run continues from its checkpoint's step.")
+            "empty page means no new step yet. A resumed run continues from its checkpoint's step. A page holds "
+            f"`limit` steps (default {METRICS_PAGE}, at most {METRICS_PAGE_MAX}).")
 def metrics_history(
     job_id: str,
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    limit: Annotated[int | None, Query(ge=1, description=f"steps per page (default {METRICS_PAGE}, at most "
-                                                          f"{METRICS_PAGE_MAX})")] = None,
-    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
+    paging: PaginationDep,
 ) -> MetricsHistory:
     """Steps in order, as training appends them (poll with the last next_cursor to follow a running job); an
     empty list before training started. A resumed run continues from its checkpoint's step."""
-    job = _job(session, principal.tenant_id, job_id)
-    after = _cursor(cursor, "the metrics history")
-    page = min(limit or METRICS_PAGE, METRICS_PAGE_MAX)
+    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    after = _cursor(paging.cursor, "the metrics history")
+    page = min(paging.limit or METRICS_PAGE, METRICS_PAGE_MAX)
     path = _file(settings, job, JOB_ARTIFACTS["train_metrics"][0])
     rows: list[dict[str, Any]] = []
     if path is not None:
@@ -183,7 +175,7 @@ def metrics_history(
                 rows.append(row)
                 if len(rows) == page:
                     break
-    return MetricsHistory(data=rows, next_cursor=str(rows[-1]["step"]) if rows else cursor)
+    return MetricsHistory(data=rows, next_cursor=str(rows[-1]["step"]) if rows else paging.cursor)
 
 
 @router.get("/jobs/{job_id}/scores", response_model=ScoreList, responses=problems(400, 401, 404, 422),
@@ -196,13 +188,12 @@ def impact_scores(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    limit: Annotated[int | None, Query(ge=1, description="pairs per page (server caps it)")] = None,
-    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
+    paging: PaginationDep,
 ) -> ScoreList:
     """404 until the score stage has written the scores (and for variants that do not score)."""
-    job = _job(session, principal.tenant_id, job_id)
-    start = _cursor(cursor, "the scores")
-    page = min(limit or settings.default_page_size, settings.max_page_size)
+    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    start = _cursor(paging.cursor, "the scores")
+    page = paging.size(settings)
     path = _file(settings, job, JOB_ARTIFACTS["scored"][0])
     if path is None:
         raise ProblemError(404, f"job {job_id} has no impact scores (yet): they exist once its score stage has run, "

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
-from api.errors import ProblemError
 from api.routes import problems
 from api.routes.jobs import (
     SYNTHETIC_BASES,
@@ -18,7 +17,6 @@ from api.routes.jobs import (
     create_and_enqueue,
     field_problem,
     job_out,
-    not_found,
 )
 from api.schemas import EvalJobOut
 from core.db import access
@@ -87,10 +85,7 @@ def submit_eval(
             description="The evaluation job's state and progress, and once it has succeeded its `report`: per "
             "model (target, base, parent) the metrics with confidence intervals, and the comparisons.")
 def get_eval(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> EvalJobOut:
-    try:
-        job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
+    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     if job.kind != "eval":
-        raise ProblemError(404, f"job {job_id} is not an evaluation job (see /v1/jobs/{job_id})", slug="not-found")
+        raise access.NotFound(f"job {job_id} is not an evaluation job (see /v1/jobs/{job_id})")
     return eval_job_out(session, settings, job)

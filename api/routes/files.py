@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import APIRouter, Request, UploadFile
 from fastapi import File as FormFile
 
-from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
 from api.schemas import FileList, FileOut
@@ -145,14 +145,9 @@ def list_files(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    paging: PaginationDep,
 ) -> FileList:
-    page_size = min(limit or settings.default_page_size, settings.max_page_size)
-    try:
-        page = access.list_files(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor)
-    except access.BadCursor as exc:
-        raise ProblemError(400, f"{exc}; pass back the next_cursor of a previous page", slug="bad-cursor") from None
+    page = access.list_files(session, tenant_id=principal.tenant_id, limit=paging.size(settings), cursor=paging.cursor)
     return FileList(data=[file_out(f) for f in page.items], next_cursor=page.next_cursor)
 
 
@@ -160,7 +155,4 @@ def list_files(
             description="One uploaded file: name, format, size, sha256, rows read, pairs kept and the validation "
             "report.")
 def get_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> FileOut:
-    try:
-        return file_out(access.get_file(session, tenant_id=principal.tenant_id, file_id=file_id))
-    except access.NotFound as exc:
-        raise ProblemError(404, str(exc), slug="not-found") from None
+    return file_out(access.get_file(session, tenant_id=principal.tenant_id, file_id=file_id))

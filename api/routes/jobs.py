@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
+from api.deps import IdempotencyKeyHeader, PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.judges import check_judge_profile
 from api.routes import problems
@@ -163,21 +163,6 @@ def check_references(session: Session, settings: Settings, tenant_id: str,
         raise field_problem(["body", "parent_adapter"], f"no adapter {body.parent_adapter!r}", "not_found")
 
 
-def not_found(exc: access.NotFound) -> ProblemError:
-    return ProblemError(404, str(exc), slug="not-found")
-
-
-def _owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    try:
-        return access.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
-
-
-def bad_cursor(exc: access.BadCursor) -> ProblemError:
-    return ProblemError(400, f"{exc}; pass back the next_cursor of a previous page", slug="bad-cursor")
-
-
 # ---------------------------------------------------------------- routes
 
 
@@ -276,15 +261,11 @@ def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
+    paging: PaginationDep,
     state: Annotated[list[JobState] | None, Query(description="repeat to match any of several states")] = None,
-    limit: Annotated[int | None, Query(ge=1, description="page size (server caps it)")] = None,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> JobList:
-    page_size = min(limit or settings.default_page_size, settings.max_page_size)
-    try:
-        page = access.list_jobs(session, tenant_id=principal.tenant_id, limit=page_size, cursor=cursor, states=state)
-    except access.BadCursor as exc:
-        raise bad_cursor(exc) from None
+    page = access.list_jobs(session, tenant_id=principal.tenant_id, limit=paging.size(settings), cursor=paging.cursor,
+                            states=state)
     return JobList(data=jobs_out(session, page.items), next_cursor=page.next_cursor)
 
 
@@ -297,10 +278,7 @@ async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Res
 
     def load() -> JobOut:
         with request.app.state.sessions() as session:
-            try:
-                job, progress = access.get_job_with_progress(session, tenant_id=principal.tenant_id, job_id=job_id)
-            except access.NotFound as exc:
-                raise not_found(exc) from None
+            job, progress = access.get_job_with_progress(session, tenant_id=principal.tenant_id, job_id=job_id)
             return jobs_out(session, [job], {job.id: progress})[0]
 
     return json_response(await anyio.to_thread.run_sync(load))
@@ -314,8 +292,6 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     """A queued job is cancelled at once; a running one goes to `cancelling` and its worker stops it."""
     try:
         job = access.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
     except InvalidTransition as exc:
         raise ProblemError(409, f"job {job_id} is already {exc.current.value}; nothing to cancel",
                            slug="job-finished") from None
@@ -333,8 +309,6 @@ def retry_job(job_id: str, request: Request, session: SessionDep, principal: Pri
     verdicts / training checkpoints of that stage), with that stage's attempts reset; 409 unless it failed."""
     try:
         job, stage = access.retry_job(session, tenant_id=principal.tenant_id, job_id=job_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
     except InvalidTransition as exc:
         raise ProblemError(409, f"job {job_id} is {exc.current.value}; only a failed job can be retried",
                            slug="job-not-failed") from None
@@ -356,8 +330,7 @@ async def job_events(
     job_id: str,
     request: Request,
     principal: PrincipalDep,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    paging: PaginationDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> Any:
     """JSON pages by default. With `Accept: text/event-stream`: past events after `Last-Event-ID`, then new ones
@@ -367,14 +340,10 @@ async def job_events(
 
     def load_first_page() -> EventList | None:
         with sessions() as session:
-            _owned_job(session, principal.tenant_id, job_id)
+            access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
             if _wants_sse(request):
                 return None
-            page_size = min(limit or settings.default_page_size, settings.max_page_size)
-            try:
-                page = access.page_events(session, job_id=job_id, limit=page_size, cursor=cursor)
-            except access.BadCursor as exc:
-                raise bad_cursor(exc) from None
+            page = access.page_events(session, job_id=job_id, limit=paging.size(settings), cursor=paging.cursor)
             return EventList(data=[event_out(e) for e in page.items], next_cursor=page.next_cursor)
 
     result = await anyio.to_thread.run_sync(load_first_page)
@@ -441,16 +410,12 @@ def job_triage(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
+    paging: PaginationDep,
     category: Annotated[str | None, Query(pattern="^(" + "|".join(CATEGORIES) + ")$")] = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TriageList:
-    _owned_job(session, principal.tenant_id, job_id)
-    page_size = min(limit or settings.default_page_size, settings.max_page_size)
-    try:
-        page = access.list_triage_items(session, job_id=job_id, limit=page_size, cursor=cursor, category=category)
-    except access.BadCursor as exc:
-        raise bad_cursor(exc) from None
+    access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
+    page = access.list_triage_items(session, job_id=job_id, limit=paging.size(settings), cursor=paging.cursor,
+                                    category=category)
     items = [TriageItemOut(pair_id=i.pair_id, position=i.position, category=i.category, verdicts=i.verdicts)
              for i in page.items]
     return TriageList(data=items, next_cursor=page.next_cursor,

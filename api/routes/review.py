@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
-from api.routes.jobs import enqueue_stage, job_out, not_found
+from api.routes.jobs import enqueue_stage, job_out
 from api.schemas import JobOut
 from core.db import access
 from core.db.models import Job, TriageItem, utcnow
@@ -63,7 +63,7 @@ def _locked_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """The tenant's job, row-locked on Postgres so a change and a continue cannot interleave."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
     if job is None:
-        raise not_found(access.NotFound(f"job {job_id} not found"))
+        raise access.NotFound(f"job {job_id} not found")
     return job
 
 
@@ -90,10 +90,7 @@ def _overridden(session: Session, job_id: str) -> list[TriageItem]:
             "pairs whose category a reviewer changed, each with the judge's original category. GET "
             "/v1/jobs/{job_id}/triage lists every pair with its verdicts.")
 def get_review(job_id: str, session: SessionDep, principal: PrincipalDep) -> ReviewOut:
-    try:
-        job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
-    except access.NotFound as exc:
-        raise not_found(exc) from None
+    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     return ReviewOut(job_id=job.id, state=job.state, awaiting_review=job.state == JobState.AWAITING_REVIEW.value,
                      overrides=[_item_out(i) for i in _overridden(session, job.id)])
 
@@ -110,7 +107,7 @@ def change_category(job_id: str, pair_id: str, change: CategoryChange, session: 
     job = _locked_job(session, principal.tenant_id, job_id)
     item = session.get(TriageItem, (job.id, pair_id))
     if item is None:
-        raise ProblemError(404, f"job {job_id} has no triaged pair {pair_id!r}", slug="not-found")
+        raise access.NotFound(f"job {job_id} has no triaged pair {pair_id!r}")
     if job.state != JobState.AWAITING_REVIEW.value:
         raise _not_awaiting(job, "categories can be changed")
     judge_category = item.original_category or item.category
