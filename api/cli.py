@@ -78,34 +78,16 @@ def database_errors(settings: Settings) -> Iterator[None]:
         raise CliError(f"cannot use the database of {state_location(settings)}: {reason}") from None
 
 
-@contextmanager
-def _session(settings: Settings) -> Iterator[Session]:
-    """A session on the migrated database, committed at the end."""
-    from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
-
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        upgrade_head(engine)
-        with session_scope(make_session_factory(engine)) as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
-def create_key(settings: Settings, tenant: str) -> str:
-    from core.db import access
-
-    with _session(settings) as session:
-        return access.create_api_key(session, tenant_name=tenant)
-
-
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     tenant = args.tenant.strip()
     if not tenant:
         raise CliError("--tenant must not be empty")
+    from core.db import access
+    from core.db.engine import migrated_session
+
     settings = settings_from_args(args)
-    with database_errors(settings):
-        key = create_key(settings, tenant)
+    with database_errors(settings), migrated_session(settings.sqlalchemy_url) as session:
+        key = access.create_api_key(session, tenant_name=tenant)
     print(f"created an API key for tenant {tenant!r} in {state_location(settings)}; a server must use this "
           "data dir and database to accept it. It is shown once, store it now:")
     print(key)
@@ -129,8 +111,10 @@ def key_rows(session: Session, tenant: str | None = None) -> list[dict[str, Any]
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from core.db.engine import migrated_session
+
     settings = settings_from_args(args)
-    with database_errors(settings), _session(settings) as session:
+    with database_errors(settings), migrated_session(settings.sqlalchemy_url) as session:
         rows = key_rows(session, args.tenant)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -151,12 +135,13 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sqlalchemy import or_, select
 
     from core.db.access import KEY_PREFIX
+    from core.db.engine import migrated_session
     from core.db.models import ApiKey, utcnow
 
     wanted = args.key.strip()
     prefix = wanted[len(KEY_PREFIX):].split("_", 1)[0] if wanted.startswith(KEY_PREFIX) else wanted
     settings = settings_from_args(args)
-    with database_errors(settings), _session(settings) as session:
+    with database_errors(settings), migrated_session(settings.sqlalchemy_url) as session:
         key = session.scalar(select(ApiKey).where(or_(ApiKey.id == wanted, ApiKey.prefix == prefix)))
         if key is None:
             raise CliError(f"no API key {wanted!r} in {state_location(settings)} (`realign keys list` shows the "

@@ -38,9 +38,8 @@ HEARTBEAT_S = 20.0  # `submit --wait` prints a line at least this often, even wh
 
 def local_api_key(settings: Settings) -> str:
     """The embedded service's key: reused while it still authenticates, else a new one for tenant `local`."""
-    from api.cli import create_key
     from core.db import access
-    from core.db.engine import make_engine, make_session_factory
+    from core.db.engine import make_engine, make_session_factory, migrated_session
 
     path = settings.data_dir / KEY_FILE
     if path.is_file():
@@ -54,7 +53,8 @@ def local_api_key(settings: Settings) -> str:
             pass
         finally:
             engine.dispose()
-    key = create_key(settings, LOCAL_TENANT)
+    with migrated_session(settings.sqlalchemy_url) as session:
+        key = access.create_api_key(session, tenant_name=LOCAL_TENANT)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:

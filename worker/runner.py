@@ -36,20 +36,41 @@ from core.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, 
 from core.jobspec import EvalRequest, FileDataset, RealignRequest
 from core.sanitise import sanitise_error
 from core.settings import Settings
+from worker.eval_stages import EVAL_STAGE_FUNCTIONS
 from worker.resources import StageResources, release_memory
-from worker.stages import (  # noqa: F401 - STAGE_FUNCTIONS: tests patch stages through it
-    STAGE_FUNCTIONS,
+from worker.stages import (
     Cancelled,
     StageContext,
     StageFailed,
     StageResult,
-    stage_function,
+    run_evaluate,
+    run_score,
+    run_train,
+    run_triage,
+    run_validate,
 )
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[str, str], None]
 
 SKIPPED, DONE, CANCELLED, FAILED, LEASE_LOST, BUSY = "skipped", "done", "cancelled", "failed", "lease_lost", "busy"
+
+STAGE_FUNCTIONS: dict[Stage, Callable[[StageContext], StageResult]] = {
+    Stage.VALIDATE: run_validate,
+    Stage.TRIAGE: run_triage,
+    Stage.SCORE: run_score,
+    Stage.TRAIN: run_train,
+    Stage.EVALUATE: run_evaluate,
+}
+
+
+def stage_function(kind: str, stage: Stage) -> Callable[[StageContext], StageResult]:
+    """The engine call for `stage` of a job of this kind (`realign` or `eval`)."""
+    if kind == "eval":
+        if stage not in EVAL_STAGE_FUNCTIONS:
+            raise StageFailed(f"an evaluation job has no {stage.value} stage", kind="internal_error")
+        return EVAL_STAGE_FUNCTIONS[stage]
+    return STAGE_FUNCTIONS[stage]
 
 
 @dataclass

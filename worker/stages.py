@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.db.states import Stage, needs_scoring, needs_triage
+from core.db.states import needs_scoring, needs_triage
 from core.jobspec import (
     SYNTHETIC_BASE_NAMES,
     EvalRequest,
@@ -643,26 +643,6 @@ def _evaluate_generic(ctx: StageContext, source: Any, adapter: Path) -> dict[str
                else after["value"] - before["value"],
                "eval_prompts": used, "samples": side_by_side(records)}
     return {"summary": summary, "tpa_before": before, "tpa": after, "eval_prompts": used}
-
-
-STAGE_FUNCTIONS: dict[Stage, Callable[[StageContext], StageResult]] = {
-    Stage.VALIDATE: run_validate,
-    Stage.TRIAGE: run_triage,
-    Stage.SCORE: run_score,
-    Stage.TRAIN: run_train,
-    Stage.EVALUATE: run_evaluate,
-}
-
-
-def stage_function(kind: str, stage: Stage) -> Callable[[StageContext], StageResult]:
-    """The engine call for `stage` of a job of this kind (`realign` or `eval`)."""
-    if kind == "eval":
-        from worker.eval_stages import EVAL_STAGE_FUNCTIONS
-
-        if stage not in EVAL_STAGE_FUNCTIONS:
-            raise StageFailed(f"an evaluation job has no {stage.value} stage", kind="internal_error")
-        return EVAL_STAGE_FUNCTIONS[stage]
-    return STAGE_FUNCTIONS[stage]
 
 
 def _jsonable(value: Any) -> Any:

@@ -85,3 +85,16 @@ def upgrade_head(engine: Engine) -> None:
 
     with _UPGRADE_LOCK:
         command.upgrade(alembic_config(engine), "head")
+
+
+@contextmanager
+def migrated_session(url: str) -> Iterator[Session]:
+    """A session on the database at `url`, brought to the latest schema first, committed at the end: what a
+    one-off command (`realign keys ...`, the embedded service's local key) uses."""
+    engine = make_engine(url)
+    try:
+        upgrade_head(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
