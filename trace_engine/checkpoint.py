@@ -1,4 +1,4 @@
-"""Atomic training checkpoints, the weights they hold, and the metrics log a resumed run continues.
+"""Atomic training checkpoints, the weights they hold, and the adapter a run ends with.
 
 A checkpoint is written to a temporary directory, then renamed; it is valid only with the marker file.
 
@@ -7,6 +7,9 @@ Layout of `<run>/checkpoints/step-000042/`:
   trainer_state.pt     optimizer, scheduler and torch RNG states (loaded with weights_only=True: no pickle code)
   trainer_state.json   step, data position, python/numpy RNG, fingerprint (config, data hash, base model)
   COMPLETE             written last; a directory without it is ignored
+
+`<run>/adapter/` (`<run>/model/` for a full fine-tune), written the same way once training ends: the weights as
+above, the tokenizer, and `realign.json` (how the adapter was made: base model, data hash, config, counts, versions).
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from trace_engine.data.io import iter_jsonl
-from trace_engine.modeling import is_adapter_model
+from trace_engine.config import TrainConfig
+from trace_engine.modeling import ModelSource, is_adapter_model
+from trace_engine.tokenization import TruncationReport
+from trace_engine.variants import PreparedData, get_variant
 
 MARKER = "COMPLETE"
 STATE_JSON = "trainer_state.json"
@@ -175,37 +181,41 @@ def load_weights(model, directory: Path) -> None:
     model.load_state_dict(reloaded.state_dict())
 
 
-def append_metrics(log: IO[str], row: dict[str, Any]) -> None:
-    """One metrics line, on disk before the next step starts: a crash loses no finished step."""
-    log.write(json.dumps(row) + "\n")
-    log.flush()
-    os.fsync(log.fileno())
+def save_adapter(out: Path, model, tokenizer, provenance: dict[str, Any]) -> Path:
+    """The run's result, atomically: weights (adapter or full model), tokenizer, and `realign.json` provenance."""
+
+    def fill(d: Path) -> None:
+        save_weights(model, d)
+        tokenizer.save_pretrained(d)
+        (d / "realign.json").write_text(json.dumps(provenance, indent=1, ensure_ascii=False))
+
+    return write_atomic_dir(out, fill)
 
 
-def logged_steps(path: Path) -> Iterator[dict[str, Any]]:
-    """The metrics log's step lines; a line torn by a crash mid-write (not JSON) is dropped."""
-    for raw in iter_jsonl(path):
-        if raw.error is None and isinstance(raw.data, dict) and isinstance(raw.data.get("step"), int):
-            yield raw.data
+def adapter_provenance(base: ModelSource, config: TrainConfig, data: PreparedData, truncation: TruncationReport,
+                       outcome: dict[str, Any]) -> dict[str, Any]:
+    """What `realign.json` records: how the adapter was made, and the run's outcome (steps, final metrics)."""
+    return {
+        "format": "realign-adapter/1",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": base.to_dict(),
+        "data_hash": data.data_hash(),
+        "variant": config.variant,
+        "variant_description": get_variant(config.variant).description,
+        "config": config.to_dict(),
+        "counts": {**data.counts, "examples": len(data.examples)},
+        "truncation": truncation.to_dict(),
+        **outcome,
+        "versions": _versions(),
+        **data.provenance,
+    }
 
 
-def truncate_metrics(path: Path, up_to_step: int) -> None:
-    """After a resume, drop log lines of steps the crashed run did after its last checkpoint (and a torn one)."""
-    if not path.exists():
-        return
-    keep = [row for row in logged_steps(path) if row["step"] <= up_to_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in keep), encoding="utf-8")
-    os.replace(tmp, path)
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
 
-
-def last_metrics(path: Path) -> dict[str, Any]:
-    """The last logged step's metrics ({} without a log): what a resumed run reports if it has no step left."""
-    last: dict[str, Any] = {}
-    if path.exists():
-        for last in logged_steps(path):  # noqa: B007 - we want the final line
-            pass
-    return last
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
 def _describe_diff(old: Any, new: Any) -> str:

@@ -8,17 +8,18 @@ All device placement lives in `Runtime` (trace_engine.runtime). Under `accelerat
 same function: each micro-batch is split into contiguous per-rank shards, every rank back-propagates
 Σ_{its shard} w_i ℓ_i / (examples in the GLOBAL step), and the gradients are summed over ranks once per optimizer
 step, so N processes take exactly the step one process takes on the same global batch. Only rank 0 writes.
+
+Around the recipe: settings in `config`, the order and pace of steps in `schedule`, checkpoints, weights and the
+adapter's files in `checkpoint`, the metrics log in `metrics_log`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from trace_engine import checkpoint as ckpt
+from trace_engine import metrics_log
 from trace_engine.config import ConfigError, LengthLimits, TrainConfig
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
 from trace_engine.head import (
@@ -37,7 +39,7 @@ from trace_engine.head import (
     split_lm_head,
 )
 from trace_engine.logprobs import SequenceBatch, host_to_device
-from trace_engine.losses import dual_npo_loss, npo_loss, preference_loss, token_kl_sums
+from trace_engine.losses import KindMasks, hybrid_loss, token_kl_sums
 from trace_engine.modeling import (
     ModelSource,
     attach_lora,
@@ -50,7 +52,6 @@ from trace_engine.runtime import Runtime
 from trace_engine.schedule import count_steps, epoch_order, examples_reached, micro_batches, warmup_cosine
 from trace_engine.tokenization import (
     EncodedPair,
-    TruncationReport,
     collate,
     encode_pairs,
     pad_id_of,
@@ -59,7 +60,6 @@ from trace_engine.variants import (
     Example,
     LossKind,
     PreparedData,
-    get_variant,
     prepare_examples,
 )
 
@@ -158,7 +158,7 @@ def train(
         rng_tensors = ckpt.load_trainer_state(latest, optimizer, scheduler)
         ckpt.restore_rng(state["rng"], rng_tensors)
         if rt.is_main:
-            ckpt.truncate_metrics(metrics_path, position.step)
+            metrics_log.truncate_metrics(metrics_path, position.step)
     elif metrics_path.exists() and rt.is_main:
         metrics_path.unlink()  # a fresh run starts a fresh log
     rt.barrier()
@@ -169,7 +169,7 @@ def train(
 
     # ---- train
     model.train()
-    last: dict[str, float | None] = ckpt.last_metrics(metrics_path)  # non-empty only when resuming
+    last: dict[str, float | None] = metrics_log.last_metrics(metrics_path)  # non-empty only when resuming
     with open(metrics_path, "a", encoding="utf-8") if rt.is_main else contextlib.nullcontext() as log:
         while position.step < total_steps:
             order = epoch_order(n, config.seed, position.epoch)
@@ -181,10 +181,10 @@ def train(
                 group = micro[start : start + config.grad_accum]
                 started = time.perf_counter()
                 sums = train_step(model, optimizer, scheduler, group, step_fn, rt, config)
-                last = step_metrics(sums, position, time.perf_counter() - started)
+                last = metrics_log.step_metrics(sums, position, time.perf_counter() - started)
                 position = position.after_step(start + len(group), len(micro))
                 if log is not None:
-                    ckpt.append_metrics(log, last)
+                    metrics_log.append_metrics(log, last)
                 if config.checkpoint_every and position.step % config.checkpoint_every == 0:
                     if rt.is_main:
                         ckpt.save_checkpoint(
@@ -196,16 +196,11 @@ def train(
 
     # ---- save: adapter (or full model) + tokenizer + provenance, atomically
     outcome = {"steps": position.step, "world_size": rt.world_size, "final_metrics": last}
-    provenance = adapter_provenance(base, config, data, truncation, outcome)
 
-    def fill(d: Path) -> None:
-        ckpt.save_weights(model, d)
-        tokenizer.save_pretrained(d)
-        (d / "realign.json").write_text(json.dumps(provenance, indent=1, ensure_ascii=False))
-
+    provenance = ckpt.adapter_provenance(base, config, data, truncation, outcome)
     out = run_dir / ("model" if config.full_finetune else "adapter")
     if rt.is_main:
-        ckpt.write_atomic_dir(out, fill)
+        ckpt.save_adapter(out, model, tokenizer, provenance)
     rt.barrier()
     return TrainResult(out, metrics_path, position.step, last, provenance)
 
@@ -231,6 +226,16 @@ def training_examples(rows: Sequence[dict[str, Any]], config: TrainConfig) -> Pr
             "copy of the weights; use LoRA, alpha_kl=0, or a variant without KL"
         )
     return data
+
+
+def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
+    kept = [e for e in data.examples if e.kind is not kind]
+    counts = dict(data.counts)
+    dropped = len(data.examples) - len(kept)
+    if dropped:
+        counts[reason] = dropped
+        counts.pop(kind.name, None)
+    return PreparedData(kept, counts, data.provenance)
 
 
 def trainable_model(base: ModelSource, config: TrainConfig, rt: Runtime):
@@ -352,10 +357,6 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
         n_tok = torch.cat([n_tok[:b], n_tok.new_zeros(k_neg), n_tok[b:]])
     pos, neg = logps[:b], logps[b:]
 
-    pref = preference_loss(cfg.effective_pref_loss(), pos, neg, ref_pos, ref_neg, n_tok[:b], n_tok[b:], cfg.beta,
-                           cfg.rdpo_eps)
-    dual = dual_npo_loss(pos, neg, ref_pos, ref_neg, cfg.beta, cfg.npo_two_over_beta)
-    npo_neg = npo_loss(neg, ref_neg, cfg.beta, cfg.npo_two_over_beta)
     kl = torch.zeros(b, device=rt.device)
     if k:
         rows = host_to_device(kl_rows, rt.device)
@@ -363,13 +364,9 @@ def micro_batch_loss(model, mb: list[int], inputs: StepInputs, rt: Runtime, cfg:
 
     is_pref, is_dual = kinds == LossKind.PREF, kinds == LossKind.DUAL_NPO
     is_neg, is_kl = kinds == LossKind.NPO_DISPREFERRED, kinds == LossKind.KL
-    zero = torch.zeros_like(pref)
-    per_example = (
-        torch.where(is_pref, pref, zero)
-        + torch.where(is_dual, dual, zero)
-        + torch.where(is_neg, npo_neg, zero)
-        + torch.where(is_kl, cfg.alpha_kl * kl, zero)
-    )  # [b]
+    terms = hybrid_loss(KindMasks(is_pref, is_dual, is_neg, is_kl), pos, neg, ref_pos, ref_neg, n_tok[:b], n_tok[b:],
+                        cfg.loss, kl)
+    pref, dual, npo_neg, per_example = terms.pref, terms.dual_npo, terms.npo_dispreferred, terms.per_example  # [b]
     loss = (weights * per_example).sum()
 
     with torch.no_grad():
@@ -419,37 +416,6 @@ def retain_kl(fwd: PolicyPass, reference: torch.Tensor, kl_batch: SequenceBatch,
     if sums.shape[0] > k:  # rows [0, k) are the preferred responses, [k, 2k) the dispreferred ones
         sums, counts = sums[:k] + sums[k:], counts[:k] + counts[k:]
     return sums / counts.clamp(min=1)
-
-
-def step_metrics(sums: dict[str, float], position: ckpt.Position, seconds: float) -> dict[str, float | None]:
-    """Turn one step's sums into means (per component over the examples that have it)."""
-
-    def mean(key: str, count: float) -> float | None:  # None (JSON null) when no example had this component
-        return sums[key] / count if count else None
-
-    n_pref = sums["n_pref"]
-    return {
-        "step": position.step + 1,
-        "epoch": position.epoch,
-        "loss": sums["loss_sum"] / sums["examples"],
-        "loss_pref": mean("pref_loss_sum", n_pref),
-        "loss_npo": mean("npo_loss_sum", sums["n_npo"]),
-        "kl": mean("kl_sum", sums["n_kl"]),
-        "reward_chosen": mean("reward_chosen_sum", n_pref),
-        "reward_rejected": mean("reward_rejected_sum", n_pref),
-        "margin": (sums["reward_chosen_sum"] - sums["reward_rejected_sum"]) / n_pref if n_pref else None,
-        "accuracy": mean("accuracy_sum", n_pref),
-        "npo_reward": mean("npo_reward_sum", sums["npo_responses"]),
-        "n_pref": n_pref,
-        "n_npo": sums["n_npo"],
-        "n_kl": sums["n_kl"],
-        "examples": sums["examples"],
-        "lr": sums["lr"],
-        "grad_norm": sums["grad_norm"],
-        "tokens": sums["tokens"],
-        "tokens_per_s": sums["tokens"] / seconds if seconds > 0 else None,
-        "seconds": seconds,
-    }
 
 
 # ---------------------------------------------------------------- reference log-probs
@@ -505,41 +471,3 @@ def reference_sequence_logps(
     rt.all_reduce_sum_([computed])
     return out + computed
 
-
-# ---------------------------------------------------------------- helpers
-
-
-def _drop_kind(data: PreparedData, kind: LossKind, reason: str) -> PreparedData:
-    kept = [e for e in data.examples if e.kind is not kind]
-    counts = dict(data.counts)
-    dropped = len(data.examples) - len(kept)
-    if dropped:
-        counts[reason] = dropped
-        counts.pop(kind.name, None)
-    return PreparedData(kept, counts, data.provenance)
-
-
-def adapter_provenance(base: ModelSource, config: TrainConfig, data: PreparedData, truncation: TruncationReport,
-                       outcome: dict[str, Any]) -> dict[str, Any]:
-    """What `realign.json` records: how the adapter was made, and the run's outcome (steps, final metrics)."""
-    return {
-        "format": "realign-adapter/1",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": base.to_dict(),
-        "data_hash": data.data_hash(),
-        "variant": config.variant,
-        "variant_description": get_variant(config.variant).description,
-        "config": config.to_dict(),
-        "counts": {**data.counts, "examples": len(data.examples)},
-        "truncation": truncation.to_dict(),
-        **outcome,
-        "versions": _versions(),
-        **data.provenance,
-    }
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

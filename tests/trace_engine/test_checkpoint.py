@@ -156,14 +156,3 @@ def test_rng_round_trip():
     ckpt.restore_rng(json.loads(json.dumps(as_json)), tensors)
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
 
-
-def test_metrics_log_drops_a_torn_line_and_truncates_to_the_checkpoint(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    with open(path, "w", encoding="utf-8") as log:
-        for step in (1, 2, 3):
-            ckpt.append_metrics(log, {"step": step, "loss": 0.5})
-        log.write('{"step": 4, "lo')  # the crash cut this line
-    assert [row["step"] for row in ckpt.logged_steps(path)] == [1, 2, 3]
-    ckpt.truncate_metrics(path, up_to_step=2)
-    assert ckpt.last_metrics(path) == {"step": 2, "loss": 0.5}
-    assert ckpt.last_metrics(tmp_path / "missing.jsonl") == {}
