@@ -4,7 +4,7 @@ models)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 _NEXT_CURSOR = "pass it back as `cursor` for the next page; null on the last page"
 _OBJECT = "the object's type (OpenAI-style)"
 _CREATED = "when it was created (UTC)"
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of a list, in the order its route states; every paginated list has this shape."""
+
+    object: Literal["list"] = Field(default="list", description=_OBJECT)
+    data: list[T] = Field(description="the items on this page")
+    next_cursor: str | None = Field(description=_NEXT_CURSOR)
 
 
 class StageProgressOut(BaseModel):
@@ -53,14 +62,6 @@ class JobOut(BaseModel):
     updated_at: datetime = Field(description="the last change of state or progress (UTC)")
     finished_at: datetime | None = Field(description="when it reached succeeded, failed or cancelled; null "
                                          "before")
-
-
-class JobList(BaseModel):
-    """A page of jobs, newest first."""
-
-    object: Literal["list"] = Field(default="list", description=_OBJECT)
-    data: list[JobOut] = Field(description="the jobs on this page")
-    next_cursor: str | None = Field(description=_NEXT_CURSOR)
 
 
 class EvalJobOut(JobOut):
@@ -105,14 +106,6 @@ class AdapterOut(BaseModel):
     created_at: datetime = Field(description=_CREATED)
 
 
-class AdapterList(BaseModel):
-    """A page of adapters, newest first."""
-
-    object: Literal["list"] = Field(default="list", description=_OBJECT)
-    data: list[AdapterOut] = Field(description="the adapters on this page")
-    next_cursor: str | None = Field(description=_NEXT_CURSOR)
-
-
 class ArtifactOut(BaseModel):
     name: str = Field(description="the name to download it by: GET /v1/jobs/{job_id}/artifacts/{name}")
     kind: str = Field(description="triaged_pairs | impact_scores | metrics_history | eval_report | eval_prompts | "
@@ -154,12 +147,9 @@ class ScoreOut(BaseModel):
     impact_kind: str | None = Field(description="how the score was computed (the scorer's kind)")
 
 
-class ScoreList(BaseModel):
+class ScoreList(Page[ScoreOut]):
     """A page of impact scores, in dataset order."""
 
-    object: Literal["list"] = Field(default="list", description=_OBJECT)
-    data: list[ScoreOut] = Field(description="the pairs on this page")
-    next_cursor: str | None = Field(description=_NEXT_CURSOR)
     summary: dict[str, Any] = Field(default_factory=dict, description="the scoring summary (score/summary.json)")
 
 
@@ -175,14 +165,6 @@ class EventOut(BaseModel):
     created_at: datetime = Field(description=_CREATED)
 
 
-class EventList(BaseModel):
-    """A page of a job's events, oldest first."""
-
-    object: Literal["list"] = Field(default="list", description=_OBJECT)
-    data: list[EventOut] = Field(description="the events on this page")
-    next_cursor: str | None = Field(description=_NEXT_CURSOR)
-
-
 class TriageItemOut(BaseModel):
     """One triaged pair."""
 
@@ -193,12 +175,9 @@ class TriageItemOut(BaseModel):
                                      "compliant or violating, the clauses it cites, the rationale")
 
 
-class TriageList(BaseModel):
+class TriageList(Page[TriageItemOut]):
     """A page of triaged pairs, in dataset order."""
 
-    object: Literal["list"] = Field(default="list", description=_OBJECT)
-    data: list[TriageItemOut] = Field(description="the pairs on this page")
-    next_cursor: str | None = Field(description=_NEXT_CURSOR)
     category_counts: dict[str, int] = Field(description="pairs per category over the whole job")
 
 
@@ -215,14 +194,6 @@ class FileOut(BaseModel):
     pairs: int = Field(description="usable preference pairs among them")
     report: dict[str, Any] = Field(description="the validation report: counts, warnings and issues by kind")
     created_at: datetime = Field(description=_CREATED)
-
-
-class FileList(BaseModel):
-    """A page of files, newest first."""
-
-    object: Literal["list"] = Field(default="list", description=_OBJECT)
-    data: list[FileOut] = Field(description="the files on this page")
-    next_cursor: str | None = Field(description=_NEXT_CURSOR)
 
 
 class FieldError(BaseModel):

@@ -19,7 +19,6 @@ from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_pol
 from trace_engine.variants import VARIANTS, DataError, check_pref_loss
 
 EVAL_SUITES: tuple[str, ...] = ("tpa", "asr", "over_refusal", "capability")
-CATEGORIES: tuple[str, ...] = ("INVERT", "PUNISH", "RETAIN")
 MAX_METADATA_BYTES = 16 * 1024
 SYNTHETIC_BASE_NAMES = frozenset({"synthetic-tiny", "synthetic"})  # the built-in synthetic base model
 

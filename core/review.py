@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import CATEGORIES, Category
+
 REVIEW_FILE = "triage/review.json"
-REVIEWABLE = ("INVERT", "PUNISH", "RETAIN")  # what a reviewer may set (ERROR means a verdict is missing)
 
 
 def write_review(job_dir: Path, overrides: Mapping[str, str]) -> Path:
@@ -38,7 +39,7 @@ def read_review(job_dir: Path) -> dict[str, str]:
 def reviewed_row(row: Mapping[str, Any], category: str) -> dict[str, Any]:
     """The triaged row as triage would have written it for `category`: INVERT trains on the swapped pair, every
     other category on the original texts; the verdicts follow their texts; `review` keeps the judge's category."""
-    if category not in REVIEWABLE:
+    if category not in CATEGORIES:  # a reviewer decides; ERROR means a verdict is missing
         raise ValueError(f"not a reviewable category: {category!r}")
     out = dict(row)
     was_swapped = bool(row.get("swapped"))
@@ -46,7 +47,7 @@ def reviewed_row(row: Mapping[str, Any], category: str) -> dict[str, Any]:
     original_rejected = row.get("original_rejected", row["chosen"] if was_swapped else row["rejected"])
     verdict_of_original_chosen = row.get("rejected_verdict") if was_swapped else row.get("chosen_verdict")
     verdict_of_original_rejected = row.get("chosen_verdict") if was_swapped else row.get("rejected_verdict")
-    swap = category == "INVERT"
+    swap = category == Category.INVERT
     out.update({
         "category": category, "swapped": swap,
         "chosen": original_rejected if swap else original_chosen,

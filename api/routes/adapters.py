@@ -20,7 +20,7 @@ from api.archive import ArchiveError, tar_gz_stream
 from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
-from api.schemas import AdapterBaseModelOut, AdapterList, AdapterOut, LoraOut
+from api.schemas import AdapterBaseModelOut, AdapterOut, LoraOut, Page
 from core.db import access
 from core.db.models import Adapter
 from core.registry import (
@@ -72,7 +72,7 @@ def adapter_out(adapter: Adapter, settings: Settings) -> AdapterOut:
                       eval_report=adapter.eval_report, deploy_gate=adapter.deploy_gate, created_at=adapter.created_at)
 
 
-@router.get("/adapters", response_model=AdapterList, responses=problems(400, 401, 422),
+@router.get("/adapters", response_model=Page[AdapterOut], responses=problems(400, 401, 422),
             summary="Your registered adapters, newest first",
             description="Every adapter a succeeded job registered for your tenant, newest first, with its base "
             "model, LoRA settings, provenance and evaluation report. Paginated (`next_cursor` back as `cursor`).")
@@ -81,10 +81,10 @@ def list_adapters(
     settings: SettingsDep,
     principal: PrincipalDep,
     paging: PaginationDep,
-) -> AdapterList:
+) -> Page[AdapterOut]:
     page = access.list_adapters(session, tenant_id=principal.tenant_id, limit=paging.size(settings),
                                 cursor=paging.cursor)
-    return AdapterList(data=[adapter_out(a, settings) for a in page.items], next_cursor=page.next_cursor)
+    return Page[AdapterOut](data=[adapter_out(a, settings) for a in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/adapters/{adapter_id}", response_model=AdapterOut, responses=problems(401, 404),

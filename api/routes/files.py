@@ -13,7 +13,7 @@ from fastapi import File as FormFile
 from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
-from api.schemas import FileList, FileOut
+from api.schemas import FileOut, Page
 from core.db import access
 from core.db.models import File, new_id
 from core.settings import Settings
@@ -138,7 +138,7 @@ def upload_file(
     return file_out(record)
 
 
-@router.get("/files", response_model=FileList, responses=problems(400, 401, 422), summary="List files, newest first",
+@router.get("/files", response_model=Page[FileOut], responses=problems(400, 401, 422), summary="List files, newest first",
             description="Your uploaded pair files with their validation reports, newest first, paginated "
             "(`next_cursor` back as `cursor`).")
 def list_files(
@@ -146,9 +146,9 @@ def list_files(
     settings: SettingsDep,
     principal: PrincipalDep,
     paging: PaginationDep,
-) -> FileList:
+) -> Page[FileOut]:
     page = access.list_files(session, tenant_id=principal.tenant_id, limit=paging.size(settings), cursor=paging.cursor)
-    return FileList(data=[file_out(f) for f in page.items], next_cursor=page.next_cursor)
+    return Page[FileOut](data=[file_out(f) for f in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/files/{file_id}", response_model=FileOut, responses=problems(401, 404), summary="One file",

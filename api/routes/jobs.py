@@ -22,13 +22,14 @@ from api.deps import IdempotencyKeyHeader, PaginationDep, PrincipalDep, SessionD
 from api.errors import ProblemError
 from api.judges import check_judge_profile
 from api.routes import problems
-from api.schemas import EventList, EventOut, JobList, JobOut, StageProgressOut, TriageItemOut, TriageList
+from api.schemas import EventOut, JobOut, Page, StageProgressOut, TriageItemOut, TriageList
 from core.db import access
 from core.db.models import Job, JobEvent, StageProgress, utcnow
 from core.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
-from core.jobspec import CATEGORIES, EvalRequest, FileDataset, HfDataset, PathDataset, RealignRequest
+from core.jobspec import EvalRequest, FileDataset, HfDataset, PathDataset, RealignRequest
 from core.paths import PathEscapesRoot, resolve_under_root
 from core.settings import Settings
+from trace_engine.categories import CATEGORIES
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 log = logging.getLogger("realign.api")
@@ -254,7 +255,7 @@ def enqueue_stage(request: Request, session: Session, job_id: str, stage: Stage 
         session.commit()
 
 
-@router.get("/jobs", response_model=JobList, responses=problems(400, 401, 422), summary="List jobs, newest first",
+@router.get("/jobs", response_model=Page[JobOut], responses=problems(400, 401, 422), summary="List jobs, newest first",
             description="Your jobs (re-alignment and evaluation), newest first, optionally only those in the "
             "given states. Paginated: pass `next_cursor` back as `cursor` until it is null.")
 def list_jobs(
@@ -263,10 +264,10 @@ def list_jobs(
     principal: PrincipalDep,
     paging: PaginationDep,
     state: Annotated[list[JobState] | None, Query(description="repeat to match any of several states")] = None,
-) -> JobList:
+) -> Page[JobOut]:
     page = access.list_jobs(session, tenant_id=principal.tenant_id, limit=paging.size(settings), cursor=paging.cursor,
                             states=state)
-    return JobList(data=jobs_out(session, page.items), next_cursor=page.next_cursor)
+    return Page[JobOut](data=jobs_out(session, page.items), next_cursor=page.next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 404), summary="A job's state",
@@ -317,7 +318,7 @@ def retry_job(job_id: str, request: Request, session: SessionDep, principal: Pri
     return job_out(session, access.load_job(session, job_id=job_id))
 
 
-@router.get("/jobs/{job_id}/events", response_model=EventList, responses={
+@router.get("/jobs/{job_id}/events", response_model=Page[EventOut], responses={
     **problems(400, 401, 404),
     200: {"description": f"Events as JSON, or as a stream when `Accept: {SSE_MEDIA_TYPE}`",
           "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
@@ -338,13 +339,13 @@ async def job_events(
     settings: Settings = request.app.state.settings
     sessions = request.app.state.sessions
 
-    def load_first_page() -> EventList | None:
+    def load_first_page() -> Page[EventOut] | None:
         with sessions() as session:
             access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
             if _wants_sse(request):
                 return None
             page = access.page_events(session, job_id=job_id, limit=paging.size(settings), cursor=paging.cursor)
-            return EventList(data=[event_out(e) for e in page.items], next_cursor=page.next_cursor)
+            return Page[EventOut](data=[event_out(e) for e in page.items], next_cursor=page.next_cursor)
 
     result = await anyio.to_thread.run_sync(load_first_page)
     if result is not None:

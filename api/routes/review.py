@@ -26,14 +26,17 @@ from core.db.states import STAGE_STATE, EventType, JobState, Stage, next_stage
 from core.jobspec import RealignRequest
 from core.registry import job_folder
 from core.review import write_review
+from trace_engine.categories import CATEGORIES
 
 router = APIRouter(prefix="/v1", tags=["review"])
+# What a reviewer may set, as plain strings so a 422 names them as a client sends them (ERROR: no verdict).
+ReviewableCategory = Literal[tuple(str(category) for category in CATEGORIES)]
 
 
 class CategoryChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    category: Literal["INVERT", "PUNISH", "RETAIN"] = Field(
+    category: ReviewableCategory = Field(
         description="the category training will use for this pair (INVERT: train on the swapped pair; PUNISH: "
                     "suppress both responses; RETAIN: keep as it is)",
         json_schema_extra={"examples": ["RETAIN"]})
