@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trace_engine.cli.common import err, load_policy, positive_int
+from trace_engine.data.io import read_jsonl
 from trace_engine.data.pairs import prompt_as_text
 from trace_engine.judge.base import Judge
 from trace_engine.policy import Policy
@@ -155,12 +156,9 @@ def run_triage_command(args: argparse.Namespace) -> int:
 
 def format_examples(triaged_path: Path, width: int = 70) -> str:
     """One example pair per category, for people reading the triage demo's output."""
-    import json
-
     lines = ["", "Examples:"]
     seen: set[str] = set()
-    for line in triaged_path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(triaged_path):
         if row["category"] in seen:
             continue
         seen.add(row["category"])
