@@ -123,7 +123,7 @@ def build_summary(
     elif result.errors:
         status = STATUS_WITH_ERRORS
         message = (
-            f"{result.counts.get('ERROR', 0)} pairs have no category and {_oracle_failures(result)} oracle "
+            f"{result.counts.get(Category.ERROR, 0)} pairs have no category and {_oracle_failures(result)} oracle "
             "rewrites failed (judge errors); re-run to retry only those"
         )
     else:
