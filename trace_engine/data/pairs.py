@@ -1,4 +1,11 @@
-"""The preference-pair record every stage passes around."""
+"""The preference-pair record every stage passes around.
+
+The two responses: a row names them `chosen` / `rejected` (the dataset columns, kept as users wrote them). After
+triage they are the pair as used for training (INVERT swapped them; `original_chosen` / `original_rejected` keep the
+input), and from there on the engine's code calls the same two texts `preferred` / `dispreferred` (training
+examples, encodings, losses). Public names that say chosen/rejected (metrics `reward_chosen`, CSV/JSON columns)
+refer to that same pair.
+"""
 
 from __future__ import annotations
 
