@@ -44,9 +44,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from trace_engine.config import FUSED_MODES, KL_RESPONSES, TrainConfig  # noqa: E402
+from trace_engine.config import FUSED_MODES, KL_RESPONSES, LossSettings, TrainConfig  # noqa: E402
 from trace_engine.impact import (  # noqa: E402
-    LossSettings,
     ScoringBatch,
     checkpointed_layers,
     gold_gradient,

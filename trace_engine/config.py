@@ -36,6 +36,31 @@ class LengthLimits:
 
 
 @dataclass(frozen=True)
+class LossSettings:
+    """The hybrid objective's hyper-parameters (design.md §5), the one loss config training and scoring read
+    (`losses.hybrid_loss`); `TrainConfig.loss` is the one a run trains with.
+
+    rdpo_eps: the label-flip rate rDPO assumes; None (not set) refuses rdpo, whose ε = 0 would be plain DPO.
+    """
+
+    beta: float = 0.1
+    preference_loss: str = "dpo"
+    npo_two_over_beta: bool = False
+    rdpo_eps: float | None = None
+    alpha_kl: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.preference_loss not in PREF_LOSSES:
+            raise ValueError(f"preference_loss must be one of {PREF_LOSSES}, got {self.preference_loss!r}")
+        if self.preference_loss == "rdpo" and not (self.rdpo_eps is not None and 0 < self.rdpo_eps < 0.5):
+            raise ValueError(f"rdpo needs 0 < rdpo_eps < 0.5 (ε = 0 is plain DPO), got {self.rdpo_eps}")
+        if self.alpha_kl < 0:
+            raise ValueError(f"alpha_kl must be >= 0, got {self.alpha_kl}")
+
+
+@dataclass(frozen=True)
 class LoraSettings:
     """Paper defaults: r=32, alpha=16 on q_proj/v_proj."""
 
@@ -88,6 +113,13 @@ class TrainConfig:
 
     def effective_pref_loss(self) -> str:
         return get_variant(self.variant).pref_loss or self.pref_loss
+
+    @property
+    def loss(self) -> LossSettings:
+        """The loss this run trains with (and scoring scores with): the variant's preference loss where it fixes
+        one. Call after `validate` (it raises ValueError on the settings `validate` reports)."""
+        return LossSettings(beta=self.beta, preference_loss=self.effective_pref_loss(),
+                            npo_two_over_beta=self.npo_two_over_beta, rdpo_eps=self.rdpo_eps, alpha_kl=self.alpha_kl)
 
     def validate(self) -> None:
         try:

@@ -28,28 +28,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from trace_engine.config import LossSettings
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.ghost import GhostDot
 from trace_engine.head import policy_pass
 from trace_engine.logprobs import SequenceBatch, host_to_device
-from trace_engine.losses import dpo_loss, npo_loss, preference_loss
+from trace_engine.losses import KindMasks, dpo_loss, hybrid_loss
 from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
-from trace_engine.variants import SCORED_PREF_LOSSES, LossKind, SampleKind
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    """The loss hyper-parameters scores are taken for (must match training's)."""
-
-    beta: float = 0.1
-    preference_loss: Literal["dpo", "ipo"] = "dpo"
-    npo_two_over_beta: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.preference_loss not in SCORED_PREF_LOSSES:
-            raise ValueError(f"preference_loss must be one of {SCORED_PREF_LOSSES}, got {self.preference_loss!r}")
+from trace_engine.variants import LossKind, SampleKind
 
 
 @dataclass
@@ -104,26 +90,19 @@ def sample_losses(
     num_tokens: torch.Tensor,
     settings: LossSettings,
 ) -> torch.Tensor:
-    """ℓ_k for every sample from per-row s_θ, s_ref and response lengths [N] -> [K], via `trace_engine.losses`."""
-    out = torch.zeros(len(kinds), dtype=policy.dtype, device=policy.device)
-    for kind in SampleKind:
-        idx = [k for k, kd in enumerate(kinds) if kd is kind]
-        if not idx:
-            continue
-        r = torch.tensor([rows[k] for k in idx], dtype=torch.long, device=policy.device)  # [m, arity]
-        if kind.loss is LossKind.PREF:
-            pos, neg = r[:, 0], r[:, 1]
-            loss = preference_loss(settings.preference_loss, policy[pos], policy[neg], reference[pos], reference[neg],
-                                   num_tokens[pos], num_tokens[neg], settings.beta)
-        elif kind is SampleKind.PUNISH_NPO:
-            b, two = settings.beta, settings.npo_two_over_beta
-            loss = npo_loss(policy[r[:, 0]], reference[r[:, 0]], b, two) + npo_loss(
-                policy[r[:, 1]], reference[r[:, 1]], b, two
-            )
-        else:
-            loss = npo_loss(policy[r[:, 0]], reference[r[:, 0]], settings.beta, settings.npo_two_over_beta)
-        out = out.index_put((torch.tensor(idx, device=policy.device),), loss)
-    return out
+    """ℓ_k for every sample from per-row s_θ, s_ref and response lengths [N] -> [K]: training's own
+    `losses.hybrid_loss`, with each sample's rows as (y+, y-) (a one-sequence sample reads its row as y-)."""
+    device = policy.device
+    pos = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)  # [K]
+    neg = torch.tensor([r[-1] for r in rows], dtype=torch.long, device=device)  # [K]
+    loss_kinds = [k.loss for k in kinds]
+
+    def mask(kind: LossKind) -> torch.Tensor:
+        return torch.tensor([lk is kind for lk in loss_kinds], dtype=torch.bool, device=device)
+
+    masks = KindMasks(mask(LossKind.PREF), mask(LossKind.DUAL_NPO), mask(LossKind.NPO_DISPREFERRED), mask(LossKind.KL))
+    return hybrid_loss(masks, policy[pos], policy[neg], reference[pos], reference[neg], num_tokens[pos],
+                       num_tokens[neg], settings).per_example
 
 
 def sequence_coefficients(

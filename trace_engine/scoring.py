@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from trace_engine.config import LengthLimits
+from trace_engine.config import LengthLimits, LossSettings
 from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
 from trace_engine.gold import (
     GoldPair,
@@ -29,7 +29,6 @@ from trace_engine.gold import (
     gold_candidates,
 )
 from trace_engine.impact import (
-    LossSettings,
     NormalisedWeights,
     NormaliseMode,
     ScoredSample,
@@ -43,7 +42,14 @@ from trace_engine.impact import (
 from trace_engine.modeling import ModelSource
 from trace_engine.runtime import Runtime
 from trace_engine.tokenization import TruncationReport, collate, encode_sequences, pad_id_of
-from trace_engine.variants import SCORING_VARIANTS, VARIANTS, SampleKind, choose_row, scored_as
+from trace_engine.variants import (
+    SCORED_PREF_LOSSES,
+    SCORING_VARIANTS,
+    VARIANTS,
+    SampleKind,
+    choose_row,
+    scored_as,
+)
 
 if TYPE_CHECKING:
     from trace_engine.config import TrainConfig
@@ -182,6 +188,9 @@ def score_conflicts(
     after clamping and normalising (`WeightShaping`; None = `DEFAULT_SHAPING`, `WeightShaping()` = none).
     """
     settings = settings or LossSettings()
+    if settings.preference_loss not in SCORED_PREF_LOSSES:  # g_J is a DPO gradient; never score one loss, train another
+        raise ValueError(f"impact scores support preference_loss {' or '.join(SCORED_PREF_LOSSES)}, "
+                         f"not {settings.preference_loss!r}")
     shaping = DEFAULT_SHAPING if shaping is None else shaping
     gold, gold_report = build_gold_batch(gold_candidates(rows, gold_from), gold_size, seed)
     if not gold:
@@ -252,15 +261,15 @@ def score(
     the model. Passes are sized and checkpointed like a training micro-batch (`score_rows_per_batch`).
 
     device: None picks CUDA when present (bf16 there, fp32 on CPU); a `runtime` supplies device, dtype and ranks.
-    The loss settings refuse a preference loss scoring cannot take gradients of: never a silent DPO stand-in.
+    Scores are taken for `config.loss`, the loss training uses; one scoring does not support is refused (never a
+    silent DPO stand-in).
     """
     import torch
 
     from trace_engine.modeling import attach_lora, load_causal_lm, load_tokenizer
 
     source = base if isinstance(base, ModelSource) else ModelSource(str(base))
-    settings = LossSettings(beta=config.beta, preference_loss=config.effective_pref_loss(),  # type: ignore[arg-type]
-                            npo_two_over_beta=config.npo_two_over_beta)
+    settings = config.loss
     if runtime is not None:
         device, dtype = runtime.device, runtime.dtype  # type: ignore[assignment]
     tokenizer = load_tokenizer(source)

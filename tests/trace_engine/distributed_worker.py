@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from trace_engine.config import LengthLimits, LoraSettings, TrainConfig
+from trace_engine.config import LengthLimits, LoraSettings, LossSettings, TrainConfig
 from trace_engine.data.io import read_jsonl as iter_jsonl
-from trace_engine.impact import LossSettings
 from trace_engine.modeling import ModelSource, attach_lora, load_causal_lm, load_tokenizer
 from trace_engine.runtime import Runtime
 from trace_engine.scoring import score_conflicts

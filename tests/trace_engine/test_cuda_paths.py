@@ -55,7 +55,8 @@ def test_bf16_fused_hidden_state_path_matches_fp32_eager_logits():
 def test_bf16_cuda_impact_scores_track_fp32_cpu_scores():
     """The whole GPU scoring path (bf16, compiled kernels, hidden-state head, ghost hooks) against the same
     computation in fp32 on the CPU: the same ranking of samples and scores within bf16 noise."""
-    from trace_engine.impact import LossSettings, ScoringBatch, gold_gradient, score_batches
+    from trace_engine.config import LossSettings
+    from trace_engine.impact import ScoringBatch, gold_gradient, score_batches
     from trace_engine.variants import SampleKind
 
     eager, lora = _qwen2(), LoraSettings(r=8, alpha=16, dropout=0.0)

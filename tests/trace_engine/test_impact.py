@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from trace_engine.config import LossSettings
 from trace_engine.impact import (
-    LossSettings,
     ScoringBatch,
     adapter_is_identity,
     gold_gradient,

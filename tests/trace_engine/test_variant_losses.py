@@ -28,7 +28,7 @@ def test_uniform_weight_variants_take_rdpo() -> None:
 
 
 def test_the_scored_losses_are_the_ones_scoring_accepts() -> None:
-    from trace_engine.impact import LossSettings
+    from trace_engine.config import LossSettings
 
     for loss in SCORED_PREF_LOSSES:
         LossSettings(preference_loss=loss)  # type: ignore[arg-type]
