@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.settings import JUDGE_PROFILE_NAME
+from trace_engine.config import TrainConfig
 from trace_engine.data.presets import PRESETS
 from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_policy_size
 from trace_engine.variants import VARIANTS, DataError, check_pref_loss
@@ -226,37 +227,45 @@ class JudgeIn(StrictModel):
         return self
 
 
-class Hyperparameters(StrictModel):
-    """Training knobs (defaults = trace_engine.train.TrainConfig / LoraSettings defaults)."""
+_TRAIN = TrainConfig()  # the engine's defaults: a knob a request leaves out trains as `realign train` would
 
-    beta: float = Field(default=0.3, gt=0, le=100, description="the preference loss's β (strength of the implicit "
-                        "KL to the reference in DPO/IPO/rDPO and NPO)")
-    alpha_kl: float = Field(default=0.1, ge=0, le=100, description="weight of the RETAIN pairs' KL anchor")
-    pref_loss: Literal["dpo", "ipo", "rdpo"] = Field(default="dpo", description="the preference loss on INVERT "
-                                                     "pairs (variants that fix one, e.g. `ipo`, override it)")
-    lr: float = Field(default=1e-4, gt=0, le=1, description="peak learning rate of the LoRA weights")
-    epochs: int = Field(default=1, ge=1, le=100, description="passes over the training examples")
-    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps (default: "
-                                  "the epochs decide)")
-    batch_size: int = Field(default=4, ge=1, le=1024, description="examples per micro-batch")
-    grad_accum: int = Field(default=1, ge=1, le=1024, description="micro-batches per optimizer step")
-    seed: int = Field(default=0, ge=0, description="seed of the data order, gold batch and LoRA initialisation")
-    max_prompt_len: int = Field(default=512, ge=8, le=131072, description="prompt tokens kept (longer prompts "
-                                "are truncated from the left)")
-    max_len: int = Field(default=1024, ge=16, le=131072, description="prompt + response tokens kept")
-    lora_r: int = Field(default=32, ge=1, le=1024, description="LoRA rank")
-    lora_alpha: int = Field(default=16, ge=1, le=4096, description="LoRA alpha (the update is scaled by "
-                            "alpha / r)")
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the LoRA input")
+
+class Hyperparameters(StrictModel):
+    """Training knobs; their defaults are the engine's (`TrainConfig`, its `LoraSettings`), read from it."""
+
+    beta: float = Field(default=_TRAIN.beta, gt=0, le=100, description="the preference loss's β (strength of the "
+                        "implicit KL to the reference in DPO/IPO/rDPO and NPO)")
+    alpha_kl: float = Field(default=_TRAIN.alpha_kl, ge=0, le=100, description="weight of the RETAIN pairs' KL "
+                            "anchor")
+    pref_loss: Literal["dpo", "ipo", "rdpo"] = Field(default=_TRAIN.pref_loss, description="the preference loss on "
+                                                     "INVERT pairs (variants that fix one, e.g. `ipo`, override it)")
+    lr: float = Field(default=_TRAIN.lr, gt=0, le=1, description="peak learning rate of the LoRA weights")
+    epochs: int = Field(default=_TRAIN.epochs, ge=1, le=100, description="passes over the training examples")
+    max_steps: int | None = Field(default=_TRAIN.max_steps, ge=1, description="stop after this many optimizer steps "
+                                  "(default: the epochs decide)")
+    batch_size: int = Field(default=_TRAIN.batch_size, ge=1, le=1024, description="examples per micro-batch")
+    grad_accum: int = Field(default=_TRAIN.grad_accum, ge=1, le=1024, description="micro-batches per optimizer step")
+    seed: int = Field(default=_TRAIN.seed, ge=0, description="seed of the data order, gold batch and LoRA "
+                      "initialisation")
+    max_prompt_len: int = Field(default=_TRAIN.max_prompt_len, ge=8, le=131072, description="prompt tokens kept "
+                                "(longer prompts are truncated from the left)")
+    max_len: int = Field(default=_TRAIN.max_len, ge=16, le=131072, description="prompt + response tokens kept")
+    lora_r: int = Field(default=_TRAIN.lora.r, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(default=_TRAIN.lora.alpha, ge=1, le=4096, description="LoRA alpha (the update is scaled "
+                            "by alpha / r)")
+    lora_dropout: float = Field(default=_TRAIN.lora.dropout, ge=0, lt=1, description="dropout on the LoRA input")
     normalise: Literal["sum", "mean"] = Field(
         default="sum", description="impact weights: sum to 1 (chosen on the synthetic validation split) or mean 1"
     )
     gold_size: int | None = Field(default=None, ge=3, le=100000, description="gold batch B (default: n/4, ≤ 48)")
     kl_responses: Literal["preferred", "both"] = Field(
-        default="preferred", description="RETAIN KL anchor on the preferred response (half the cost) or on both"
+        default=_TRAIN.kl_responses, description="RETAIN KL anchor on the preferred response (half the cost) or on "
+        "both"
     )
-    gradient_checkpointing: bool = Field(default=False, description="recompute activations: less GPU memory, slower")
-    group_by_length: bool = Field(default=False, description="micro-batches of similar length: less padding")
+    gradient_checkpointing: bool = Field(default=_TRAIN.gradient_checkpointing, description="recompute activations: "
+                                         "less GPU memory, slower")
+    group_by_length: bool = Field(default=_TRAIN.group_by_length, description="micro-batches of similar length: less "
+                                  "padding")
 
 
 def _variants_text() -> str:

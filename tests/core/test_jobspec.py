@@ -1,0 +1,30 @@
+"""The API's training defaults are the engine's: a knob a request leaves out trains exactly as `realign train`
+would, and the choices the API offers are the ones the engine accepts. (That importing the job spec loads no
+torch: tests/api/test_imports.py.)"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from core.jobspec import Hyperparameters
+from trace_engine.config import KL_RESPONSES, PREF_LOSSES, TrainConfig
+
+NOT_TRAINING = {"normalise", "gold_size"}  # the score stage's knobs, not TrainConfig's
+LORA = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # TrainConfig.lora's fields
+
+
+def engine_default(name: str, engine: TrainConfig) -> Any:
+    """TrainConfig's default for a knob; AttributeError for a knob the engine does not have."""
+    return getattr(engine.lora, LORA[name]) if name in LORA else getattr(engine, name)
+
+
+def test_every_training_default_is_trainconfigs() -> None:
+    engine, ours = TrainConfig(), Hyperparameters().model_dump()
+    training = sorted(set(ours) - NOT_TRAINING)
+    assert {name: ours[name] for name in training} == {name: engine_default(name, engine) for name in training}
+
+
+def test_the_offered_choices_are_the_engines() -> None:
+    fields = Hyperparameters.model_fields
+    assert set(get_args(fields["pref_loss"].annotation)) == set(PREF_LOSSES)
+    assert set(get_args(fields["kl_responses"].annotation)) == set(KL_RESPONSES)
