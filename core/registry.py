@@ -25,8 +25,10 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 # A job's downloadable artifacts: name -> (file relative to the job folder, kind, content type). The worker writes
-# these files (worker.stages documents the layout) and records the same names in the job's `artifacts`.
+# these files (worker.context documents the layout) and records the same names in the job's `artifacts`.
 NDJSON = "application/x-ndjson"
+HELD_OUT_FILE = "data/held_out.jsonl"  # the prompts a job held out of training at validation
+EVAL_PROMPTS_FILE = "eval/prompts.jsonl"  # the prompts a job's TPA was measured on
 JOB_ARTIFACTS: dict[str, tuple[str, str, str]] = {
     "dataset_snapshot": ("data/pairs.jsonl", "dataset_snapshot", NDJSON),
     "triaged": ("triage/triaged.jsonl", "triaged_pairs", NDJSON),
@@ -35,9 +37,8 @@ JOB_ARTIFACTS: dict[str, tuple[str, str, str]] = {
     "score_summary": ("score/summary.json", "impact_score_summary", "application/json"),
     "train_metrics": ("train/metrics.jsonl", "metrics_history", NDJSON),
     "eval_report": ("eval/report.json", "eval_report", "application/json"),
-    "eval_prompts": ("eval/prompts.jsonl", "eval_prompts", NDJSON),
+    "eval_prompts": (EVAL_PROMPTS_FILE, "eval_prompts", NDJSON),
 }
-HELD_OUT_PROMPTS = "data/held_out.jsonl"  # the prompts a job held out of training at validation (worker.stages)
 PROBE_CATEGORIES = frozenset({"INVERT", "PUNISH"})  # the triaged pairs whose prompts the policy change is about
 MAX_PROBE_CHARS = 2000  # longer prompts are not used as deploy-gate probes (they must fit the context)
 MAX_SCANNED_LINES = 5000  # per file, when looking for probe prompts
@@ -136,8 +137,7 @@ def job_probe_prompts(settings: Settings, job_id: str, limit: int) -> list[str |
         return []
     folder = job_folder(settings, job_id)
     changed = _prompts_in(folder / JOB_ARTIFACTS["triaged"][0], limit, PROBE_CATEGORIES)
-    held = _prompts_in(folder / HELD_OUT_PROMPTS, limit) or _prompts_in(folder / JOB_ARTIFACTS["eval_prompts"][0],
-                                                                         limit)
+    held = _prompts_in(folder / HELD_OUT_FILE, limit) or _prompts_in(folder / EVAL_PROMPTS_FILE, limit)
     out: list[str | list[dict[str, str]]] = []
     seen: set[str] = set()
     for pair in itertools.zip_longest(changed, held):

@@ -20,17 +20,9 @@ from core.jobspec import BaseModelIn, EvalRequest, SyntheticDataset
 from core.registry import adapter_weights_sha256, local_adapter_dir, serving_adapter_dir
 from core.sanitise import scrub_server_paths
 from trace_engine.data.io import write_json
-from worker.stages import (
-    EvalProgress,
-    StageContext,
-    StageFailed,
-    StageResult,
-    build_judge,
-    judge_warning,
-    load_dataset,
-    probe_judge,
-    resolve_base_model,
-)
+from worker.context import EvalProgress, StageContext, StageFailed, StageResult
+from worker.inputs import load_dataset, resolve_base_model
+from worker.judging import build_judge, judge_warning, probe_judge
 
 JUDGED = ("tpa", "asr")
 

@@ -22,7 +22,7 @@ from core.registry import (
     weights_file,
 )
 from core.settings import Settings
-from worker.stages import StageFailed
+from worker.context import StageFailed
 
 
 def file_sha256(path: Path) -> str | None:

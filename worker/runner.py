@@ -3,8 +3,9 @@
 Framework-free (Celery calls `run_stage` from `worker.tasks`; tests may call it directly). The rules:
 - A stage runs only while its owner holds the job's lease; a heartbeat thread renews it and watches
   `cancel_requested`. A lost lease or a cancel makes the next progress callback raise `Cancelled`.
-- The stage's work is ONE engine call (`worker.stages`); everything it writes is keyed by the job id, and a
-  re-run resumes (triage verdicts are stored item by item; training resumes from its last checkpoint).
+- The stage's work is ONE engine call (`worker.judge_stages`, `worker.gpu_stages`, `worker.eval_stages`);
+  everything it writes is keyed by the job id, and a re-run resumes (triage verdicts are stored item by item;
+  training resumes from its last checkpoint).
 - At the end, one transaction stores the results, completes the stage, moves the job to the next stage's
   state (or `succeeded`) and releases the lease; only then is the next stage enqueued, and the enqueue confirmed
   (`enqueued_at`). If that enqueue is lost (the send failed, or this process died first), the reaper finds the
@@ -36,19 +37,11 @@ from core.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, 
 from core.jobspec import EvalRequest, FileDataset, RealignRequest
 from core.sanitise import sanitise_error
 from core.settings import Settings
+from worker.context import Cancelled, StageContext, StageFailed, StageResult
 from worker.eval_stages import EVAL_STAGE_FUNCTIONS
+from worker.gpu_stages import run_evaluate, run_score, run_train
+from worker.judge_stages import run_triage, run_validate
 from worker.resources import StageResources, release_memory
-from worker.stages import (
-    Cancelled,
-    StageContext,
-    StageFailed,
-    StageResult,
-    run_evaluate,
-    run_score,
-    run_train,
-    run_triage,
-    run_validate,
-)
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[str, str], None]

@@ -28,7 +28,7 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
 
 
 def worker_outputs(folder: Path, *, torn_metrics: bool = True) -> dict[str, bytes]:
-    """What the worker leaves in a job folder (worker.stages documents the layout); a crash mid-line in the
+    """What the worker leaves in a job folder (worker.context documents the layout); a crash mid-line in the
     metrics history leaves a torn last line."""
     files = {
         "data/pairs.jsonl": _jsonl([{k: r[k] for k in ("id", "prompt", "chosen", "rejected")} for r in SCORED]),

@@ -15,7 +15,7 @@ from core.db.engine import session_scope
 from core.db.models import Job, TriageItem
 from core.db.states import JobState, Stage
 from worker import runner
-from worker.stages import StageContext, StageFailed, StageResult
+from worker.context import StageContext, StageFailed, StageResult
 
 from .support import Harness, assert_problem, realign_body
 

@@ -13,7 +13,8 @@ from core.db.states import JobState, Stage
 from core.registry import job_folder
 from core.review import REVIEW_FILE, apply_review, read_review
 from worker import runner
-from worker.stages import StageContext, StageResult, training_rows
+from worker.context import StageContext, StageResult
+from worker.inputs import training_rows
 
 from .support import Harness, assert_problem, realign_body
 

@@ -20,7 +20,7 @@ import yaml
 from core.celery_app import GPU_QUEUE, JUDGE_QUEUE
 from tests.integration.support import REPO_ROOT, TERMINAL, Stack, WorkerProcess, settings_env
 from tests.support.servers import free_port, wait_for
-from worker.stages import PROBE_RESPONSE
+from worker.judging import PROBE_RESPONSE
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 REPORT_ENV = "REALIGN_FAULT_REPORT"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tests.support.fake_openai import spawn_fake_openai
-from worker.stages import PROBE_RESPONSE
+from worker.judging import PROBE_RESPONSE
 
 from .support import Stack, stage_done, tiny_synthetic_body
 from .test_jobs import judged_body

@@ -14,7 +14,7 @@ from core.db.engine import session_scope
 from core.db.models import Job
 from core.db.states import JobState, Stage, is_terminal
 from worker import runner
-from worker.stages import StageResult
+from worker.context import StageResult
 
 from .conftest import new_job, synthetic_body
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from core.settings import Settings
-from worker.stages import serves_job_base
+from worker.gpu_stages import serves_job_base
 
 
 def context(tmp_path: Path, requested: str, **settings: object) -> SimpleNamespace:

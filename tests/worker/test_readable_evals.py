@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from core import registry
 from core.jobspec import RealignRequest
 from core.settings import Settings
 from tests.trace_engine.serving.tiny_adapters import TinyWorld, tiny_world
 from trace_engine.evaluation.report import SAMPLE_CHARS, side_by_side
-from worker import stages
+from worker import gpu_stages, inputs, judge_stages, judging
+from worker.context import StageContext
 
 from .conftest import synthetic_body
 
@@ -30,14 +32,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 
 
 def context(settings: Settings, body: dict[str, Any], ticks: list[tuple[int, int | None]],
-            warnings: list[str]) -> stages.StageContext:
-    return stages.StageContext(job_id=JOB_ID, tenant_id="t", request=RealignRequest.model_validate(body),
+            warnings: list[str]) -> StageContext:
+    return StageContext(job_id=JOB_ID, tenant_id="t", request=RealignRequest.model_validate(body),
                                settings=settings, tick=lambda done, total: ticks.append((done, total)),
                                warn=warnings.append)
 
 
 def own_data_job(tmp_path: Path, tiny: TinyWorld, judge: dict[str, Any], ticks: list, warnings: list
-                 ) -> stages.StageContext:
+                 ) -> StageContext:
     settings = Settings(data_dir=tmp_path / "state", eval_size=4, train_device="cpu")
     shutil.copytree(tiny.base, settings.models_root / "tiny")
     settings.datasets_root.mkdir(parents=True)
@@ -48,7 +50,7 @@ def own_data_job(tmp_path: Path, tiny: TinyWorld, judge: dict[str, Any], ticks: 
     body = synthetic_body(dataset={"type": "path", "path": "pairs.jsonl"}, base_model={"name_or_path": "tiny"},
                           eval={"suites": ["tpa"]}, method={"variant": "no_impact"}, judge=judge)
     ctx = context(settings, body, ticks, warnings)
-    stages.run_validate(ctx)
+    judge_stages.run_validate(ctx)
     shutil.copytree(tiny.adapter_a, ctx.dir / "train" / "adapter")  # what the train stage leaves
     ticks.clear()
     return ctx
@@ -67,14 +69,14 @@ def test_own_data_evaluation_ticks_per_prompt_shows_samples_and_flags_a_rules_ju
     ticks: list[tuple[int, int | None]] = []
     warnings: list[str] = []
     ctx = own_data_job(tmp_path, tiny, {"provider": "rules", "rules_path": "rules.json"}, ticks, warnings)
-    result = stages.run_evaluate(ctx)
+    result = gpu_stages.run_evaluate(ctx)
 
     # 4 held-out prompts x (generated + judged) x (before + after): 16 units, ticked as they finish
     values = evaluating_values(ticks)
     assert ticks[-1] == (16, 16) and len(values) > 2, ticks
     summary = result.metrics["eval"]
     samples = summary["samples"]
-    held = [json.loads(line)["id"] for line in (ctx.dir / stages.EVAL_PROMPTS_FILE).read_text().splitlines()]
+    held = [json.loads(line)["id"] for line in (ctx.dir / registry.EVAL_PROMPTS_FILE).read_text().splitlines()]
     assert [s["id"] for s in samples] == held  # the same prompts, before and after, side by side
     for sample in samples:
         assert sample["prompt"].startswith("How do I reset password")
@@ -90,7 +92,7 @@ def test_own_data_evaluation_ticks_per_prompt_shows_samples_and_flags_a_rules_ju
 def test_synthetic_judge_on_a_real_model_is_flagged_too(tmp_path: Path, tiny: TinyWorld) -> None:
     warnings: list[str] = []
     ctx = own_data_job(tmp_path, tiny, {"provider": "synthetic"}, [], warnings)
-    summary = stages.run_evaluate(ctx).metrics["eval"]
+    summary = gpu_stages.run_evaluate(ctx).metrics["eval"]
     assert "'synthetic'" in summary["judge_warning"] and summary["judge_warning"] in warnings
 
 
@@ -100,8 +102,8 @@ def test_synthetic_world_evaluation_ticks_per_prompt_shows_samples_and_no_judge_
     warnings: list[str] = []
     body = synthetic_body(eval={"suites": ["tpa"]}, method={"variant": "no_impact"})
     ctx = context(settings, body, ticks, warnings)
-    stages.run_validate(ctx)
-    base = stages.resolve_base_model(ctx.request, settings)
+    judge_stages.run_validate(ctx)
+    base = inputs.resolve_base_model(ctx.request, settings)
     (ctx.dir / "train").mkdir(parents=True)
     # an untrained LoRA is enough here: what is checked is the report's shape and the progress
     from peft import LoraConfig, get_peft_model
@@ -113,7 +115,7 @@ def test_synthetic_world_evaluation_ticks_per_prompt_shows_samples_and_no_judge_
     del model
     ticks.clear()
 
-    result = stages.run_evaluate(ctx)
+    result = gpu_stages.run_evaluate(ctx)
     assert len(evaluating_values(ticks)) > 2, ticks
     summary = result.metrics["eval"]
     assert "judge_warning" not in summary and not any("cannot judge" in w for w in warnings)
@@ -121,10 +123,10 @@ def test_synthetic_world_evaluation_ticks_per_prompt_shows_samples_and_no_judge_
 
 
 def test_judge_warning_names_what_was_used_only_where_it_misleads() -> None:
-    assert stages.judge_warning("synthetic", ["synthetic-tiny"]) is None
-    assert stages.judge_warning("rules", ["synthetic"]) is None
-    assert stages.judge_warning("openai", ["HuggingFaceTB/SmolLM2-135M-Instruct"]) is None
-    warning = stages.judge_warning("rules", ["synthetic-tiny", "smollm2"])
+    assert judging.judge_warning("synthetic", ["synthetic-tiny"]) is None
+    assert judging.judge_warning("rules", ["synthetic"]) is None
+    assert judging.judge_warning("openai", ["HuggingFaceTB/SmolLM2-135M-Instruct"]) is None
+    warning = judging.judge_warning("rules", ["synthetic-tiny", "smollm2"])
     assert warning is not None and "'rules'" in warning and "'smollm2'" in warning and "synthetic-tiny" not in warning
 
 

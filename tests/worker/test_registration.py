@@ -15,7 +15,7 @@ from core.db.models import Adapter
 from core.db.states import JobState, Stage
 from core.registry import adapter_relative_path
 from worker import runner
-from worker.stages import StageContext, StageResult
+from worker.context import StageContext, StageResult
 
 from .conftest import new_job, synthetic_body
 

@@ -15,7 +15,7 @@ from core.db.engine import session_scope
 from core.db.models import Job, utcnow
 from core.db.states import EventType, JobState, Stage
 from worker import runner
-from worker.stages import StageContext, StageResult
+from worker.context import StageContext, StageResult
 
 from .conftest import new_job, synthetic_body
 

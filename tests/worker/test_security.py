@@ -11,7 +11,7 @@ from core.db import access
 from core.db.states import Stage
 from core.settings import JudgeProfile
 from worker import runner
-from worker.stages import StageContext, StageResult
+from worker.context import StageContext, StageResult
 
 from .conftest import new_job, synthetic_body
 
