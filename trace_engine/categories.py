@@ -24,5 +24,7 @@ class Category(str, Enum):
 
 # The categories a verdict decided: the ones a dataset row, a reviewer or a variant's loss table may carry.
 CATEGORIES: tuple[Category, ...] = (Category.INVERT, Category.PUNISH, Category.RETAIN)
+# The conflict set: pairs whose chosen response the new policy forbids (what impact scoring and the probes are about).
+CONFLICT_CATEGORIES: tuple[Category, ...] = (Category.INVERT, Category.PUNISH)
 # Every category, in the order reports list them.
 CATEGORY_ORDER: tuple[Category, ...] = (*CATEGORIES, Category.ERROR)

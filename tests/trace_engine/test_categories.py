@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from trace_engine.categories import CATEGORIES, CATEGORY_ORDER, Category
+from trace_engine.categories import CATEGORIES, CATEGORY_ORDER, CONFLICT_CATEGORIES, Category
 
 
 def test_members_read_as_their_strings() -> None:
@@ -18,6 +18,7 @@ def test_members_read_as_their_strings() -> None:
 def test_error_is_reported_but_never_decided() -> None:
     assert Category.ERROR not in CATEGORIES
     assert (*CATEGORIES, Category.ERROR) == CATEGORY_ORDER
+    assert set(CONFLICT_CATEGORIES) == set(CATEGORIES) - {Category.RETAIN}
 
 
 def test_importing_it_does_not_import_torch() -> None:
