@@ -103,7 +103,7 @@ class TrainConfig:
     full_finetune: bool = False
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     ref_batch_size: int = 8  # pairs per forward when precomputing reference log-probs
-    chunk_tokens: int | None = None  # positions per chunk in log-prob / KL math; None = losses.CHUNK_ELEMENTS // V
+    chunk_tokens: int | None = None  # positions per chunk in log-prob / KL math; None = logprobs.CHUNK_ELEMENTS // V
     checkpoint_every: int = 0  # optimizer steps; 0 = no intermediate checkpoints
     fused_kernels: str = "auto"  # compiled RMSNorm/SwiGLU: auto (CUDA only) | on | off; see kernels.py
     # RETAIN KL anchor on the "preferred" response (the published recipe; the compliant trajectory, half the cost)

@@ -20,8 +20,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from trace_engine.logprobs import SequenceBatch
-from trace_engine.losses import CHUNK_ELEMENTS, _ChunkedTokenKL, _ChunkedTokenLogps, chunked_sequence_logps
+from trace_engine.logprobs import (
+    CHUNK_ELEMENTS,
+    ChunkedTokenKL,
+    ChunkedTokenLogps,
+    SequenceBatch,
+    chunked_sequence_logps,
+)
 
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
@@ -80,14 +85,14 @@ def positions_per_chunk(vocab: int, chunk_tokens: int | None = None) -> int:
 
 def _chunk_logps(h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     logits = (h @ weight.t())[None]  # [1, m, V]
-    return _ChunkedTokenLogps.apply(logits, targets[None], logits.shape[1])[0]  # [m] fp32
+    return ChunkedTokenLogps.apply(logits, targets[None], logits.shape[1])[0]  # [m] fp32
 
 
 def _chunk_kl(h: torch.Tensor, h_ref: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     logits = (h @ weight.t())[None]
     with torch.no_grad():
         ref_logits = (h_ref @ weight.t())[None]
-    return _ChunkedTokenKL.apply(logits, ref_logits, logits.shape[1])[0]  # [m] fp32
+    return ChunkedTokenKL.apply(logits, ref_logits, logits.shape[1])[0]  # [m] fp32
 
 
 def _per_chunk(

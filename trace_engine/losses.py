@@ -9,13 +9,10 @@ caller's job. Notation: s(y) = summed response log-prob, r(y) = s_θ(y) - s_ref(
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from trace_engine.config import LossSettings
 
 # ---------------------------------------------------------------- preference losses
 
@@ -121,6 +118,16 @@ def dual_npo_loss(
 # ---------------------------------------------------------------- the per-example hybrid loss
 
 
+class LossParams(Protocol):
+    """What `hybrid_loss` reads (`config.LossSettings`; declared here so this file imports only torch)."""
+
+    beta: float
+    preference_loss: str
+    npo_two_over_beta: bool
+    rdpo_eps: float | None
+    alpha_kl: float
+
+
 @dataclass(frozen=True)
 class KindMasks:
     """Which loss each example gets (`variants.LossKind`), as bool masks [N]; exactly one is True per example."""
@@ -150,13 +157,14 @@ def hybrid_loss(
     ref_neg: torch.Tensor,
     n_pos: torch.Tensor,
     n_neg: torch.Tensor,
-    settings: LossSettings,
+    settings: LossParams,
     kl: torch.Tensor | None = None,
 ) -> HybridLoss:
     """TRACE's objective per example (design.md §5): ℓ_pref on INVERT, dual NPO on PUNISH, α_KL · KL on RETAIN.
 
     ℓ_i = ℓ_pref(y+, y-) | npo(y+) + npo(y-) | npo(y-) | α_KL · KL_i, by the example's kind; all inputs [N]
-    (n_*: response token counts, for IPO; kl: per-example token-mean KL, None = no KL example).
+    (n_*: response token counts, for IPO; kl: per-example token-mean KL from `logprobs.token_kl_sums`, None = no
+    KL example).
     """
     b, two = settings.beta, settings.npo_two_over_beta
     pref = preference_loss(settings.preference_loss, policy_pos, policy_neg, ref_pos, ref_neg, n_pos, n_neg, b,
@@ -187,123 +195,3 @@ def preference_stats(
     chosen, rejected = rewards(policy_pos, ref_pos, beta), rewards(policy_neg, ref_neg, beta)
     m = chosen - rejected
     return {"reward_chosen": chosen, "reward_rejected": rejected, "margin": m, "accuracy": (m > 0).float()}
-
-
-# ---------------------------------------------------------------- token-level KL (chunked)
-
-CHUNK_ELEMENTS = 2**27
-"""Default size of one fp32 temporary in the chunked functions (512 MiB): ~880 positions at a 152k vocabulary.
-Measured on an H100, sequence log-probs + KL forward and backward on [8, 1024, 151936] bf16 logits: the obvious
-fp32 computation peaks 27.8 GiB above its inputs in 98 ms; this default 6.95 GiB (of which ~7 GiB are the bf16
-gradients themselves) in 122 ms; chunks of 4096 positions 11.6 GiB."""
-
-
-def _positions_per_chunk(logits: torch.Tensor, chunk_tokens: int | None) -> int:
-    """Sequence positions per chunk for each of the N rows."""
-    n, _, v = logits.shape
-    total = chunk_tokens if chunk_tokens is not None else max(1, CHUNK_ELEMENTS // max(v, 1))
-    return max(1, total // max(n, 1))
-
-
-
-class _ChunkedTokenKL(torch.autograd.Function):
-    """Per-position KL(softmax(ref) ‖ softmax(policy)) over the vocabulary, [N, T, V] x2 -> [N, T] fp32.
-
-    Forward and backward walk the sequence in chunks so at most [N, chunk, V] fp32 temporaries exist; only the
-    input logits are saved (no log-softmax kept alive for backward). dKL/dz_policy = softmax(policy) - softmax(ref).
-    """
-
-    @staticmethod
-    def forward(ctx, policy_logits: torch.Tensor, ref_logits: torch.Tensor, chunk: int) -> torch.Tensor:
-        n, t, _ = policy_logits.shape
-        out = torch.empty((n, t), dtype=torch.float32, device=policy_logits.device)
-        for s in range(0, t, chunk):
-            lp = torch.log_softmax(policy_logits[:, s : s + chunk].float(), dim=-1)
-            lq = torch.log_softmax(ref_logits[:, s : s + chunk].float(), dim=-1)
-            out[:, s : s + chunk] = (lq.exp() * (lq - lp)).sum(dim=-1)
-        ctx.save_for_backward(policy_logits, ref_logits)
-        ctx.chunk = chunk
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        policy_logits, ref_logits = ctx.saved_tensors
-        grad = torch.empty_like(policy_logits)
-        t, chunk = policy_logits.shape[1], ctx.chunk
-        for s in range(0, t, chunk):
-            p = torch.softmax(policy_logits[:, s : s + chunk].float(), dim=-1)
-            q = torch.softmax(ref_logits[:, s : s + chunk].float(), dim=-1)
-            grad[:, s : s + chunk] = (grad_out[:, s : s + chunk, None] * (p - q)).to(grad.dtype)
-        return grad, None, None
-
-
-def token_kl_sums(
-    policy_logits: torch.Tensor,
-    ref_logits: torch.Tensor,
-    response_mask: torch.Tensor,
-    chunk_tokens: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ over response tokens of KL(π_ref ‖ π_θ), number of response tokens), per sequence.  -> [N], [N]
-
-    policy_logits, ref_logits: [N, T, V] (any float dtype); response_mask: [N, T] bool (True on response tokens).
-    Token t is predicted by logits at t-1. chunk_tokens bounds the positions (over all rows) per chunk, so each
-    fp32 temporary is about chunk_tokens * V floats instead of [N, T, V]; None = CHUNK_ELEMENTS // V.
-    """
-    chunk = _positions_per_chunk(policy_logits, chunk_tokens)
-    per_pos = _ChunkedTokenKL.apply(policy_logits[:, :-1], ref_logits[:, :-1].detach(), chunk)  # [N, T-1]
-    mask = response_mask[:, 1:].to(per_pos.dtype)  # [N, T-1]
-    return (per_pos * mask).sum(dim=1), mask.sum(dim=1)
-
-
-def token_kl(
-    policy_logits: torch.Tensor,
-    ref_logits: torch.Tensor,
-    response_mask: torch.Tensor,
-    chunk_tokens: int | None = None,
-) -> torch.Tensor:
-    """Mean over response tokens of KL(π_ref(·|x, y_<t) ‖ π_θ(·|x, y_<t)), per sequence.  -> [N] fp32
-
-    Rows with no response tokens give 0.
-    """
-    total, count = token_kl_sums(policy_logits, ref_logits, response_mask, chunk_tokens)
-    return total / count.clamp(min=1.0)
-
-
-# ---------------------------------------------------------------- sequence log-probs (chunked fast path)
-
-
-class _ChunkedTokenLogps(torch.autograd.Function):
-    """log softmax(logits)[target] per position, chunked; saves only the logits.  [N, T, V], [N, T] -> [N, T]."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        n, t, _ = logits.shape
-        out = torch.empty((n, t), dtype=torch.float32, device=logits.device)
-        for s in range(0, t, chunk):
-            block = logits[:, s : s + chunk].float()  # [N, c, V]
-            picked = torch.gather(block, 2, targets[:, s : s + chunk, None]).squeeze(-1)
-            out[:, s : s + chunk] = picked - torch.logsumexp(block, dim=-1)
-        ctx.save_for_backward(logits, targets)
-        ctx.chunk = chunk
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        logits, targets = ctx.saved_tensors
-        grad = torch.empty_like(logits)
-        t, chunk = logits.shape[1], ctx.chunk
-        for s in range(0, t, chunk):
-            g = grad_out[:, s : s + chunk, None]  # [N, c, 1]
-            block = -g * torch.softmax(logits[:, s : s + chunk].float(), dim=-1)
-            block.scatter_add_(2, targets[:, s : s + chunk, None], g)
-            grad[:, s : s + chunk] = block.to(grad.dtype)
-        return grad, None, None
-
-
-def chunked_sequence_logps(
-    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, chunk_tokens: int | None = None
-) -> torch.Tensor:
-    """Same value as `logprobs.sequence_logps` without an [N, T, V] fp32 copy kept for backward.  -> [N] fp32."""
-    chunk = _positions_per_chunk(logits, chunk_tokens)
-    lp = _ChunkedTokenLogps.apply(logits[:, :-1], input_ids[:, 1:].contiguous(), chunk)  # [N, T-1]
-    return (lp * response_mask[:, 1:].to(lp.dtype)).sum(dim=1)

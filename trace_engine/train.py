@@ -38,8 +38,8 @@ from trace_engine.head import (
     policy_pass,
     split_lm_head,
 )
-from trace_engine.logprobs import SequenceBatch, host_to_device
-from trace_engine.losses import KindMasks, hybrid_loss, token_kl_sums
+from trace_engine.logprobs import SequenceBatch, host_to_device, token_kl_sums
+from trace_engine.losses import KindMasks, hybrid_loss
 from trace_engine.modeling import (
     ModelSource,
     attach_lora,

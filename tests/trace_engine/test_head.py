@@ -8,8 +8,7 @@ from torch import nn
 
 from trace_engine.config import LoraSettings
 from trace_engine.head import kl_sums_from_hidden, last_hidden, policy_pass, split_lm_head
-from trace_engine.logprobs import SequenceBatch, predicting_positions, sequence_logps
-from trace_engine.losses import token_kl_sums
+from trace_engine.logprobs import SequenceBatch, predicting_positions, sequence_logps, token_kl_sums
 from trace_engine.modeling import attach_lora
 from trace_engine.tokenization import EncodedSequence, collate
 

@@ -359,7 +359,7 @@ def test_retain_kl_is_the_token_mean_kl_against_the_adapter_free_model(llama, kl
     """retain_kl on its own against the slow computation: full logits with the adapter on and off, token mean over
     the anchored responses of each example."""
     from trace_engine.head import policy_pass
-    from trace_engine.losses import token_kl_sums
+    from trace_engine.logprobs import token_kl_sums
     from trace_engine.modeling import attach_lora
     from trace_engine.runtime import Runtime
 
