@@ -47,13 +47,12 @@ sys.path.insert(0, str(REPO_ROOT))
 from trace_engine.config import FUSED_MODES, KL_RESPONSES, LossSettings, TrainConfig  # noqa: E402
 from trace_engine.impact import (  # noqa: E402
     ScoringBatch,
-    checkpointed_layers,
     gold_gradient,
     score_batches,
-    seed_lora_,
     sequence_logps_of,
 )
 from trace_engine.kernels import fuse_elementwise_, restore_eager_  # noqa: E402
+from trace_engine.modeling import checkpointed_layers, seed_lora_  # noqa: E402
 from trace_engine.tokenization import EncodedPair, EncodedSequence, collate  # noqa: E402
 from trace_engine.variants import SampleKind  # noqa: E402
 

@@ -53,7 +53,7 @@ def split_lm_head(model: nn.Module) -> HeadSplit | None:
 
 def layers_recompute_activations(decoder: nn.Module) -> bool:
     """Whether the decoder's layers are under activation checkpointing: transformers' own (training mode), or the
-    engine's `impact.checkpointed_layers`, whose wrapped forwards carry `recomputes_activations`."""
+    engine's `modeling.checkpointed_layers`, whose wrapped forwards carry `recomputes_activations`."""
     for m in decoder.modules():
         if getattr(m, "gradient_checkpointing", False) is True and m.training:
             return True

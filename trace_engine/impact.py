@@ -6,35 +6,38 @@ summed response log-probs s(y) of its one or two sequences, so by the chain rule
     ∇ℓ_k = Σ_{y ∈ k} c_k(y) ∇s(y),   c_k(y) = ∂ℓ_k/∂s(y)   and   w_k = Σ_{y ∈ k} c_k(y) d(y),  d(y) = ⟨g_J, ∇s(y)⟩.
 
 c_k(y) are scalars that depend only on s_θ(y) and s_ref(y) (the σ factors; constants at θ_ref where Δ = r = 0).
-We take them by autograd through the SAME loss functions training uses (`trace_engine.losses`), so scoring and
+We take them by autograd through the SAME per-example loss training uses (`losses.hybrid_loss`), so scoring and
 training can never disagree on a loss. d(y) for a whole batch comes from one forward and one backward
 (`trace_engine.ghost`). The pass also yields the policy log-probs, which ARE the reference log-probs at θ_ref: they
 are returned so the trainer can cache them.
 
 Sharding: `score_batches` scores any list of batches independently; give each rank a shard, gather the
-`ScoredSample`s, then normalise once over the whole conflict set (`normalise_scores`).
+`ScoredSample`s, then normalise once over the whole conflict set (`scoring.normalise_scores`). Turning rows into
+batches, normalisation and output live in `scoring`; model utilities in `modeling`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from trace_engine.config import LossSettings
-from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.ghost import GhostDot
 from trace_engine.head import policy_pass
 from trace_engine.logprobs import SequenceBatch, host_to_device
 from trace_engine.losses import KindMasks, dpo_loss, hybrid_loss
-from trace_engine.modeling import seed_lora_ as seed_lora_  # lives in modeling now (attach_lora(seed=...))
+from trace_engine.modeling import (
+    adapter_is_identity,
+    autocast_dtype,
+    checkpointed_layers,
+    eval_mode,
+    trainable_parameters,
+)
 from trace_engine.variants import LossKind, SampleKind
 
 
@@ -125,47 +128,11 @@ def sequence_coefficients(
 # ---------------------------------------------------------------- model passes
 
 
-def autocast_dtype(model: nn.Module) -> torch.dtype | None:
-    """bf16/fp16 when the frozen weights are half precision on CUDA (train.py runs its forwards under the same
-    autocast, so scoring's reference log-probs match the trainer's); None otherwise."""
-    for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point():
-            half = p.device.type == "cuda" and p.dtype in (torch.bfloat16, torch.float16)
-            return p.dtype if half else None
-    return None
-
-
 def sequence_logps_of(model: nn.Module, batch: SequenceBatch, amp: torch.dtype | None = None) -> torch.Tensor:
     """s(y) per row [N] fp32 from one forward (no fp32 [N, T, V] copy kept for backward)."""
     ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
     with ctx:
         return policy_pass(model, batch).logps
-
-
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def adapter_is_identity(model: nn.Module) -> bool:
-    """True when every LoRA B (and embedding B) matrix is zero: the policy then equals the reference exactly."""
-    found = False
-    for name, p in model.named_parameters():
-        if "lora_B" in name or "lora_embedding_B" in name:
-            found = True
-            if bool(torch.any(p.detach() != 0)):
-                return False
-    return found
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Dropout off for exact, deterministic gradients; the previous mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def reference_logps(
@@ -213,7 +180,7 @@ def gold_gradient(
     total = sum(len(b.sample_ids) for b in gold_batches) if total is None else total
     if total == 0:
         raise ValueError("the gold batch is empty: cannot compute g_J")
-    params = trainable_parameters(model)
+    params = dict(trainable_parameters(model))
     if not params:
         raise ValueError("model has no trainable parameters")
     device = next(iter(params.values())).device
@@ -311,160 +278,3 @@ def score_batches(
     for sb, d, policy, ref, n_tok in pending:
         out.extend(combine(sb, d, policy, ref, n_tok, settings).samples)
     return out
-
-
-@contextmanager
-def checkpointed_layers(model: nn.Module, enabled: bool = True):
-    """Run every decoder layer under non-reentrant activation checkpointing, in any mode.
-
-    Why not HF's gradient_checkpointing_enable: it is only active in training mode, and scoring runs in eval mode.
-    Ghost hooks stay exact: the backward still flows through the original graph; recomputation only refills the
-    saved tensors.
-    """
-    if not enabled:
-        yield
-        return
-    layers = decoder_layers(model)
-    own = [layer.__dict__.get("forward") for layer in layers]  # an instance-level forward (e.g. accelerate hooks)
-    for layer in layers:
-        layer.forward = _checkpointed(layer.forward)
-    try:
-        yield
-    finally:
-        for layer, previous in zip(layers, own, strict=True):
-            if previous is None:
-                del layer.forward  # back to the class's forward
-            else:
-                layer.forward = previous
-
-
-def _checkpointed(forward):
-    def run(*args, **kwargs):
-        if torch.is_grad_enabled():
-            return activation_checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return forward(*args, **kwargs)
-
-    run.recomputes_activations = True  # type: ignore[attr-defined]  # read by head.layers_recompute_activations
-    return run
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The repeated transformer blocks (the first ModuleList named `layers` / `h` / `blocks`)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks") and len(module):
-            return module
-    raise ValueError("cannot find the decoder layers (a ModuleList named layers/h/blocks) to checkpoint")
-
-
-# ---------------------------------------------------------------- normalisation
-
-
-NormaliseMode = Literal["sum", "mean"]
-
-
-@dataclass(frozen=True)
-class NormalisedWeights:
-    """weights: clamped-then-normalised scores; uniform_fallback: no score was positive (see `normalise_scores`)."""
-
-    weights: list[float]
-    mode: NormaliseMode
-    share_clamped: float
-    uniform_fallback: bool
-
-
-def normalise_scores(raw: Sequence[float], mode: NormaliseMode) -> NormalisedWeights:
-    """Clamp at 0, then normalise over the conflict set: `sum` -> weights sum to 1 (published), `mean` -> average 1.
-
-    No damping γ: dividing by γ before the clamp and the normalisation cancels exactly, so it would be a no-op.
-    If no score is positive (the gold batch gives no signal), fall back to uniform weights (1/n for `sum`, 1 for
-    `mean`) and say so via `uniform_fallback`, rather than silently zeroing every conflict loss.
-    """
-    if mode not in ("sum", "mean"):
-        raise ValueError(f"normalisation mode must be 'sum' or 'mean', got {mode!r}")
-    if any(not math.isfinite(r) for r in raw):
-        raise ValueError("impact scores contain NaN or inf: refusing to normalise")
-    n = len(raw)
-    if n == 0:
-        return NormalisedWeights([], mode, 0.0, False)
-    clamped = [max(0.0, float(r)) for r in raw]
-    share = sum(1 for r in raw if r <= 0) / n
-    total = math.fsum(clamped)
-    if total <= 0.0:
-        return NormalisedWeights([1.0 / n if mode == "sum" else 1.0] * n, mode, share, True)
-    scale = 1.0 / total if mode == "sum" else n / total
-    return NormalisedWeights([c * scale for c in clamped], mode, share, False)
-
-
-# ---------------------------------------------------------------- output
-
-
-def summarize_scores(
-    scored: Sequence[ScoredSample], weights: NormalisedWeights, top_k: int = 10
-) -> dict[str, Any]:
-    """Distribution quantiles, share clamped to zero, per-kind counts and the top samples by raw score."""
-    raw = sorted(s.raw_score for s in scored)
-    by_kind: dict[str, dict[str, float]] = {}
-    for kind in SampleKind:
-        ks = [s.raw_score for s in scored if s.kind is kind]
-        if ks:
-            by_kind[kind.value] = {
-                "n": len(ks),
-                "mean_raw": math.fsum(ks) / len(ks),
-                "share_clamped": sum(1 for r in ks if r <= 0) / len(ks),
-            }
-    order = sorted(range(len(scored)), key=lambda i: scored[i].raw_score, reverse=True)[:top_k]
-    return {
-        "n_scored": len(scored),
-        "mode": weights.mode,
-        "share_clamped_to_zero": weights.share_clamped,
-        "uniform_fallback": weights.uniform_fallback,
-        "raw_quantiles": {f"p{int(q * 100)}": _quantile(raw, q) for q in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)},
-        "by_kind": by_kind,
-        "top": [
-            {
-                "id": scored[i].sample_id,
-                "kind": scored[i].kind.value,
-                "raw": scored[i].raw_score,
-                "weight": weights.weights[i],
-            }
-            for i in order
-        ],
-    }
-
-
-def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolation quantile of an already sorted list; None when empty."""
-    if not sorted_values:
-        return None
-    pos = q * (len(sorted_values) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def attach_scores(
-    rows: Sequence[Mapping[str, Any]], scored: Sequence[ScoredSample], weights: NormalisedWeights
-) -> list[dict[str, Any]]:
-    """Copy of `rows` with the score fields added (matched by `id`)."""
-    by_id = {s.sample_id: (s, w) for s, w in zip(scored, weights.weights, strict=True)}
-    out = []
-    for row in rows:
-        new = dict(row)
-        hit = by_id.get(str(row.get("id")))
-        new["impact_raw"] = hit[0].raw_score if hit else None
-        new["impact_score"] = hit[1] if hit else None
-        new["impact_kind"] = hit[0].kind.value if hit else None
-        out.append(new)
-    return out
-
-
-def write_scored(
-    path: str | Path,
-    rows: Sequence[Mapping[str, Any]],
-    scored: Sequence[ScoredSample],
-    weights: NormalisedWeights,
-) -> dict[str, Any]:
-    """Write `path` (scored JSONL) and `path` with suffix `.summary.json`; returns the summary."""
-    write_jsonl(path, attach_scores(rows, scored, weights))
-    summary = summarize_scores(scored, weights)
-    write_json(Path(path).with_suffix(".summary.json"), summary)
-    return summary

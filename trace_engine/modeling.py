@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from trace_engine.config import LoraSettings
 from trace_engine.kernels import fuse_elementwise_
@@ -224,6 +226,84 @@ def reference_mode(model: torch.nn.Module) -> Iterator[None]:
 
 def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- passes: precision, adapter state, dropout, layers
+
+
+def autocast_dtype(model: nn.Module) -> torch.dtype | None:
+    """bf16/fp16 when the frozen weights are half precision on CUDA (train.py runs its forwards under the same
+    autocast, so scoring's reference log-probs match the trainer's); None otherwise."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            half = p.device.type == "cuda" and p.dtype in (torch.bfloat16, torch.float16)
+            return p.dtype if half else None
+    return None
+
+
+def adapter_is_identity(model: nn.Module) -> bool:
+    """True when every LoRA B (and embedding B) matrix is zero: the policy then equals the reference exactly."""
+    found = False
+    for name, p in model.named_parameters():
+        if "lora_B" in name or "lora_embedding_B" in name:
+            found = True
+            if bool(torch.any(p.detach() != 0)):
+                return False
+    return found
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Dropout off for exact, deterministic gradients; the previous mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def checkpointed_layers(model: nn.Module, enabled: bool = True):
+    """Run every decoder layer under non-reentrant activation checkpointing, in any mode.
+
+    Why not HF's gradient_checkpointing_enable: it is only active in training mode, and scoring runs in eval mode.
+    Ghost hooks stay exact: the backward still flows through the original graph; recomputation only refills the
+    saved tensors.
+    """
+    if not enabled:
+        yield
+        return
+    layers = decoder_layers(model)
+    own = [layer.__dict__.get("forward") for layer in layers]  # an instance-level forward (e.g. accelerate hooks)
+    for layer in layers:
+        layer.forward = _checkpointed(layer.forward)
+    try:
+        yield
+    finally:
+        for layer, previous in zip(layers, own, strict=True):
+            if previous is None:
+                del layer.forward  # back to the class's forward
+            else:
+                layer.forward = previous
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return activation_checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    run.recomputes_activations = True  # type: ignore[attr-defined]  # read by head.layers_recompute_activations
+    return run
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated transformer blocks (the first ModuleList named `layers` / `h` / `blocks`)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks") and len(module):
+            return module
+    raise ValueError("cannot find the decoder layers (a ModuleList named layers/h/blocks) to checkpoint")
 
 
 # ---------------------------------------------------------------- merge

@@ -3,24 +3,23 @@
 The math lives in `impact` (pure torch over token rows); this module turns triaged JSONL rows (see
 `trace_engine.triage.categorize`) into `ScoringBatch`es with the same tokenization contract training uses, and
 returns everything the next stage needs: raw scores, normalised weights, a summary, and the reference log-probs
-(keyed like `train.sequence_key`) so training never recomputes them.
+(keyed by `reference_cache.sequence_key`) so training never recomputes them.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
 from trace_engine.config import LengthLimits, LossSettings
-from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
+from trace_engine.data.io import write_json, write_jsonl
+from trace_engine.data.pairs import Prompt
 from trace_engine.gold import (
     GoldPair,
     GoldReport,
@@ -28,18 +27,9 @@ from trace_engine.gold import (
     build_gold_batch,
     gold_candidates,
 )
-from trace_engine.impact import (
-    NormalisedWeights,
-    NormaliseMode,
-    ScoredSample,
-    ScoringBatch,
-    attach_scores,
-    gold_gradient,
-    normalise_scores,
-    score_batches,
-    summarize_scores,
-)
+from trace_engine.impact import ScoredSample, ScoringBatch, gold_gradient, score_batches
 from trace_engine.modeling import ModelSource
+from trace_engine.reference_cache import sequence_key
 from trace_engine.runtime import Runtime
 from trace_engine.tokenization import TruncationReport, collate, encode_sequences, pad_id_of
 from trace_engine.variants import (
@@ -153,11 +143,6 @@ class ImpactResult:
     truncation: TruncationReport
     reference_logps: dict[str, float]  # sequence_key(prompt, response) -> s_ref
     rows: list[dict[str, Any]]  # the input rows with impact_raw / impact_score / impact_kind attached
-
-
-def sequence_key(prompt: Prompt, response: str) -> str:
-    """Same key as `trace_engine.train.sequence_key` (kept identical so the trainer reads this cache)."""
-    return sha256_text(prompt_key(prompt), response)
 
 
 def score_conflicts(
@@ -292,6 +277,120 @@ def _batch_progress(progress: Callable[[int, int], None] | None, total: int) -> 
     return None if progress is None else (lambda done: progress(done, total))
 
 
+# ---------------------------------------------------------------- normalisation
+
+
+NormaliseMode = Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class NormalisedWeights:
+    """weights: clamped-then-normalised scores; uniform_fallback: no score was positive (see `normalise_scores`)."""
+
+    weights: list[float]
+    mode: NormaliseMode
+    share_clamped: float
+    uniform_fallback: bool
+
+
+def normalise_scores(raw: Sequence[float], mode: NormaliseMode) -> NormalisedWeights:
+    """Clamp at 0, then normalise over the conflict set: `sum` -> weights sum to 1 (published), `mean` -> average 1.
+
+    No damping γ: dividing by γ before the clamp and the normalisation cancels exactly, so it would be a no-op.
+    If no score is positive (the gold batch gives no signal), fall back to uniform weights (1/n for `sum`, 1 for
+    `mean`) and say so via `uniform_fallback`, rather than silently zeroing every conflict loss.
+    """
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"normalisation mode must be 'sum' or 'mean', got {mode!r}")
+    if any(not math.isfinite(r) for r in raw):
+        raise ValueError("impact scores contain NaN or inf: refusing to normalise")
+    n = len(raw)
+    if n == 0:
+        return NormalisedWeights([], mode, 0.0, False)
+    clamped = [max(0.0, float(r)) for r in raw]
+    share = sum(1 for r in raw if r <= 0) / n
+    total = math.fsum(clamped)
+    if total <= 0.0:
+        return NormalisedWeights([1.0 / n if mode == "sum" else 1.0] * n, mode, share, True)
+    scale = 1.0 / total if mode == "sum" else n / total
+    return NormalisedWeights([c * scale for c in clamped], mode, share, False)
+
+
+# ---------------------------------------------------------------- output
+
+
+def summarize_scores(
+    scored: Sequence[ScoredSample], weights: NormalisedWeights, top_k: int = 10
+) -> dict[str, Any]:
+    """Distribution quantiles, share clamped to zero, per-kind counts and the top samples by raw score."""
+    raw = sorted(s.raw_score for s in scored)
+    by_kind: dict[str, dict[str, float]] = {}
+    for kind in SampleKind:
+        ks = [s.raw_score for s in scored if s.kind is kind]
+        if ks:
+            by_kind[kind.value] = {
+                "n": len(ks),
+                "mean_raw": math.fsum(ks) / len(ks),
+                "share_clamped": sum(1 for r in ks if r <= 0) / len(ks),
+            }
+    order = sorted(range(len(scored)), key=lambda i: scored[i].raw_score, reverse=True)[:top_k]
+    return {
+        "n_scored": len(scored),
+        "mode": weights.mode,
+        "share_clamped_to_zero": weights.share_clamped,
+        "uniform_fallback": weights.uniform_fallback,
+        "raw_quantiles": {f"p{int(q * 100)}": _quantile(raw, q) for q in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)},
+        "by_kind": by_kind,
+        "top": [
+            {
+                "id": scored[i].sample_id,
+                "kind": scored[i].kind.value,
+                "raw": scored[i].raw_score,
+                "weight": weights.weights[i],
+            }
+            for i in order
+        ],
+    }
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolation quantile of an already sorted list; None when empty."""
+    if not sorted_values:
+        return None
+    pos = q * (len(sorted_values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def attach_scores(
+    rows: Sequence[Mapping[str, Any]], scored: Sequence[ScoredSample], weights: NormalisedWeights
+) -> list[dict[str, Any]]:
+    """Copy of `rows` with the score fields added (matched by `id`)."""
+    by_id = {s.sample_id: (s, w) for s, w in zip(scored, weights.weights, strict=True)}
+    out = []
+    for row in rows:
+        new = dict(row)
+        hit = by_id.get(str(row.get("id")))
+        new["impact_raw"] = hit[0].raw_score if hit else None
+        new["impact_score"] = hit[1] if hit else None
+        new["impact_kind"] = hit[0].kind.value if hit else None
+        out.append(new)
+    return out
+
+
+def write_scored(
+    path: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    scored: Sequence[ScoredSample],
+    weights: NormalisedWeights,
+) -> dict[str, Any]:
+    """Write `path` (scored JSONL) and `path` with suffix `.summary.json`; returns the summary."""
+    write_jsonl(path, attach_scores(rows, scored, weights))
+    summary = summarize_scores(scored, weights)
+    write_json(Path(path).with_suffix(".summary.json"), summary)
+    return summary
+
+
 # ---------------------------------------------------------------- weight shaping (after clamp + normalise)
 
 
@@ -389,35 +488,3 @@ def weight_concentration(weights: Sequence[float], top_k: int = 5) -> dict[str, 
         "ess_share": ess / n,
         "share_zero": sum(1 for w in weights if w <= 0.0) / n,
     }
-
-
-# ---------------------------------------------------------------- reference log-prob cache on disk
-
-
-def save_reference_cache(path: str | Path, cache: Mapping[str, float], meta: Mapping[str, Any]) -> Path:
-    """Compact safetensors file: `keys` uint8 [n, 32] (raw sha256 of `sequence_key`), `values` fp64 [n].
-
-    `meta` (JSON in the header) says what the values are valid for: base model, length limits, dtype. Atomic.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    items = sorted(cache.items())
-    keys = torch.tensor([list(bytes.fromhex(k)) for k, _ in items], dtype=torch.uint8).reshape(len(items), 32)
-    values = torch.tensor([float(v) for _, v in items], dtype=torch.float64)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"keys": keys, "values": values}, str(tmp), metadata={"realign": json.dumps(dict(meta))})
-    os.replace(tmp, path)
-    return path
-
-
-def load_reference_cache(path: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """(sequence_key -> s_ref, meta) from `save_reference_cache`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("realign", "{}"))
-        keys, values = f.get_tensor("keys"), f.get_tensor("values")
-    return {bytes(k.tolist()).hex(): float(v) for k, v in zip(keys, values.tolist(), strict=True)}, meta

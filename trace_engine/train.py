@@ -29,7 +29,6 @@ import torch
 from trace_engine import checkpoint as ckpt
 from trace_engine import metrics_log
 from trace_engine.config import ConfigError, LengthLimits, TrainConfig
-from trace_engine.data.pairs import Prompt, prompt_key, sha256_text
 from trace_engine.head import (
     PolicyPass,
     causal_forward_kwargs,
@@ -48,6 +47,7 @@ from trace_engine.modeling import (
     load_tokenizer,
     reference_mode,
 )
+from trace_engine.reference_cache import sequence_key
 from trace_engine.runtime import Runtime
 from trace_engine.schedule import count_steps, epoch_order, examples_reached, micro_batches, warmup_cosine
 from trace_engine.tokenization import (
@@ -74,11 +74,6 @@ class TrainResult:
     steps: int
     final_metrics: dict[str, float]
     provenance: dict[str, Any]
-
-
-def sequence_key(prompt: Prompt, response: str) -> str:
-    """Key of a (prompt, response) sequence in a reference log-prob cache (same tokenizer and length limits)."""
-    return sha256_text(prompt_key(prompt), response)
 
 
 # ---------------------------------------------------------------- the recipe

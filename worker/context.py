@@ -7,7 +7,7 @@ judge profile gives and are never written anywhere.
 
 Layout of `<data_dir>/jobs/<job_id>/`: `data/pairs.jsonl` (the dataset snapshot taken at validation),
 `triage/` (triaged.jsonl, summary.json, verdicts.sqlite: the crash-safe verdict store), `score/`
-(scored.jsonl, reference_logps.json), `train/` (checkpoints/, adapter/, metrics.jsonl: one line per optimizer
+(scored.jsonl, reference_logps.safetensors), `train/` (checkpoints/, adapter/, metrics.jsonl: one line per optimizer
 step, appended as it finishes), `eval/report.json`, `eval/prompts.jsonl` (the prompts TPA was measured on). A job
 on its own data that asks for TPA also has `data/held_out.jsonl`: prompts chosen at validation that training
 never sees, so TPA before and after is measured on prompts the adapter was not trained on.

@@ -14,6 +14,7 @@ from core.registry import EVAL_PROMPTS_FILE, HELD_OUT_FILE
 from core.sanitise import scrub_server_paths
 from trace_engine.data.io import read_jsonl, write_json, write_jsonl
 from trace_engine.data.pairs import prompt_key
+from trace_engine.reference_cache import REFERENCE_CACHE, load_reference_cache, save_reference_cache
 from worker.context import EvalProgress, StageContext, StageFailed, StageResult, job_relative
 from worker.inputs import (
     HELD_OUT_MAX_SHARE,
@@ -42,7 +43,9 @@ def run_score(ctx: StageContext) -> StageResult:
     scored = score(Path(source.name_or_path), rows, ctx.request.method.variant, config,
                    normalise=hyper.normalise, gold_size=gold, seed=config.seed,
                    device=ctx.settings.train_device, progress=ctx.tick)  # tick raises on cancel
-    write_json(ctx.dir / "score" / "reference_logps.json", scored.reference_logps)
+    save_reference_cache(ctx.dir / "score" / REFERENCE_CACHE, scored.reference_logps,
+                         {"base_model": source.name_or_path, "max_prompt_len": config.max_prompt_len,
+                          "max_len": config.max_len})
     write_json(ctx.dir / "score" / "summary.json", scored.summary)
     write_jsonl(ctx.dir / "score" / "scored.jsonl", scored.rows)  # last: its presence means "scored"
     return StageResult(summary={"rows": len(scored.rows)}, metrics={"score": _jsonable({k: v for k, v in scored.summary.items() if k != "top"})},
@@ -56,8 +59,8 @@ def run_train(ctx: StageContext) -> StageResult:
     rows = training_rows(ctx)
     source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
     config = hyper_to_train_config(ctx.request, ctx.settings)
-    ref_path = ctx.dir / "score" / "reference_logps.json"
-    reference = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+    ref_path = ctx.dir / "score" / REFERENCE_CACHE
+    reference = load_reference_cache(ref_path)[0] if ref_path.is_file() else None
 
     def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
         ctx.tick(step, total)

@@ -88,7 +88,7 @@ def test_models_with_a_non_plain_head_use_the_logits_path():
 
 
 def test_head_chunks_recompute_only_when_the_layers_do():
-    from trace_engine.impact import checkpointed_layers
+    from trace_engine.modeling import checkpointed_layers
 
     model = _model("qwen2")
     assert split_lm_head(model).recompute is False
@@ -104,7 +104,7 @@ def test_head_chunks_recompute_only_when_the_layers_do():
 
 
 def test_recomputed_head_gives_the_same_values_and_gradients():
-    from trace_engine.impact import checkpointed_layers
+    from trace_engine.modeling import checkpointed_layers
 
     model, batch = _model("llama"), _batch()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -11,17 +11,10 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from trace_engine.config import LossSettings
-from trace_engine.impact import (
-    ScoringBatch,
-    adapter_is_identity,
-    gold_gradient,
-    normalise_scores,
-    score_batches,
-    seed_lora_,
-    summarize_scores,
-    write_scored,
-)
+from trace_engine.impact import ScoringBatch, gold_gradient, score_batches
 from trace_engine.logprobs import SequenceBatch, sequence_logps
+from trace_engine.modeling import adapter_is_identity, seed_lora_
+from trace_engine.scoring import normalise_scores, summarize_scores, write_scored
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, train_tokenizer
 from trace_engine.variants import SampleKind
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from trace_engine.impact import seed_lora_
 from trace_engine.logprobs import sequence_logps
-from trace_engine.scoring import conflict_samples, pack_batches, score_conflicts, sequence_key
+from trace_engine.modeling import seed_lora_
+from trace_engine.reference_cache import sequence_key
+from trace_engine.reference_cache import sequence_key as train_sequence_key
+from trace_engine.scoring import conflict_samples, pack_batches, score_conflicts
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, train_tokenizer
 from trace_engine.tokenization import collate, encode_sequences, pad_id_of
-from trace_engine.train import sequence_key as train_sequence_key
 from trace_engine.variants import SampleKind
 
 K = SampleKind
@@ -137,7 +138,7 @@ def test_score_conflicts_refuses_an_empty_conflict_set_before_touching_the_model
 
 
 def test_reference_cache_round_trips_through_safetensors(tmp_path):
-    from trace_engine.scoring import load_reference_cache, save_reference_cache
+    from trace_engine.reference_cache import load_reference_cache, save_reference_cache
 
     cache = {sequence_key("p", "a"): -12.5, sequence_key([{"role": "user", "content": "q"}], "b"): -0.125}
     path = save_reference_cache(tmp_path / "ref.safetensors", cache, {"max_len": 96})
@@ -201,8 +202,7 @@ def test_weight_concentration_by_hand():
 
 
 def test_shape_weights_caps_then_mixes_and_rejects_bad_settings():
-    from trace_engine.impact import NormalisedWeights
-    from trace_engine.scoring import WeightShaping, shape_weights
+    from trace_engine.scoring import NormalisedWeights, WeightShaping, shape_weights
 
     w = NormalisedWeights([0.6, 0.2, 0.1, 0.1, 0.0], "sum", 0.2, False)
     shaped = shape_weights(w, WeightShaping(cap=1.5, uniform_mix=0.5))

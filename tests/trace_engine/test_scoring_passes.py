@@ -9,6 +9,7 @@ import pytest
 
 import trace_engine.impact as impact
 from trace_engine.config import TrainConfig
+from trace_engine.modeling import decoder_layers
 from trace_engine.scoring import score as score_rows
 from trace_engine.scoring import score_rows_per_batch
 from trace_engine.synthetic.offline_run import triage_pairs
@@ -39,7 +40,7 @@ def test_scoring_passes_take_the_training_batch_rows_and_checkpointing(
     real_pass = impact.directional_pass
 
     def recording_pass(model, ghost, sb, identity, amp):  # the real pass, with what it was given recorded
-        passes.append((sb.batch.input_ids.shape[0], impact.decoder_layers(model)[0].__dict__.get("forward")
+        passes.append((sb.batch.input_ids.shape[0], decoder_layers(model)[0].__dict__.get("forward")
                        is not None))
         return real_pass(model, ghost, sb, identity, amp)
 

@@ -14,9 +14,9 @@ from trace_engine.config import ConfigError, LoraSettings, TrainConfig
 from trace_engine.data.io import read_jsonl as iter_jsonl
 from trace_engine.logprobs import sequence_logps
 from trace_engine.modeling import ModelLoadError, ModelSource, load_causal_lm, load_tokenizer
+from trace_engine.reference_cache import sequence_key
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
 from trace_engine.tokenization import collate, encode_pairs
-from trace_engine.train import sequence_key
 from trace_engine.train import train as train_on_device
 from trace_engine.variants import VARIANTS, DataError, LossKind, prepare_examples
 

@@ -30,6 +30,7 @@ from trace_engine.checkpoint import CheckpointMismatch
 from trace_engine.config import FUSED_MODES, KL_RESPONSES, ConfigError, LoraSettings, TrainConfig
 from trace_engine.data.io import DatasetError, iter_raw_rows
 from trace_engine.modeling import ModelLoadError, ModelSource
+from trace_engine.reference_cache import REFERENCE_CACHE, load_reference_cache, save_reference_cache
 from trace_engine.variants import (
     SCORED_PREF_LOSSES,
     SCORING_VARIANTS,
@@ -41,7 +42,7 @@ from trace_engine.variants import (
 )
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-SCORED_FILE, SCORE_META, REFERENCE_CACHE = "scored.jsonl", "score.json", "reference_logps.safetensors"
+SCORED_FILE, SCORE_META = "scored.jsonl", "score.json"
 DEFAULT_WEIGHT_CAP = 2.0  # = scoring.DEFAULT_WEIGHT_CAP (not imported: cheap CLI; a test keeps them equal)
 # settings that change the scores (must match between scoring and training) / the reference log-probs
 _SCORE_KEYS = ("variant", "base_model", "seed", "lora_r", "lora_alpha", "target_modules", "beta", "pref_loss", "npo_two_over_beta")
@@ -429,8 +430,7 @@ def score_from_flags(rows, variant: str, base: ModelSource, lora: LoraSettings, 
 def write_score_outputs(out: Path, rows, result, settings: Mapping[str, Any]) -> dict[str, Any]:
     """scored.jsonl (+ .summary.json), reference_logps.safetensors, and score.json (written last: the marker)."""
     from trace_engine.data.io import write_json
-    from trace_engine.impact import write_scored
-    from trace_engine.scoring import save_reference_cache
+    from trace_engine.scoring import write_scored
 
     out.mkdir(parents=True, exist_ok=True)
     write_scored(out / SCORED_FILE, rows, result.scored, result.weights)
@@ -443,8 +443,6 @@ def write_score_outputs(out: Path, rows, result, settings: Mapping[str, Any]) ->
 
 def _scores_for_training(rows, variant: str, base, lora, args, rt, settings) -> tuple[list[dict], dict[str, float]]:
     """Score into OUT/scoring/ unless a finished score run there used the same input and settings (resume)."""
-    from trace_engine.scoring import load_reference_cache
-
     out = Path(args.out) / "scoring"
     meta_path = out / SCORE_META
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("settings") == settings:
@@ -459,8 +457,6 @@ def _scores_for_training(rows, variant: str, base, lora, args, rt, settings) -> 
 
 def _cache_next_to(scored: Path, settings: Mapping[str, Any], needs_scores: bool) -> dict[str, float] | None:
     """The reference cache of a `realign score` output, when it fits this run; refuses scores from other settings."""
-    from trace_engine.scoring import load_reference_cache
-
     meta_path, cache_path = scored.parent / SCORE_META, scored.parent / REFERENCE_CACHE
     if not meta_path.is_file():
         return None

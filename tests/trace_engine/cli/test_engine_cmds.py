@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from trace_engine import modeling
 from trace_engine import train as train_module
 from trace_engine.cli import main
-from trace_engine.cli.engine_cmds import REFERENCE_CACHE, SCORE_META, SCORED_FILE
-from trace_engine.scoring import load_reference_cache, sequence_key
+from trace_engine.cli.engine_cmds import SCORE_META, SCORED_FILE
+from trace_engine.reference_cache import REFERENCE_CACHE, load_reference_cache, sequence_key
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, save_tiny, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
