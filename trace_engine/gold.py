@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trace_engine.categories import Category
 from trace_engine.data.pairs import Prompt, prompt_key
 
-RETAIN, INVERT, PUNISH = "RETAIN", "INVERT", "PUNISH"
+RETAIN, INVERT, PUNISH = Category.RETAIN, Category.INVERT, Category.PUNISH
 ORACLE = "oracle"
 GoldSource = Literal["all", "trusted", "auto"]
 GOLD_SOURCES: tuple[str, ...] = ("all", "trusted", "auto")

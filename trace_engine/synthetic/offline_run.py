@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trace_engine.categories import Category
 from trace_engine.config import LoraSettings, TrainConfig
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.noise import make_noisy
@@ -130,7 +131,7 @@ def add_triage_noise(rows: Sequence[Mapping[str, Any]], noise: float, seed: int)
     out = []
     for p in noisy:
         row = p.to_row()
-        if row.get("category") != "PUNISH":
+        if row.get("category") != Category.PUNISH:
             row.pop("oracle_response", None)  # a flipped row's y_c would not exist in a real noisy triage
         out.append(row)
     return out, stats
