@@ -1,9 +1,11 @@
-"""Impact scoring from triaged rows: which samples get scored, their token rows, the gold batch, the whole pass.
+"""Impact scoring from triaged rows: which samples get scored, their token rows, the gold batch, the whole pass,
+and what comes out of it (normalised weights, shaping, a summary, the scored rows).
 
-The math lives in `impact` (pure torch over token rows); this module turns triaged JSONL rows (see
-`trace_engine.triage.categorize`) into `ScoringBatch`es with the same tokenization contract training uses, and
-returns everything the next stage needs: raw scores, normalised weights, a summary, and the reference log-probs
-(keyed by `reference_cache.sequence_key`) so training never recomputes them.
+`score` is the one entry point (the service's score stage, `realign score`/`train`, the offline run, the
+benchmarks). The math lives in `impact` (pure torch over token rows); this module picks the rows with training's
+own selection (`variants.choose_row`), tokenizes them with the contract training uses, and returns everything the
+next stage needs, including the reference log-probs (keyed by `reference_cache.sequence_key`) so training never
+recomputes them.
 """
 
 from __future__ import annotations
