@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
+from trace_engine.categories import CONFLICT_CATEGORIES
 
 _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -39,7 +40,6 @@ JOB_ARTIFACTS: dict[str, tuple[str, str, str]] = {
     "eval_report": ("eval/report.json", "eval_report", "application/json"),
     "eval_prompts": (EVAL_PROMPTS_FILE, "eval_prompts", NDJSON),
 }
-PROBE_CATEGORIES = frozenset({"INVERT", "PUNISH"})  # the triaged pairs whose prompts the policy change is about
 MAX_PROBE_CHARS = 2000  # longer prompts are not used as deploy-gate probes (they must fit the context)
 MAX_SCANNED_LINES = 5000  # per file, when looking for probe prompts
 
@@ -136,7 +136,7 @@ def job_probe_prompts(settings: Settings, job_id: str, limit: int) -> list[str |
     if limit <= 0:
         return []
     folder = job_folder(settings, job_id)
-    changed = _prompts_in(folder / JOB_ARTIFACTS["triaged"][0], limit, PROBE_CATEGORIES)
+    changed = _prompts_in(folder / JOB_ARTIFACTS["triaged"][0], limit, CONFLICT_CATEGORIES)
     held = _prompts_in(folder / HELD_OUT_FILE, limit) or _prompts_in(folder / EVAL_PROMPTS_FILE, limit)
     out: list[str | list[dict[str, str]]] = []
     seen: set[str] = set()
@@ -149,7 +149,7 @@ def job_probe_prompts(settings: Settings, job_id: str, limit: int) -> list[str |
     return out
 
 
-def _prompts_in(path: Path, limit: int, categories: frozenset[str] | None = None) -> list[Any]:
+def _prompts_in(path: Path, limit: int, categories: tuple[str, ...] | None = None) -> list[Any]:
     found: list[Any] = []
     try:
         with path.open(encoding="utf-8") as handle:
