@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Any
 
-from trace_engine.categories import CATEGORIES, Category
+from trace_engine.categories import CATEGORIES, CONFLICT_CATEGORIES, Category
 from trace_engine.data.pairs import Prompt, prompt_key
 
 
@@ -33,7 +33,6 @@ class LossKind(IntEnum):
 RowUse = str
 _ROW_USES = {"pref", "dual_npo", "npo_dispreferred", "kl", "oracle_pref", "oracle_pref_or_npo"}
 _ORACLE_USES = ("oracle_pref", "oracle_pref_or_npo")
-_CONFLICT = (Category.INVERT, Category.PUNISH)  # the categories impact scores weight
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class VariantSpec:
     def scores_weight(self, category: str | None) -> bool:
         """Whether a row of `category` is one impact scores weight: every row of an every-row variant, else the
         conflicting (INVERT, PUNISH) rows."""
-        return self.every_row is not None or category in _CONFLICT
+        return self.every_row is not None or category in CONFLICT_CATEGORIES
 
 
 VARIANTS: dict[str, VariantSpec] = {
@@ -317,7 +316,7 @@ def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
             f"variant {variant!r} needs an oracle_response for every PUNISH row; {len(missing_oracle)} lack one "
             f"(first: {missing_oracle[:3]}); re-run triage with the oracle, or use 'trace_oracle' (NPO fallback)"
         )
-    if not spec.every_row and not any(e.category in _CONFLICT for e in examples):
+    if not spec.every_row and not any(e.category in CONFLICT_CATEGORIES for e in examples):
         raise DataError(
             f"no INVERT or PUNISH rows to train on for variant {variant!r} (empty conflict set): the new policy "
             "changes nothing in this data, or every conflicting row has weight 0"
