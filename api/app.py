@@ -17,7 +17,7 @@ from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
 from api.routes import adapters, artifacts, evals, files, health, jobs, review, ui
 from api.serving import make_serving
-from core.db import access
+from core.db.access.jobs import count_jobs_by_state
 from core.db.engine import make_service_engine, make_session_factory, upgrade_head
 from core.settings import Settings
 
@@ -55,7 +55,7 @@ def create_app(
 
     def count_by_state() -> dict[str, int]:
         with sessions() as session:
-            return access.count_jobs_by_state(session)
+            return count_jobs_by_state(session)
 
     metrics = ServiceMetrics(count_by_state)
     app = FastAPI(

@@ -1,4 +1,4 @@
-"""Bearer API keys -> tenant. Keys are stored as sha256 hashes (see `access.create_api_key`).
+"""Bearer API keys -> tenant. Keys are stored as sha256 hashes (see `create_api_key`).
 
 A checked key is remembered in-process for `auth_cache_ttl_s` seconds (keyed by its hash, never the key), so a
 busy client costs no database read per request; a revoked key stops working within that time.
@@ -14,7 +14,7 @@ import anyio
 from fastapi import Request
 
 from api.errors import ProblemError
-from core.db import access
+from core.db.access.tenants import authenticate, hash_key
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="realign"'}
 _MAX_CACHED_KEYS = 10_000
@@ -70,14 +70,14 @@ async def require_principal(request: Request) -> Principal:
     """FastAPI dependency: the tenant behind the request's API key, or a 401 problem."""
     token = bearer_token(request)
     cache: PrincipalCache = request.app.state.principal_cache
-    key_hash = access.hash_key(token)
+    key_hash = hash_key(token)
     principal = cache.get(key_hash)
     if principal is not None:
         return principal
 
     def lookup() -> Principal | None:
         with request.app.state.sessions() as session:
-            tenant = access.authenticate(session, key=token)
+            tenant = authenticate(session, key=token)
             return None if tenant is None else Principal(tenant_id=tenant.id, tenant_name=tenant.name)
 
     principal = await anyio.to_thread.run_sync(lookup)

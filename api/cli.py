@@ -82,12 +82,12 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     tenant = args.tenant.strip()
     if not tenant:
         raise CliError("--tenant must not be empty")
-    from core.db import access
+    from core.db.access.tenants import create_api_key
     from core.db.engine import migrated_session
 
     settings = settings_from_args(args)
     with database_errors(settings), migrated_session(settings.sqlalchemy_url) as session:
-        key = access.create_api_key(session, tenant_name=tenant)
+        key = create_api_key(session, tenant_name=tenant)
     print(f"created an API key for tenant {tenant!r} in {state_location(settings)}; a server must use this "
           "data dir and database to accept it. It is shown once, store it now:")
     print(key)
@@ -98,7 +98,7 @@ def key_rows(session: Session, tenant: str | None = None) -> list[dict[str, Any]
     """Every key (never its secret): id, the `rk_PREFIX` it starts with, tenant, created, revoked."""
     from sqlalchemy import select
 
-    from core.db.access import KEY_PREFIX
+    from core.db.access.tenants import KEY_PREFIX
     from core.db.models import ApiKey, Tenant
 
     query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.created_at)
@@ -134,7 +134,7 @@ COLUMNS = ("id", "starts_with", "tenant", "created_at", "revoked_at")
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sqlalchemy import or_, select
 
-    from core.db.access import KEY_PREFIX
+    from core.db.access.tenants import KEY_PREFIX
     from core.db.engine import migrated_session
     from core.db.models import ApiKey, utcnow
 

@@ -38,7 +38,7 @@ HEARTBEAT_S = 20.0  # `submit --wait` prints a line at least this often, even wh
 
 def local_api_key(settings: Settings) -> str:
     """The embedded service's key: reused while it still authenticates, else a new one for tenant `local`."""
-    from core.db import access
+    from core.db.access.tenants import authenticate, create_api_key
     from core.db.engine import make_engine, make_session_factory, migrated_session
 
     path = settings.data_dir / KEY_FILE
@@ -47,14 +47,14 @@ def local_api_key(settings: Settings) -> str:
         engine = make_engine(settings.sqlalchemy_url)
         try:
             with make_session_factory(engine)() as session:
-                if access.authenticate(session, key=key) is not None:
+                if authenticate(session, key=key) is not None:
                     return key
         except Exception:  # no schema yet: fall through and create one
             pass
         finally:
             engine.dispose()
     with migrated_session(settings.sqlalchemy_url) as session:
-        key = access.create_api_key(session, tenant_name=LOCAL_TENANT)
+        key = create_api_key(session, tenant_name=LOCAL_TENANT)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:

@@ -24,7 +24,7 @@ from api.gateway.backend import GatewayError, ServingBackend
 from api.gateway.deploy_gate import DEFAULT_PROBES, Probe, check_weights_hash, run_deploy_gate
 from api.gateway.deploy_gate import METHODS as GATE_METHODS
 from api.gateway.router import BASE_MODEL, BaseModelTarget, make_gateway_router
-from core.db import access
+from core.db.access.adapters import find_adapter, list_adapters, set_adapter_gate
 from core.db.engine import session_scope
 from core.jobspec import SYNTHETIC_BASE_NAMES
 from core.null_adapter import IsolationUnavailable, isolation_adapters
@@ -72,7 +72,7 @@ class RegistryGateway:
 
     def _lookup(self, tenant_id: str, model: str) -> dict[str, Any] | None:
         with self.sessions() as session:
-            adapter = access.find_adapter(session, tenant_id=tenant_id, id_or_name=model)
+            adapter = find_adapter(session, tenant_id=tenant_id, id_or_name=model)
             if adapter is None:
                 return None
             return {"id": adapter.id, "name": adapter.name, "path": adapter.path, "sha256": adapter.sha256,
@@ -80,7 +80,7 @@ class RegistryGateway:
 
     def _store_gate(self, adapter_id: str, result: dict[str, Any]) -> None:
         with session_scope(self.sessions) as session:
-            access.set_adapter_gate(session, adapter_id=adapter_id, result=result)
+            set_adapter_gate(session, adapter_id=adapter_id, result=result)
 
     async def resolve_model(self, principal: Principal, model: str) -> AdapterRef | BaseModelTarget | None:
         if model in self.base_names():
@@ -126,7 +126,7 @@ class RegistryGateway:
     async def list_models(self, principal: Principal) -> list[str]:
         def names() -> list[str]:
             with self.sessions() as session:
-                page = access.list_adapters(session, tenant_id=principal.tenant_id, limit=LIST_LIMIT)
+                page = list_adapters(session, tenant_id=principal.tenant_id, limit=LIST_LIMIT)
                 return [a.name for a in page.items]
 
         return [self.settings.serving_base_model, *await run_in_threadpool(names)]

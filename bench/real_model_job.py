@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--eval-size", type=int, default=8)
     args = parser.parse_args()
 
-    from core.db import access
+    from core.db.access.jobs import create_job, load_job
+    from core.db.access.tenants import get_or_create_tenant
     from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
     from core.db.states import Stage
     from core.jobspec import RealignRequest
@@ -59,9 +60,9 @@ def main() -> int:
         body["dataset"] = {"type": "path", "path": "pairs.jsonl"}
         body["method"]["hyperparameters"]["max_steps"] = args.steps
         with session_scope(services.sessions) as session:
-            tenant = access.get_or_create_tenant(session, name=f"bench-{secrets.token_hex(3)}")
+            tenant = get_or_create_tenant(session, name=f"bench-{secrets.token_hex(3)}")
             request = RealignRequest.model_validate(body).model_dump(mode="json")
-            job_id = access.create_job(session, tenant_id=tenant.id, request=request, body_hash="b")[0].id
+            job_id = create_job(session, tenant_id=tenant.id, request=request, body_hash="b")[0].id
 
         release_memory()
         before = rss_mb()
@@ -72,12 +73,12 @@ def main() -> int:
             print(f"running {stage} ...", flush=True)
             runner.run_stage(services, job_id, Stage(stage), "bench")
             with services.sessions() as session:  # each stage's figures as soon as it ends
-                done = access.load_job(session, job_id=job_id)
+                done = load_job(session, job_id=job_id)
                 print(f"{stage}: {json.dumps(((done.metrics or {}).get('resources') or {}).get(stage))}", flush=True)
         wall = time.perf_counter() - started
         after = rss_mb()
         with services.sessions() as session:
-            job = access.load_job(session, job_id=job_id)
+            job = load_job(session, job_id=job_id)
             report: dict[str, Any] = {"machine": machine(), "model": "SmolLM2-135M-Instruct fp32", "pairs": 40,
                                       "steps": args.steps, "state": job.state, "error": job.error,
                                       "wall_s": round(wall, 1), "rss_before_mb": before, "rss_after_mb": after,

@@ -200,7 +200,8 @@ def main() -> int:
     parser.add_argument("--first-verdict-jobs", type=int, default=5)
     args = parser.parse_args()
 
-    from core.db import access
+    from core.db.access.jobs import create_job
+    from core.db.access.tenants import authenticate, create_api_key
     from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
     from core.jobspec import RealignRequest
 
@@ -212,11 +213,11 @@ def main() -> int:
     engine = make_engine(settings.sqlalchemy_url)
     upgrade_head(engine)
     with session_scope(make_session_factory(engine)) as session:
-        key = access.create_api_key(session, tenant_name="bench")
-        tenant = access.authenticate(session, key=key)
+        key = create_api_key(session, tenant_name="bench")
+        tenant = authenticate(session, key=key)
         assert tenant is not None
         request = RealignRequest.model_validate(verdict_body()).model_dump(mode="json")
-        job, _ = access.create_job(session, tenant_id=tenant.id, request=request, body_hash="bench")
+        job, _ = create_job(session, tenant_id=tenant.id, request=request, body_hash="bench")
         job_id = job.id
     engine.dispose()
 

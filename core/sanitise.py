@@ -30,6 +30,7 @@ from typing import Any
 from core.settings import Settings
 
 MAX_ERROR_CHARS = 1000
+JUDGE_ERROR_CHARS = 300  # a judge's failure text (probe call, a triage item's error): a shorter excerpt
 MIN_SECRET_CHARS = 6  # shorter values are not treated as secrets (they would blank out ordinary words)
 WELL_KNOWN_SECRET_ENV = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AZURE_OPENAI_API_KEY",
                          "ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "REALIGN_DATABASE_URL", "REALIGN_BROKER_URL",

@@ -7,7 +7,7 @@ from typing import Any
 
 from core.db.states import needs_triage
 from core.registry import HELD_OUT_FILE
-from core.sanitise import sanitise_error_text
+from core.sanitise import JUDGE_ERROR_CHARS, sanitise_error_text
 from core.settings import Settings
 from trace_engine.data.io import write_jsonl
 from worker.context import StageContext, StageFailed, StageResult
@@ -19,7 +19,7 @@ from worker.inputs import (
     resolve_base_model,
     snapshot_pairs,
 )
-from worker.judging import PROBE_ERROR_CHARS, build_judge, probe_judge
+from worker.judging import build_judge, probe_judge
 
 
 def run_validate(ctx: StageContext) -> StageResult:
@@ -82,5 +82,5 @@ def run_triage(ctx: StageContext) -> StageResult:
 
 def _item_error(error: Any, settings: Settings) -> Any:
     """A triage item's judge error as tenants see it: a short sanitised excerpt (no remote body, no secret)."""
-    return sanitise_error_text(error, settings=settings, max_len=PROBE_ERROR_CHARS) if isinstance(error, str) \
+    return sanitise_error_text(error, settings=settings, max_len=JUDGE_ERROR_CHARS) if isinstance(error, str) \
         else error

@@ -8,7 +8,7 @@ from typing import Any
 
 from core.jobspec import SYNTHETIC_BASE_NAMES, EvalRequest, RealignRequest
 from core.paths import PathEscapesRoot, resolve_under_root
-from core.sanitise import sanitise_error_text
+from core.sanitise import JUDGE_ERROR_CHARS, sanitise_error_text
 from core.settings import Settings
 from trace_engine.judge.base import Judge
 from trace_engine.variants import get_variant
@@ -17,7 +17,6 @@ from worker.inputs import synthetic_world_seed
 
 PROBE_PROMPT = "What is the capital of France?"
 PROBE_RESPONSE = "The capital of France is Paris."
-PROBE_ERROR_CHARS = 300  # at most this much of a judge's failure text reaches the job
 TEXT_BLIND_JUDGES = {"rules": "keyword rules", "synthetic": "the synthetic world's rule judge"}
 
 
@@ -72,10 +71,10 @@ def probe_judge(judge: Judge, request: RealignRequest | EvalRequest, settings: S
     try:
         outcome = asyncio.run(ask())
     except Exception as exc:
-        reason = sanitise_error_text(f"{type(exc).__name__}: {exc}", settings=settings, max_len=PROBE_ERROR_CHARS)
+        reason = sanitise_error_text(f"{type(exc).__name__}: {exc}", settings=settings, max_len=JUDGE_ERROR_CHARS)
         raise StageFailed(f"judge probe call failed: {reason}", kind="judge_unreachable") from exc
     if outcome.error is not None or outcome.verdict is None:
-        reason = sanitise_error_text(outcome.error or "no verdict", settings=settings, max_len=PROBE_ERROR_CHARS)
+        reason = sanitise_error_text(outcome.error or "no verdict", settings=settings, max_len=JUDGE_ERROR_CHARS)
         raise StageFailed(f"judge probe call failed: {reason}", kind="judge_unreachable")
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.db import access
+from core.db.access.adapters import adapter_of_job, create_adapter, find_adapter
+from core.db.access.jobs import load_job
 from core.db.models import Adapter, Job
 from core.jobspec import RealignRequest
 from core.registry import (
@@ -68,23 +69,23 @@ def provenance(settings: Settings, job: Job, request: RealignRequest, parent_id:
 
 def register_job_adapter(session: Session, settings: Settings, job_id: str) -> Adapter:
     """Create the registry row for the job's trained adapter (idempotent per job)."""
-    existing = access.adapter_of_job(session, job_id=job_id)
+    job = load_job(session, job_id=job_id)
+    existing = adapter_of_job(session, tenant_id=job.tenant_id, job_id=job_id)
     if existing is not None:
         return existing
-    job = access.load_job(session, job_id=job_id)
     request = RealignRequest.model_validate(job.request)
     relative = adapter_relative_path(job_id)
     if not weights_file(settings, relative).is_file():
         raise StageFailed(f"the trained adapter is missing its weights ({relative})", kind="missing_input")
     parent = None
     if request.parent_adapter:
-        found = access.find_adapter(session, tenant_id=job.tenant_id, id_or_name=request.parent_adapter)
+        found = find_adapter(session, tenant_id=job.tenant_id, id_or_name=request.parent_adapter)
         parent = found.id if found is not None else None
     name = request.adapter_name or default_adapter_name(request.policy.name, job_id)
-    if access.find_adapter(session, tenant_id=job.tenant_id, id_or_name=name) is not None:
+    if find_adapter(session, tenant_id=job.tenant_id, id_or_name=name) is not None:
         name = f"{name}-{job_id[4:]}"  # taken (e.g. a reused adapter_name): the job id makes it unique
     weights = weights_file(settings, relative)
-    return access.create_adapter(
+    return create_adapter(
         session, tenant_id=job.tenant_id, job_id=job_id, name=name, path=relative,
         sha256=adapter_weights_sha256(local_adapter_dir(settings, relative)), size_bytes=weights.stat().st_size,
         provenance=provenance(settings, job, request, parent), eval_report=read_eval_summary(settings, job_id))

@@ -31,7 +31,15 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import access
+from core.db.access import leases as lease_access
+from core.db.access import stages as stage_access
+from core.db.access.adapters import find_adapter
+from core.db.access.common import NotFound
+from core.db.access.events import add_event
+from core.db.access.files import get_file
+from core.db.access.jobs import load_job, set_job_results, transition_job
+from core.db.access.triage import add_triage_items
+from core.db.access.workers import record_worker, remove_worker
 from core.db.engine import session_scope
 from core.db.states import STAGE_STATE, EventType, InvalidTransition, JobState, Stage, is_terminal, next_stage
 from core.jobspec import EvalRequest, FileDataset, RealignRequest
@@ -86,7 +94,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         settings = self.services.settings
         with session_scope(self.services.sessions) as session:
-            state = access.heartbeat(session, job_id=self.job_id, owner=self.owner, ttl_s=settings.lease_ttl_s)
+            state = lease_access.heartbeat(session, job_id=self.job_id, owner=self.owner,
+                                           ttl_s=settings.lease_ttl_s)
         if not state.held:
             self.lease_lost.set()
         if state.cancel_requested:
@@ -130,7 +139,7 @@ class ProgressWriter:
         if done == self.last_done and not final:
             return
         with session_scope(self.services.sessions) as session:
-            access.record_progress(session, job_id=self.job_id, stage=self.stage, done=done, total=total)
+            stage_access.record_progress(session, job_id=self.job_id, stage=self.stage, done=done, total=total)
         self.last_write, self.last_done = now, done
 
 
@@ -139,25 +148,25 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
     BUSY). Never raises for a stage's own failure: that is recorded on the job."""
     settings = services.settings
     with session_scope(services.sessions) as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
         if is_terminal(job.state):
             return SKIPPED
-        if not access.acquire_lease(session, job_id=job_id, owner=owner, ttl_s=settings.lease_ttl_s):
+        if not lease_access.acquire_lease(session, job_id=job_id, owner=owner, ttl_s=settings.lease_ttl_s):
             return BUSY  # a live owner is on it; if it dies, the reaper re-queues
     with session_scope(services.sessions) as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
         state = JobState(job.state)
         if state == JobState.CANCELLING:
             _finish_cancel(session, job_id, owner)
             return CANCELLED
         expected = {STAGE_STATE[stage]} | ({JobState.QUEUED} if stage == Stage.VALIDATE else set())
         if state not in expected:  # a duplicate or stale message: the job has moved on
-            access.release_lease(session, job_id=job_id, owner=owner)
+            lease_access.release_lease(session, job_id=job_id, owner=owner)
             return SKIPPED
-        previous = access.stage_progress(session, job_id=job_id, stage=stage)
+        previous = stage_access.stage_progress(session, job_id=job_id, stage=stage)
         if previous is not None and (previous.attempts or 0) >= settings.stage_max_attempts:
-            access.fail_exhausted(session, job_id=job_id, stage=stage, attempts=previous.attempts,
-                                  last_error=previous.last_error)
+            stage_access.fail_exhausted(session, job_id=job_id, stage=stage, attempts=previous.attempts,
+                                        last_error=previous.last_error)
             log.error("job %s stage %s: %d attempts used up; the job failed", job_id, stage.value,
                       previous.attempts)
             return FAILED
@@ -171,7 +180,7 @@ def run_stage(services: WorkerServices, job_id: str, stage: Stage, owner: str) -
 def _run_started(services: WorkerServices, job_id: str, stage: Stage, owner: str) -> str:
     settings = services.settings
     with session_scope(services.sessions) as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
         kind, stored, tenant_id = job.kind, job.request, job.tenant_id
     try:
         request = parse_request(kind, stored)
@@ -180,7 +189,7 @@ def _run_started(services: WorkerServices, job_id: str, stage: Stage, owner: str
         return FAILED
     with session_scope(services.sessions) as session:
         file_format = _file_format(session, tenant_id, request)
-        access.start_stage(session, job_id=job_id, stage=stage)
+        stage_access.start_stage(session, job_id=job_id, stage=stage)
 
     heartbeat = Heartbeat(services, job_id, owner)
     heartbeat.start()
@@ -232,9 +241,9 @@ def _record_crash(services: WorkerServices, job_id: str, stage: Stage, owner: st
                             "message": f"{type(exc).__name__}: {exc}"[:500]}, services.settings)
     try:
         with session_scope(services.sessions) as session:
-            access.record_stage_error(session, job_id=job_id, stage=stage, error=error)
-            if isinstance(exc, Exception) and access.release_lease(session, job_id=job_id, owner=owner):
-                access.expect_enqueue(session, job_id=job_id)
+            stage_access.record_stage_error(session, job_id=job_id, stage=stage, error=error)
+            if isinstance(exc, Exception) and lease_access.release_lease(session, job_id=job_id, owner=owner):
+                lease_access.expect_enqueue(session, job_id=job_id)
     except Exception:
         log.warning("could not record the crash of job %s stage %s", job_id, stage.value, exc_info=True)
 
@@ -249,7 +258,7 @@ def _enqueue(services: WorkerServices, job_id: str, stage: Stage) -> bool:
         return False
     try:
         with session_scope(services.sessions) as session:
-            access.mark_enqueued(session, job_id=job_id)
+            lease_access.mark_enqueued(session, job_id=job_id)
     except Exception:  # unconfirmed: at worst one duplicate message, which is skipped
         log.warning("could not confirm the enqueue of job %s", job_id, exc_info=True)
     return True
@@ -272,17 +281,18 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
                   request: RealignRequest | EvalRequest, result: StageResult, kind: str = "realign") -> str:
     following = next_stage(request, stage)
     with session_scope(services.sessions) as session:
-        if not access.heartbeat(session, job_id=job_id, owner=owner, ttl_s=services.settings.lease_ttl_s).held:
+        beat = lease_access.heartbeat(session, job_id=job_id, owner=owner, ttl_s=services.settings.lease_ttl_s)
+        if not beat.held:
             return LEASE_LOST
         if result.triage_items:
-            access.add_triage_items(session, job_id=job_id, items=result.triage_items)
+            add_triage_items(session, job_id=job_id, items=result.triage_items)
         metrics = result.metrics
         if "resources" in metrics:  # one entry per stage: merged, not overwritten
-            earlier = (access.load_job(session, job_id=job_id).metrics or {}).get("resources") or {}
+            earlier = (load_job(session, job_id=job_id).metrics or {}).get("resources") or {}
             metrics = {**metrics, "resources": {**earlier, **metrics["resources"]}}
-        access.set_job_results(session, job_id=job_id, metrics=metrics, artifacts=result.artifacts,
-                               category_counts=result.category_counts)
-        access.complete_stage(session, job_id=job_id, stage=stage, summary=result.summary)
+        set_job_results(session, job_id=job_id, metrics=metrics, artifacts=result.artifacts,
+                        category_counts=result.category_counts)
+        stage_access.complete_stage(session, job_id=job_id, stage=stage, summary=result.summary)
         target = STAGE_STATE[following] if following else JobState.SUCCEEDED
         if following is not None and awaits_review(request, stage):
             target, following = JobState.AWAITING_REVIEW, None  # parked: POST .../continue enqueues the rest
@@ -290,17 +300,17 @@ def _finish_stage(services: WorkerServices, job_id: str, stage: Stage, owner: st
             from worker.registration import register_job_adapter
 
             adapter = register_job_adapter(session, services.settings, job_id)
-            access.set_job_results(session, job_id=job_id, artifacts={"adapter_id": adapter.id,
-                                                                      "adapter_name": adapter.name})
+            set_job_results(session, job_id=job_id, artifacts={"adapter_id": adapter.id,
+                                                               "adapter_name": adapter.name})
         try:
-            access.transition_job(session, job_id=job_id, to_state=target)
+            transition_job(session, job_id=job_id, to_state=target)
         except InvalidTransition:  # cancel arrived between the last heartbeat and now
             session.rollback()
             _finish_cancel(session, job_id, owner)
             return CANCELLED
-        access.release_lease(session, job_id=job_id, owner=owner)
+        lease_access.release_lease(session, job_id=job_id, owner=owner)
         if following is not None:
-            access.expect_enqueue(session, job_id=job_id)
+            lease_access.expect_enqueue(session, job_id=job_id)
     if following is not None:
         _enqueue(services, job_id, following)  # if lost, the reaper re-sends it within `enqueue_grace_s`
     return DONE
@@ -313,8 +323,8 @@ def awaits_review(request: RealignRequest | EvalRequest, finished: Stage) -> boo
 
 def _finish_cancel(session: Session, job_id: str, owner: str) -> None:
     with contextlib.suppress(InvalidTransition):  # already terminal
-        access.transition_job(session, job_id=job_id, to_state=JobState.CANCELLED)
-    access.release_lease(session, job_id=job_id, owner=owner)
+        transition_job(session, job_id=job_id, to_state=JobState.CANCELLED)
+    lease_access.release_lease(session, job_id=job_id, owner=owner)
 
 
 def _fail(services: WorkerServices, job_id: str, stage: Stage, owner: str, exc: Exception) -> None:
@@ -325,20 +335,20 @@ def _fail(services: WorkerServices, job_id: str, stage: Stage, owner: str, exc: 
         error = {"stage": stage.value, "kind": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
     error = sanitise_error(error, services.settings)  # no secrets, server paths or long remote bodies
     with session_scope(services.sessions) as session:
-        access.add_event(session, job_id=job_id, type=EventType.ERROR, stage=stage, data=error)
+        add_event(session, job_id=job_id, type=EventType.ERROR, stage=stage, data=error)
         with contextlib.suppress(InvalidTransition):
-            access.transition_job(session, job_id=job_id, to_state=JobState.FAILED, error=error)
-        access.release_lease(session, job_id=job_id, owner=owner)
+            transition_job(session, job_id=job_id, to_state=JobState.FAILED, error=error)
+        lease_access.release_lease(session, job_id=job_id, owner=owner)
 
 
 def _event(services: WorkerServices, job_id: str, stage: Stage, type: EventType, data: dict[str, Any]) -> None:
     with session_scope(services.sessions) as session:
-        access.add_event(session, job_id=job_id, type=type, stage=stage, data=data)
+        add_event(session, job_id=job_id, type=type, stage=stage, data=data)
 
 
 def _lookup_adapter(services: WorkerServices, tenant_id: str, id_or_name: str) -> dict[str, Any] | None:
     with session_scope(services.sessions) as session:
-        adapter = access.find_adapter(session, tenant_id=tenant_id, id_or_name=id_or_name)
+        adapter = find_adapter(session, tenant_id=tenant_id, id_or_name=id_or_name)
         if adapter is None:
             return None
         return {"id": adapter.id, "name": adapter.name, "path": adapter.path, "sha256": adapter.sha256,
@@ -349,17 +359,17 @@ def _file_format(session: Session, tenant_id: str, request: RealignRequest) -> s
     if not isinstance(request.dataset, FileDataset):
         return None
     try:
-        return access.get_file(session, tenant_id=tenant_id, file_id=request.dataset.file_id).format
-    except access.NotFound:
+        return get_file(session, tenant_id=tenant_id, file_id=request.dataset.file_id).format
+    except NotFound:
         return None
 
 
 def reap_once(services: WorkerServices) -> int:
-    """Re-queue every live job nobody works on (see `access.claim_requeues`); returns how many."""
+    """Re-queue every live job nobody works on (see `lease_access.claim_requeues`); returns how many."""
     with session_scope(services.sessions) as session:
-        claimed = access.claim_requeues(session, older_than_s=services.settings.requeue_after_s,
-                                        enqueue_grace_s=services.settings.enqueue_grace_s,
-                                        max_attempts=services.settings.stage_max_attempts)
+        claimed = lease_access.claim_requeues(session, older_than_s=services.settings.requeue_after_s,
+                                              enqueue_grace_s=services.settings.enqueue_grace_s,
+                                              max_attempts=services.settings.stage_max_attempts)
         for item in claimed:
             if item.stage is None:
                 _finish_cancel(session, item.job_id, owner="")
@@ -399,8 +409,8 @@ class WorkerBeat(threading.Thread):
 
     def beat(self) -> None:
         with session_scope(self.services.sessions) as session:
-            access.record_worker(session, name=self.worker_name, hostname=self.hostname, pid=self.pid,
-                                 queues=self.queues)
+            record_worker(session, name=self.worker_name, hostname=self.hostname, pid=self.pid,
+                          queues=self.queues)
 
     def run(self) -> None:
         while True:
@@ -417,6 +427,6 @@ class WorkerBeat(threading.Thread):
             self.join(timeout=5)
         try:
             with session_scope(self.services.sessions) as session:
-                access.remove_worker(session, name=self.worker_name)
+                remove_worker(session, name=self.worker_name)
         except Exception:
             log.warning("could not remove worker %s's heartbeat row", self.worker_name, exc_info=True)

@@ -21,7 +21,7 @@ from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
 from api.schemas import AdapterBaseModelOut, AdapterOut, LoraOut, Page
-from core.db import access
+from core.db.access import adapters as adapter_access
 from core.db.models import Adapter
 from core.registry import (
     ADAPTER_CONFIG,
@@ -82,8 +82,8 @@ def list_adapters(
     principal: PrincipalDep,
     paging: PaginationDep,
 ) -> Page[AdapterOut]:
-    page = access.list_adapters(session, tenant_id=principal.tenant_id, limit=paging.size(settings),
-                                cursor=paging.cursor)
+    page = adapter_access.list_adapters(session, tenant_id=principal.tenant_id, limit=paging.size(settings),
+                                        cursor=paging.cursor)
     return Page[AdapterOut](data=[adapter_out(a, settings) for a in page.items], next_cursor=page.next_cursor)
 
 
@@ -93,7 +93,8 @@ def list_adapters(
             "adapter_config.json has them, provenance (job, policy hash, dataset and its hash, judge, method, "
             "parent), the evaluation report, and the deploy gate's cached result once the gateway has served it.")
 def get_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> AdapterOut:
-    return adapter_out(access.get_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id), settings)
+    adapter = adapter_access.get_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
+    return adapter_out(adapter, settings)
 
 
 @router.get("/adapters/{adapter_id}/download", responses={
@@ -116,7 +117,7 @@ def download_adapter(
         alias="format", description="tar.gz: the adapter directory (peft / vLLM load it as is); safetensors: "
                                     "the weights only")] = "tar.gz",
 ) -> Response:
-    adapter = access.get_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
+    adapter = adapter_access.get_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
     if archive_format == "safetensors":
         path = _weights(settings, adapter)
         return FileResponse(path, media_type="application/octet-stream", filename=f"{adapter.name}.safetensors",
@@ -162,7 +163,8 @@ async def delete_adapter(adapter_id: str, request: Request, principal: Principal
 
     def remove() -> str:
         with request.app.state.sessions() as session:
-            adapter = access.delete_adapter(session, tenant_id=principal.tenant_id, adapter_id=adapter_id)
+            adapter = adapter_access.delete_adapter(session, tenant_id=principal.tenant_id,
+                                                    adapter_id=adapter_id)
             session.commit()
             return adapter.path
 

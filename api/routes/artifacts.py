@@ -24,7 +24,9 @@ from api.errors import ProblemError
 from api.routes import problems
 from api.routes.adapters import adapter_archive
 from api.schemas import ArtifactList, ArtifactOut, MetricsHistory, ScoreList, ScoreOut
-from core.db import access
+from core.db.access.adapters import adapter_of_job
+from core.db.access.common import BadCursor
+from core.db.access.jobs import get_job
 from core.db.models import Job
 from core.paths import PathEscapesRoot, resolve_under_root
 from core.registry import JOB_ARTIFACTS, job_folder, weights_file
@@ -35,7 +37,6 @@ HASH_LIMIT_BYTES = 16 * 1024 * 1024  # sha256 in the listing for files up to thi
 METRICS_PAGE, METRICS_PAGE_MAX = 1000, 10_000
 ADAPTER = "adapter"
 SANITISED = frozenset({"triaged"})  # served row by row with judge error texts sanitised (so: no sha256 listed)
-TRIAGE_ERROR_CHARS = 300  # as worker.stages.PROBE_ERROR_CHARS: what a triage item's error shows
 
 
 def _file(settings: Settings, job: Job, relative: str) -> Path | None:
@@ -60,11 +61,11 @@ def _sha256(path: Path, size: int) -> str | None:
 def _sanitised_rows(path: Path, settings: Settings) -> Iterator[bytes]:
     """Triaged rows as tenants may see them: a judge failure's text is the short sanitised excerpt the job's
     triage items carry (no remote body, no endpoint, no secret), as in GET /v1/jobs/{id}/triage."""
-    from core.sanitise import sanitise_error_text
+    from core.sanitise import JUDGE_ERROR_CHARS, sanitise_error_text
 
     for row in _jsonl(path):
         if isinstance(row.get("error"), str):
-            row["error"] = sanitise_error_text(row["error"], settings=settings, max_len=TRIAGE_ERROR_CHARS)
+            row["error"] = sanitise_error_text(row["error"], settings=settings, max_len=JUDGE_ERROR_CHARS)
         yield (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -78,8 +79,8 @@ def job_artifacts(session: Session, settings: Settings, job: Job) -> list[Artifa
             digest = None if name in SANITISED else _sha256(path, size)
             out.append(ArtifactOut(name=name, kind=kind, file=relative, size_bytes=size, sha256=digest,
                                    content_type=content_type, url=f"/v1/jobs/{job.id}/artifacts/{name}"))
-    adapter = access.adapter_of_job(session, job_id=job.id)
-    if adapter is not None and adapter.tenant_id == job.tenant_id and weights_file(settings, adapter.path).is_file():
+    adapter = adapter_of_job(session, tenant_id=job.tenant_id, job_id=job.id)
+    if adapter is not None and weights_file(settings, adapter.path).is_file():
         out.append(ArtifactOut(name=ADAPTER, kind="adapter", file=adapter.path.split("/", 2)[2] + "/",
                                size_bytes=adapter.size_bytes, sha256=None, content_type="application/gzip",
                                url=f"/v1/adapters/{adapter.id}/download"))
@@ -92,7 +93,7 @@ def job_artifacts(session: Session, settings: Settings, job: Job) -> list[Artifa
             "history, the evaluation report and its prompts, the adapter, summaries); each entry's `url` "
             "downloads it. A running job lists the artifacts of the stages it has finished.")
 def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> ArtifactList:
-    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     return ArtifactList(data=job_artifacts(session, settings, job))
 
 
@@ -106,10 +107,10 @@ def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep, prin
     "artifacts when `name` is not one of them; 410 when the file is gone from storage.")
 def download_artifact(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
                       principal: PrincipalDep) -> Response:
-    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     if name == ADAPTER:
-        adapter = access.adapter_of_job(session, job_id=job.id)
-        if adapter is not None and adapter.tenant_id == job.tenant_id:
+        adapter = adapter_of_job(session, tenant_id=job.tenant_id, job_id=job.id)
+        if adapter is not None:
             return adapter_archive(adapter, settings)
     elif name in JOB_ARTIFACTS:
         relative, _, content_type = JOB_ARTIFACTS[name]
@@ -144,7 +145,7 @@ def _cursor(value: str | None, what: str) -> int:
     if value is None:
         return 0
     if not value.isdigit() or len(value) > 12:
-        raise access.BadCursor(f"bad cursor {value[:40]!r} for {what}")
+        raise BadCursor(f"bad cursor {value[:40]!r} for {what}")
     return int(value)
 
 
@@ -163,7 +164,7 @@ def metrics_history(
 ) -> MetricsHistory:
     """Steps in order, as training appends them (poll with the last next_cursor to follow a running job); an
     empty list before training started. A resumed run continues from its checkpoint's step."""
-    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     after = _cursor(paging.cursor, "the metrics history")
     page = min(paging.limit or METRICS_PAGE, METRICS_PAGE_MAX)
     path = _file(settings, job, JOB_ARTIFACTS["train_metrics"][0])
@@ -191,7 +192,7 @@ def impact_scores(
     paging: PaginationDep,
 ) -> ScoreList:
     """404 until the score stage has written the scores (and for variants that do not score)."""
-    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     start = _cursor(paging.cursor, "the scores")
     page = paging.size(settings)
     path = _file(settings, job, JOB_ARTIFACTS["scored"][0])

@@ -19,7 +19,9 @@ from api.routes.jobs import (
     job_out,
 )
 from api.schemas import EvalJobOut
-from core.db import access
+from core.db.access.adapters import find_adapter
+from core.db.access.common import NotFound
+from core.db.access.jobs import get_job
 from core.jobspec import EvalRequest
 from core.paths import PathEscapesRoot, resolve_under_root
 from core.settings import Settings
@@ -38,7 +40,7 @@ def is_base_model_name(settings: Settings, model: str) -> bool:
 
 
 def _check_model(session: Session, settings: Settings, tenant_id: str, model: str) -> None:
-    if access.find_adapter(session, tenant_id=tenant_id, id_or_name=model) is not None:
+    if find_adapter(session, tenant_id=tenant_id, id_or_name=model) is not None:
         return
     if not is_base_model_name(settings, model):
         raise field_problem(["body", "model"], f"no adapter and no base model named {model!r} (GET /v1/adapters "
@@ -85,7 +87,7 @@ def submit_eval(
             description="The evaluation job's state and progress, and once it has succeeded its `report`: per "
             "model (target, base, parent) the metrics with confidence intervals, and the comparisons.")
 def get_eval(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> EvalJobOut:
-    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     if job.kind != "eval":
-        raise access.NotFound(f"job {job_id} is not an evaluation job (see /v1/jobs/{job_id})")
+        raise NotFound(f"job {job_id} is not an evaluation job (see /v1/jobs/{job_id})")
     return eval_job_out(session, settings, job)

@@ -14,7 +14,7 @@ from api.deps import PaginationDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
 from api.schemas import FileOut, Page
-from core.db import access
+from core.db.access import files as file_access
 from core.db.models import File, new_id
 from core.settings import Settings
 from trace_engine.data.io import DatasetError
@@ -126,9 +126,9 @@ def upload_file(
         if report.pairs_kept == 0:
             raise ProblemError(422, f"{filename} holds no preference pairs", slug="empty-file", report=summary)
         os.replace(partial, final)
-        record = access.create_file(session, file_id=file_id, tenant_id=principal.tenant_id, filename=filename,
-                                    fmt=fmt, size_bytes=size, sha256=sha256, rows=report.rows_read,
-                                    pairs=report.pairs_kept, report=summary)
+        record = file_access.create_file(session, file_id=file_id, tenant_id=principal.tenant_id,
+                                         filename=filename, fmt=fmt, size_bytes=size, sha256=sha256,
+                                         rows=report.rows_read, pairs=report.pairs_kept, report=summary)
         session.commit()
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -147,7 +147,8 @@ def list_files(
     principal: PrincipalDep,
     paging: PaginationDep,
 ) -> Page[FileOut]:
-    page = access.list_files(session, tenant_id=principal.tenant_id, limit=paging.size(settings), cursor=paging.cursor)
+    page = file_access.list_files(session, tenant_id=principal.tenant_id, limit=paging.size(settings),
+                                  cursor=paging.cursor)
     return Page[FileOut](data=[file_out(f) for f in page.items], next_cursor=page.next_cursor)
 
 
@@ -155,4 +156,4 @@ def list_files(
             description="One uploaded file: name, format, size, sha256, rows read, pairs kept and the validation "
             "report.")
 def get_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> FileOut:
-    return file_out(access.get_file(session, tenant_id=principal.tenant_id, file_id=file_id))
+    return file_out(file_access.get_file(session, tenant_id=principal.tenant_id, file_id=file_id))

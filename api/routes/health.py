@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.errors import ProblemError
 from api.routes import problems
 from api.schemas import Health
-from core.db import access
+from core.db.access.workers import live_workers_by_queue, ping
 
 router = APIRouter(tags=["health"])
 
@@ -36,7 +36,7 @@ def readyz(request: Request, require_workers: Annotated[bool, Query(
     checks: dict[str, str] = {}
     try:
         with request.app.state.sessions() as session:
-            access.ping(session)
+            ping(session)
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means not ready
         checks["database"] = f"unreachable: {type(exc).__name__}"
@@ -73,8 +73,8 @@ def _live_workers(request: Request) -> dict[str, int]:
     names = {settings.queue_prefix + queue: queue for queue in (JUDGE_QUEUE, GPU_QUEUE)}
     try:
         with request.app.state.sessions() as session:
-            counts = access.live_workers_by_queue(session, queues=list(names),
-                                                  stale_after_s=settings.worker_stale_after_s)
+            counts = live_workers_by_queue(session, queues=list(names),
+                                           stale_after_s=settings.worker_stale_after_s)
     except Exception:
         return {}
     return {names[queue]: count for queue, count in counts.items()}

@@ -23,7 +23,15 @@ from api.errors import ProblemError
 from api.judges import check_judge_profile
 from api.routes import problems
 from api.schemas import EventOut, JobOut, Page, StageProgressOut, TriageItemOut, TriageList
-from core.db import access
+from core.db.access import jobs as job_access
+from core.db.access.adapters import find_adapter
+from core.db.access.common import NotFound
+from core.db.access.events import add_event, list_events, page_events
+from core.db.access.files import get_file
+from core.db.access.leases import mark_enqueued
+from core.db.access.stages import stage_progress_by_job
+from core.db.access.tenants import count_active_jobs, lock_tenant_submissions, submissions_since
+from core.db.access.triage import list_triage_items, triage_category_counts, triage_counts_by_job
 from core.db.models import Job, JobEvent, StageProgress, utcnow
 from core.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
 from core.jobspec import EvalRequest, FileDataset, HfDataset, PathDataset, RealignRequest
@@ -56,19 +64,20 @@ def progress_out(progress: StageProgress) -> StageProgressOut:
                             completed_at=progress.completed_at)
 
 
-def jobs_out(session: Session, jobs: list[Job], progress: dict[str, list[StageProgress]] | None = None) -> list[JobOut]:
-    """Shape jobs with at most two extra queries in all, not per job. Category counts are the stored ones
-    (the worker sets them when triage completes); only a job still triaging has them counted live."""
+def jobs_out(session: Session, jobs: list[Job], *, tenant_id: str,
+             progress: dict[str, list[StageProgress]] | None = None) -> list[JobOut]:
+    """Shape the tenant's jobs with at most two extra queries in all, not per job. Category counts are the stored
+    ones (the worker sets them when triage completes); only a job still triaging has them counted live."""
     ids = [job.id for job in jobs]
     if progress is None:
-        progress = access.stage_progress_by_job(session, job_ids=ids)
+        progress = stage_progress_by_job(session, tenant_id=tenant_id, job_ids=ids)
     live = [job.id for job in jobs if not job.category_counts and job.state == JobState.TRIAGING.value]
-    live_counts = access.triage_counts_by_job(session, job_ids=live) if live else {}
+    live_counts = triage_counts_by_job(session, tenant_id=tenant_id, job_ids=live) if live else {}
     return [_job_out(job, progress[job.id], job.category_counts or live_counts.get(job.id, {})) for job in jobs]
 
 
 def job_out(session: Session, job: Job) -> JobOut:
-    return jobs_out(session, [job])[0]
+    return jobs_out(session, [job], tenant_id=job.tenant_id)[0]
 
 
 def json_response(model: JobOut, status_code: int = 200) -> Response:
@@ -150,8 +159,8 @@ def check_references(session: Session, settings: Settings, tenant_id: str,
     dataset = body.dataset
     if isinstance(dataset, FileDataset):
         try:
-            access.get_file(session, tenant_id=tenant_id, file_id=dataset.file_id)
-        except access.NotFound:
+            get_file(session, tenant_id=tenant_id, file_id=dataset.file_id)
+        except NotFound:
             raise field_problem(["body", "dataset", "file_id"], f"no file {dataset.file_id!r} (upload it with "
                                  "POST /v1/files)", "not_found") from None
     elif isinstance(dataset, PathDataset):
@@ -159,8 +168,8 @@ def check_references(session: Session, settings: Settings, tenant_id: str,
     if body.judge.rules_path is not None:
         _checked_path(settings.datasets_root, body.judge.rules_path, ["body", "judge", "rules_path"])
     check_judge_profile(settings, body.judge)  # an openai judge names a configured profile (docs/security.md)
-    if isinstance(body, RealignRequest) and body.parent_adapter is not None and access.find_adapter(session, tenant_id=tenant_id,
-                                                               id_or_name=body.parent_adapter) is None:
+    if (isinstance(body, RealignRequest) and body.parent_adapter is not None
+            and find_adapter(session, tenant_id=tenant_id, id_or_name=body.parent_adapter) is None):
         raise field_problem(["body", "parent_adapter"], f"no adapter {body.parent_adapter!r}", "not_found")
 
 
@@ -203,9 +212,9 @@ def create_and_enqueue(request: Request, response: Response, session: Session, *
     if not replay:
         enforce_quotas(session, request.app.state.settings, tenant_id, new_job=True)
     try:
-        job, created = access.create_job(session, tenant_id=tenant_id, request=body.model_dump(mode="json"),
-                                         body_hash=body_hash(body), idempotency_key=idempotency_key, kind=kind)
-    except access.IdempotencyConflict as exc:
+        job, created = job_access.create_job(session, tenant_id=tenant_id, request=body.model_dump(mode="json"),
+                                             body_hash=body_hash(body), idempotency_key=idempotency_key, kind=kind)
+    except job_access.IdempotencyConflict as exc:
         raise ProblemError(422, f"{exc}; use a new key for a new request", slug="idempotency-key-reused",
                            errors=[{"loc": ["header", "Idempotency-Key"], "field": "Idempotency-Key",
                                     "kind": "idempotency_key_reused", "message": str(exc)}],
@@ -224,15 +233,15 @@ def enforce_quotas(session: Session, settings: Settings, tenant_id: str, *, new_
     """429 with Retry-After when the tenant has too many live jobs (`max_active_jobs_per_tenant`) or created too
     many jobs + files in the last minute (`max_submissions_per_minute`). Counted in Postgres under a per-tenant
     advisory lock held until the submission commits, so every API replica shares one exact limit."""
-    access.lock_tenant_submissions(session, tenant_id=tenant_id)
+    lock_tenant_submissions(session, tenant_id=tenant_id)
     limit = settings.max_active_jobs_per_tenant
-    if new_job and limit and access.count_active_jobs(session, tenant_id=tenant_id) >= limit:
+    if new_job and limit and count_active_jobs(session, tenant_id=tenant_id) >= limit:
         raise ProblemError(429, f"this tenant already has {limit} unfinished jobs (the limit); wait for one to "
                            "finish or cancel one", slug="too-many-active-jobs", headers={"Retry-After": "30"})
     rate = settings.max_submissions_per_minute
     if rate:
         now = utcnow()
-        count, oldest = access.submissions_since(session, tenant_id=tenant_id, since=now - timedelta(seconds=60))
+        count, oldest = submissions_since(session, tenant_id=tenant_id, since=now - timedelta(seconds=60))
         if count >= rate:
             wait = max(1, math.ceil(60 - (now - oldest).total_seconds())) if oldest else 60
             raise ProblemError(429, f"more than {rate} submissions in a minute; retry in {wait} s",
@@ -243,14 +252,14 @@ def enqueue_stage(request: Request, session: Session, job_id: str, stage: Stage 
     """The job is already committed; if the broker refuses, it stays put and the reaper enqueues it later."""
     try:
         request.app.state.enqueue(job_id, stage.value)
-        access.mark_enqueued(session, job_id=job_id)  # confirmed: the reaper's lost-enqueue check skips it
+        mark_enqueued(session, job_id=job_id)  # confirmed: the reaper's lost-enqueue check skips it
         session.commit()
     except Exception as exc:
         session.rollback()
         log.warning("enqueue of job %s failed: %s", job_id, type(exc).__name__)
         request.app.state.metrics.enqueue_failures.inc()
-        access.add_event(session, job_id=job_id, type=EventType.WARNING,
-                         data={"message": f"enqueue failed ({type(exc).__name__}); the job waits and "
+        add_event(session, job_id=job_id, type=EventType.WARNING,
+                  data={"message": f"enqueue failed ({type(exc).__name__}); the job waits and "
                                           "will be enqueued again"})
         session.commit()
 
@@ -265,9 +274,10 @@ def list_jobs(
     paging: PaginationDep,
     state: Annotated[list[JobState] | None, Query(description="repeat to match any of several states")] = None,
 ) -> Page[JobOut]:
-    page = access.list_jobs(session, tenant_id=principal.tenant_id, limit=paging.size(settings), cursor=paging.cursor,
-                            states=state)
-    return Page[JobOut](data=jobs_out(session, page.items), next_cursor=page.next_cursor)
+    page = job_access.list_jobs(session, tenant_id=principal.tenant_id, limit=paging.size(settings),
+                                cursor=paging.cursor, states=state)
+    return Page[JobOut](data=jobs_out(session, page.items, tenant_id=principal.tenant_id),
+                        next_cursor=page.next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 404), summary="A job's state",
@@ -279,8 +289,8 @@ async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Res
 
     def load() -> JobOut:
         with request.app.state.sessions() as session:
-            job, progress = access.get_job_with_progress(session, tenant_id=principal.tenant_id, job_id=job_id)
-            return jobs_out(session, [job], {job.id: progress})[0]
+            job, progress = job_access.get_job_with_progress(session, tenant_id=principal.tenant_id, job_id=job_id)
+            return jobs_out(session, [job], tenant_id=principal.tenant_id, progress={job.id: progress})[0]
 
     return json_response(await anyio.to_thread.run_sync(load))
 
@@ -292,7 +302,7 @@ async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> Res
 def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
     """A queued job is cancelled at once; a running one goes to `cancelling` and its worker stops it."""
     try:
-        job = access.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
+        job = job_access.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
     except InvalidTransition as exc:
         raise ProblemError(409, f"job {job_id} is already {exc.current.value}; nothing to cancel",
                            slug="job-finished") from None
@@ -309,13 +319,13 @@ def retry_job(job_id: str, request: Request, session: SessionDep, principal: Pri
     """A failed job goes back to the stage it failed in, keeping what earlier stages produced (and the stored
     verdicts / training checkpoints of that stage), with that stage's attempts reset; 409 unless it failed."""
     try:
-        job, stage = access.retry_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+        job, stage = job_access.retry_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     except InvalidTransition as exc:
         raise ProblemError(409, f"job {job_id} is {exc.current.value}; only a failed job can be retried",
                            slug="job-not-failed") from None
     session.commit()
     enqueue_stage(request, session, job_id, stage)
-    return job_out(session, access.load_job(session, job_id=job_id))
+    return job_out(session, job_access.load_job(session, job_id=job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=Page[EventOut], responses={
@@ -341,17 +351,18 @@ async def job_events(
 
     def load_first_page() -> Page[EventOut] | None:
         with sessions() as session:
-            access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
+            job_access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
             if _wants_sse(request):
                 return None
-            page = access.page_events(session, job_id=job_id, limit=paging.size(settings), cursor=paging.cursor)
+            page = page_events(session, tenant_id=principal.tenant_id, job_id=job_id, limit=paging.size(settings),
+                               cursor=paging.cursor)
             return Page[EventOut](data=[event_out(e) for e in page.items], next_cursor=page.next_cursor)
 
     result = await anyio.to_thread.run_sync(load_first_page)
     if result is not None:
         return result
     after = _parse_last_event_id(last_event_id)
-    return StreamingResponse(_sse_stream(request, job_id, after), media_type=SSE_MEDIA_TYPE,
+    return StreamingResponse(_sse_stream(request, principal.tenant_id, job_id, after), media_type=SSE_MEDIA_TYPE,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -372,15 +383,16 @@ def sse_frame(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
 
 
-async def _sse_stream(request: Request, job_id: str, after: int | None) -> AsyncIterator[str]:
+async def _sse_stream(request: Request, tenant_id: str, job_id: str, after: int | None) -> AsyncIterator[str]:
     """Poll the database; stop once the job is terminal and every event up to then was sent."""
     settings: Settings = request.app.state.settings
     sessions = request.app.state.sessions
 
     def poll(after_id: int | None) -> tuple[list[EventOut], bool]:
         with sessions() as session:
-            terminal = is_terminal(access.load_job(session, job_id=job_id).state)  # read state BEFORE events
-            events = access.list_events(session, job_id=job_id, limit=500, after_id=after_id)
+            job = job_access.get_job(session, tenant_id=tenant_id, job_id=job_id)
+            terminal = is_terminal(job.state)  # read state BEFORE events
+            events = list_events(session, tenant_id=tenant_id, job_id=job_id, limit=500, after_id=after_id)
             return [event_out(e) for e in events], terminal
 
     started = last_sent = time.monotonic()
@@ -414,10 +426,11 @@ def job_triage(
     paging: PaginationDep,
     category: Annotated[str | None, Query(pattern="^(" + "|".join(CATEGORIES) + ")$")] = None,
 ) -> TriageList:
-    access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
-    page = access.list_triage_items(session, job_id=job_id, limit=paging.size(settings), cursor=paging.cursor,
-                                    category=category)
+    job_access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 unless the tenant's
+    page = list_triage_items(session, tenant_id=principal.tenant_id, job_id=job_id, limit=paging.size(settings),
+                             cursor=paging.cursor, category=category)
     items = [TriageItemOut(pair_id=i.pair_id, position=i.position, category=i.category, verdicts=i.verdicts)
              for i in page.items]
     return TriageList(data=items, next_cursor=page.next_cursor,
-                      category_counts=access.triage_category_counts(session, job_id=job_id))
+                      category_counts=triage_category_counts(session, tenant_id=principal.tenant_id,
+                                                             job_id=job_id))

@@ -20,7 +20,11 @@ from api.errors import ProblemError
 from api.routes import problems
 from api.routes.jobs import enqueue_stage, job_out
 from api.schemas import JobOut
-from core.db import access
+from core.db.access.common import NotFound
+from core.db.access.events import add_event
+from core.db.access.jobs import get_job, load_job, transition_job
+from core.db.access.leases import expect_enqueue
+from core.db.access.triage import triage_category_counts
 from core.db.models import Job, TriageItem, utcnow
 from core.db.states import STAGE_STATE, EventType, JobState, Stage, next_stage
 from core.jobspec import RealignRequest
@@ -66,7 +70,7 @@ def _locked_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """The tenant's job, row-locked on Postgres so a change and a continue cannot interleave."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
     if job is None:
-        raise access.NotFound(f"job {job_id} not found")
+        raise NotFound(f"job {job_id} not found")
     return job
 
 
@@ -93,7 +97,7 @@ def _overridden(session: Session, job_id: str) -> list[TriageItem]:
             "pairs whose category a reviewer changed, each with the judge's original category. GET "
             "/v1/jobs/{job_id}/triage lists every pair with its verdicts.")
 def get_review(job_id: str, session: SessionDep, principal: PrincipalDep) -> ReviewOut:
-    job = access.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     return ReviewOut(job_id=job.id, state=job.state, awaiting_review=job.state == JobState.AWAITING_REVIEW.value,
                      overrides=[_item_out(i) for i in _overridden(session, job.id)])
 
@@ -110,7 +114,7 @@ def change_category(job_id: str, pair_id: str, change: CategoryChange, session: 
     job = _locked_job(session, principal.tenant_id, job_id)
     item = session.get(TriageItem, (job.id, pair_id))
     if item is None:
-        raise access.NotFound(f"job {job_id} has no triaged pair {pair_id!r}")
+        raise NotFound(f"job {job_id} has no triaged pair {pair_id!r}")
     if job.state != JobState.AWAITING_REVIEW.value:
         raise _not_awaiting(job, "categories can be changed")
     judge_category = item.original_category or item.category
@@ -119,10 +123,10 @@ def change_category(job_id: str, pair_id: str, change: CategoryChange, session: 
         item.original_category = None if change.category == judge_category else judge_category
         item.reviewed_at = utcnow()
         session.flush()
-        job.category_counts = access.triage_category_counts(session, job_id=job.id)
+        job.category_counts = triage_category_counts(session, tenant_id=job.tenant_id, job_id=job.id)
         job.updated_at = utcnow()
-        access.add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
-                         data={"pair_id": pair_id, "from": judge_category, "to": change.category})
+        add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
+                  data={"pair_id": pair_id, "from": judge_category, "to": change.category})
     session.commit()
     return _item_out(item)
 
@@ -146,10 +150,10 @@ def continue_job(job_id: str, request: Request, session: SessionDep, settings: S
         raise ProblemError(409, f"job {job.id}'s stored request is no longer accepted; submit it again",
                            slug="stored-request-invalid") from None
     write_review(job_folder(settings, job.id), overrides)
-    access.add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
-                     data={"continued": True, "overrides": len(overrides)})
-    access.transition_job(session, job_id=job.id, to_state=STAGE_STATE[following])
-    access.expect_enqueue(session, job_id=job.id)
+    add_event(session, job_id=job.id, type=EventType.REVIEWED, stage=Stage.TRIAGE,
+              data={"continued": True, "overrides": len(overrides)})
+    transition_job(session, job_id=job.id, to_state=STAGE_STATE[following])
+    expect_enqueue(session, job_id=job.id)
     session.commit()
     enqueue_stage(request, session, job.id, following)
-    return job_out(session, access.load_job(session, job_id=job.id))
+    return job_out(session, load_job(session, job_id=job.id))

@@ -96,6 +96,10 @@ def is_terminal(state: JobState | str) -> bool:
     return JobState(state) in TERMINAL_STATES
 
 
+LIVE_STATES = tuple(s.value for s in JobState if not is_terminal(s))
+REQUEUE_STATES = tuple(s for s in LIVE_STATES if JobState(s) not in PARKED_STATES)  # what the reaper may re-send
+
+
 class EventType(str, Enum):
     """Typed job events (GET /v1/jobs/{id}/events)."""
 

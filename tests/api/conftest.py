@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.settings import Settings
 from tests.support.postgres import fresh_postgres_database
@@ -41,7 +41,7 @@ def harness(settings: Settings) -> Iterator[Harness]:
 
     def new_headers(tenant: str) -> dict[str, str]:
         with session_scope(app.state.sessions) as session:
-            key = access.create_api_key(session, tenant_name=f"{tenant}-{secrets.token_hex(4)}")
+            key = create_api_key(session, tenant_name=f"{tenant}-{secrets.token_hex(4)}")
         return {"Authorization": f"Bearer {key}"}
 
     with TestClient(app) as client:

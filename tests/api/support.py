@@ -69,10 +69,10 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 
 
 def tenant_of(sessions: sessionmaker[Session], headers: dict[str, str]) -> str:
-    from core.db import access
+    from core.db.access.tenants import authenticate
 
     with sessions() as session:
-        tenant = access.authenticate(session, key=headers["Authorization"].removeprefix("Bearer "))
+        tenant = authenticate(session, key=headers["Authorization"].removeprefix("Bearer "))
         assert tenant is not None
         return tenant.id
 
@@ -85,14 +85,13 @@ def register_adapter(sessions: sessionmaker[Session], settings: Settings, tenant
     import json
     import shutil
 
-    from core.db import access
+    from core.db.access.jobs import create_job
     from core.db.engine import session_scope
     from core.registry import adapter_relative_path
     from worker.registration import register_job_adapter
 
     with session_scope(sessions) as session:
-        job, _ = access.create_job(session, tenant_id=tenant_id, request=realign_body(**request_overrides),
-                                   body_hash="h")
+        job, _ = create_job(session, tenant_id=tenant_id, request=realign_body(**request_overrides), body_hash="h")
         job_id = job.id
     folder = settings.data_dir / adapter_relative_path(job_id)
     if source is not None:

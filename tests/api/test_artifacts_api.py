@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from core.db import access
+from core.db.access.jobs import create_job
 from core.db.engine import session_scope
 from core.registry import job_folder
 
@@ -143,8 +143,8 @@ def test_the_metrics_history_pages_by_step_and_skips_a_torn_last_line(harness: H
 
 def test_a_job_that_has_not_trained_yet_has_an_empty_history_and_no_scores(harness: Harness) -> None:
     with session_scope(harness.sessions) as session:
-        job, _ = access.create_job(session, tenant_id=tenant_of(harness.sessions, harness.headers),
-                                   request=realign_body(), body_hash="h")
+        job, _ = create_job(session, tenant_id=tenant_of(harness.sessions, harness.headers),
+                            request=realign_body(), body_hash="h")
         job_id = job.id
     history = harness.client.get(f"/v1/jobs/{job_id}/metrics", headers=harness.headers).json()
     assert history["data"] == [] and history["next_cursor"] is None

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.settings import Settings
 from trace_engine.serving.uvicorn_thread import serve_in_thread
@@ -75,7 +75,7 @@ def served(postgres_url: str, tmp_path: Path) -> Iterator[Served]:
                         max_json_bytes=LIMIT)
     app = create_app(settings, RecordingEnqueuer())
     with session_scope(app.state.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"limits-{secrets.token_hex(4)}")
+        key = create_api_key(session, tenant_name=f"limits-{secrets.token_hex(4)}")
     meter = BodyMeter(app)
     try:
         with serve_in_thread(meter) as base_url:

@@ -17,7 +17,7 @@ import uvicorn
 from api import embedded
 from api.app import create_app
 from api.embedded import bind_socket, format_result, next_steps, submit_body
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.settings import Settings
 
@@ -64,7 +64,7 @@ def live_service(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """The real app under uvicorn on a loopback port (jobs are recorded, not run); yields (url, API key)."""
     app = create_app(Settings(data_dir=tmp_path / "state"), RecordingEnqueuer())
     with session_scope(app.state.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"t-{secrets.token_hex(3)}")
+        key = create_api_key(session, tenant_name=f"t-{secrets.token_hex(3)}")
     sock = bind_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.deps import Pagination, PaginationDep
 from api.errors import install_error_handlers
-from core.db.access import BadCursor, NotFound
+from core.db.access.common import BadCursor, NotFound
 from core.settings import Settings
 
 from .support import assert_problem

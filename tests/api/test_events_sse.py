@@ -12,7 +12,8 @@ import httpx
 import pytest
 import uvicorn
 
-from core.db import access
+from core.db.access.jobs import load_job, request_cancel, transition_job
+from core.db.access.stages import complete_stage, record_progress, start_stage
 from core.db.engine import session_scope
 from core.db.states import JobState, Stage
 
@@ -38,9 +39,9 @@ def parse_sse(text: str) -> list[dict[str, str]]:
 def finished_job(h: Harness) -> str:
     job_id = h.client.post("/v1/realign", json=realign_body(), headers=h.headers).json()["id"]
     with session_scope(h.sessions) as session:
-        access.start_stage(session, job_id=job_id, stage=Stage.VALIDATE, total=1)
-        access.complete_stage(session, job_id=job_id, stage=Stage.VALIDATE)
-        access.transition_job(session, job_id=job_id, to_state=JobState.FAILED, error={"message": "no judge"})
+        start_stage(session, job_id=job_id, stage=Stage.VALIDATE, total=1)
+        complete_stage(session, job_id=job_id, stage=Stage.VALIDATE)
+        transition_job(session, job_id=job_id, to_state=JobState.FAILED, error={"message": "no judge"})
     return job_id
 
 
@@ -99,11 +100,11 @@ def _drive_job(h: Harness, job_id: str) -> None:
         with session_scope(h.sessions) as session:
             action(session)
 
-    step(lambda s: access.start_stage(s, job_id=job_id, stage=Stage.VALIDATE, total=2))
-    step(lambda s: access.record_progress(s, job_id=job_id, stage=Stage.VALIDATE, done=1))
-    step(lambda s: access.request_cancel(s, tenant_id=_tenant(s, job_id), job_id=job_id))
-    step(lambda s: access.transition_job(s, job_id=job_id, to_state=JobState.CANCELLED))
+    step(lambda s: start_stage(s, job_id=job_id, stage=Stage.VALIDATE, total=2))
+    step(lambda s: record_progress(s, job_id=job_id, stage=Stage.VALIDATE, done=1))
+    step(lambda s: request_cancel(s, tenant_id=_tenant(s, job_id), job_id=job_id))
+    step(lambda s: transition_job(s, job_id=job_id, to_state=JobState.CANCELLED))
 
 
 def _tenant(session: Any, job_id: str) -> str:
-    return access.load_job(session, job_id=job_id).tenant_id
+    return load_job(session, job_id=job_id).tenant_id

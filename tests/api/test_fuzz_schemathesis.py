@@ -40,7 +40,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 
 from api.app import create_app  # noqa: E402
-from core.db import access  # noqa: E402
+from core.db.access.tenants import create_api_key  # noqa: E402
 from core.db.engine import session_scope  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from tests.support.postgres import fresh_postgres_database  # noqa: E402
@@ -206,7 +206,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         backend = app.state.serving.backend
         backend._client = httpx.AsyncClient(base_url=backend.base_url, transport=httpx.MockTransport(_stub_backend))
         with session_scope(app.state.sessions) as session:
-            key = access.create_api_key(session, tenant_name=f"fuzz-{secrets.token_hex(4)}")
+            key = create_api_key(session, tenant_name=f"fuzz-{secrets.token_hex(4)}")
         auth = {"Authorization": f"Bearer {key}"}
         recorder = RaiseRecorder(app)
         client = asgi.get_client(recorder)

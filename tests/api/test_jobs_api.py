@@ -6,7 +6,10 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from core.db import access
+from core.db.access.jobs import set_job_results, transition_job
+from core.db.access.leases import stale_queued_jobs
+from core.db.access.stages import complete_stage, record_progress, start_stage
+from core.db.access.triage import add_triage_items
 from core.db.engine import session_scope
 from core.db.models import StageProgress
 from core.db.states import JobState, Stage
@@ -148,7 +151,7 @@ def test_state_filter(harness: Harness) -> None:
     ids = [submit(harness, realign_body(metadata={"i": i})).json()["id"] for i in range(3)]
     assert harness.client.post(f"/v1/jobs/{ids[0]}/cancel", headers=harness.headers).status_code == 202
     with session_scope(harness.sessions) as session:
-        access.transition_job(session, job_id=ids[1], to_state=JobState.VALIDATING)
+        transition_job(session, job_id=ids[1], to_state=JobState.VALIDATING)
     def listed(*states: str) -> set[str]:
         response = harness.client.get("/v1/jobs", params={"state": list(states)}, headers=harness.headers)
         return {job["id"] for job in response.json()["data"]}
@@ -162,9 +165,9 @@ def test_cancel_queued_running_and_finished_jobs(harness: Harness) -> None:
     response = harness.client.post(f"/v1/jobs/{queued}/cancel", headers=harness.headers)
     assert response.status_code == 202 and response.json()["state"] == "cancelled"
     with session_scope(harness.sessions) as session:
-        access.start_stage(session, job_id=running, stage=Stage.VALIDATE)
-        access.start_stage(session, job_id=done, stage=Stage.VALIDATE)
-        access.transition_job(session, job_id=done, to_state=JobState.FAILED, error={"message": "boom"})
+        start_stage(session, job_id=running, stage=Stage.VALIDATE)
+        start_stage(session, job_id=done, stage=Stage.VALIDATE)
+        transition_job(session, job_id=done, to_state=JobState.FAILED, error={"message": "boom"})
     response = harness.client.post(f"/v1/jobs/{running}/cancel", headers=harness.headers)
     assert response.json()["state"] == "cancelling" and response.json()["cancel_requested"] is True
     again = harness.client.post(f"/v1/jobs/{running}/cancel", headers=harness.headers)
@@ -176,16 +179,16 @@ def test_cancel_queued_running_and_finished_jobs(harness: Harness) -> None:
 def test_job_shows_progress_rate_eta_counts_and_results(harness: Harness, body: dict[str, Any]) -> None:
     job_id = submit(harness, body).json()["id"]
     with session_scope(harness.sessions) as session:
-        access.start_stage(session, job_id=job_id, stage=Stage.VALIDATE)
-        access.complete_stage(session, job_id=job_id, stage=Stage.VALIDATE)
-        progress = access.start_stage(session, job_id=job_id, stage=Stage.TRIAGE, total=100)
+        start_stage(session, job_id=job_id, stage=Stage.VALIDATE)
+        complete_stage(session, job_id=job_id, stage=Stage.VALIDATE)
+        progress = start_stage(session, job_id=job_id, stage=Stage.TRIAGE, total=100)
         progress.started_at -= timedelta(seconds=10)
-        access.record_progress(session, job_id=job_id, stage=Stage.TRIAGE, done=25)
-        access.add_triage_items(session, job_id=job_id, items=[
+        record_progress(session, job_id=job_id, stage=Stage.TRIAGE, done=25)
+        add_triage_items(session, job_id=job_id, items=[
             {"pair_id": "a", "position": 0, "category": "INVERT", "verdicts": {}},
             {"pair_id": "b", "position": 1, "category": "RETAIN", "verdicts": {}}])
-        access.set_job_results(session, job_id=job_id, metrics={"triage.cost_usd": 0.5},
-                               artifacts={"triaged": "artifacts/x/triaged.jsonl"})
+        set_job_results(session, job_id=job_id, metrics={"triage.cost_usd": 0.5},
+                        artifacts={"triaged": "artifacts/x/triaged.jsonl"})
     job = harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers).json()
     assert job["state"] == "triaging" and job["stage"] == "triage"
     triage = next(p for p in job["progress"] if p["stage"] == "triage")
@@ -202,8 +205,8 @@ def test_events_list_pages_in_order(harness: Harness, body: dict[str, Any]) -> N
     job_id = submit(harness, body).json()["id"]
     with session_scope(harness.sessions) as session:
         for stage in (Stage.VALIDATE, Stage.TRIAGE):
-            access.start_stage(session, job_id=job_id, stage=stage, total=4)
-            access.complete_stage(session, job_id=job_id, stage=stage)
+            start_stage(session, job_id=job_id, stage=stage, total=4)
+            complete_stage(session, job_id=job_id, stage=stage)
     events, cursor = [], None
     while True:
         params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
@@ -224,8 +227,8 @@ def test_triage_paging_and_category_filter(harness: Harness, body: dict[str, Any
     items = [{"pair_id": f"p{i}", "position": i, "category": categories[i % 3], "verdicts": {"chosen": "ok"}}
              for i in range(10)]
     with session_scope(harness.sessions) as session:
-        assert access.add_triage_items(session, job_id=job_id, items=items) == 10
-        assert access.add_triage_items(session, job_id=job_id, items=items[:4]) == 0  # resumed stage: no dupes
+        assert add_triage_items(session, job_id=job_id, items=items) == 10
+        assert add_triage_items(session, job_id=job_id, items=items[:4]) == 0  # resumed stage: no dupes
     url = f"/v1/jobs/{job_id}/triage"
     first = harness.client.get(url, params={"limit": 4}, headers=harness.headers).json()
     second = harness.client.get(url, params={"limit": 4, "cursor": first["next_cursor"]}, headers=harness.headers)
@@ -244,7 +247,7 @@ def test_a_failed_enqueue_keeps_the_job_queued_with_a_warning(harness: Harness, 
     events = harness.client.get(f"/v1/jobs/{job_id}/events", headers=harness.headers).json()["data"]
     assert events[-1]["type"] == "warning" and "enqueue failed" in events[-1]["data"]["message"]
     with harness.sessions() as session:
-        assert job_id in access.stale_queued_jobs(session, older_than_s=-1)
+        assert job_id in stale_queued_jobs(session, older_than_s=-1)
 
 
 def test_an_oversized_json_body_is_413_before_parsing(harness: Harness) -> None:

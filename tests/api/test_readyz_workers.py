@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.db import access
+from core.db.access.workers import record_worker
 from core.db.engine import session_scope
 from core.settings import Settings
 
@@ -80,7 +80,7 @@ def test_readiness_follows_live_workers_per_queue(ready_client: TestClient) -> N
 
     with session_scope(app.state.sessions) as session:  # type: ignore[attr-defined]
         for name, queue in (("judge@test:3", "judge"), ("gpu@test:4", "gpu")):  # then both are SIGKILLed
-            access.record_worker(session, name=name, hostname="test", pid=3, queues=[prefix + queue])
+            record_worker(session, name=name, hostname="test", pid=3, queues=[prefix + queue])
     assert ready(client).status_code == 200
     time.sleep(STALE_AFTER_S + 0.2)
     assert assert_problem(ready(client), 503)["workers"] == {"judge": 0, "gpu": 0}

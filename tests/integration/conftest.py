@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.service import build_app
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.settings import Settings
 from tests.support.postgres import fresh_postgres_database
@@ -79,7 +79,7 @@ def make_stack(root: Path, database_url: str, broker_url: str, **overrides: obje
     settings = Settings(**values)  # type: ignore[arg-type]
     app = build_app(settings)
     with session_scope(app.state.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"it-{secrets.token_hex(4)}")
+        key = create_api_key(session, tenant_name=f"it-{secrets.token_hex(4)}")
     return Stack(settings, TestClient(app), {"Authorization": f"Bearer {key}"}, judge_port=port)
 
 

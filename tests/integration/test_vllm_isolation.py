@@ -22,7 +22,7 @@ import pytest
 
 from api.app import create_app
 from api.gateway.isolation import TOLERANCE, difference, token_logprobs
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.settings import Settings
 from tests.api.support import register_adapter, tenant_of
@@ -102,7 +102,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, vllm: RealVLLM, smollm2_di
                         deploy_gate_max_tokens=4)
     app = create_app(settings, lambda job_id, stage: None)
     with session_scope(app.state.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"acme-{secrets.token_hex(3)}")
+        key = create_api_key(session, tenant_name=f"acme-{secrets.token_hex(3)}")
     with serve_in_thread(app) as url:
         yield Service(url, app, settings, key)
     app.state.engine.dispose()

@@ -22,7 +22,7 @@ import pytest
 from openai import NotFoundError, OpenAI, UnprocessableEntityError
 
 from api.app import create_app
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.settings import Settings
 from tests.api.support import register_adapter, tenant_of
@@ -95,7 +95,7 @@ def service(tmp_path: Path, vllm: RealVLLM, smollm2_dir: Path) -> Iterator[Servi
     keys = {}
     with session_scope(app.state.sessions) as session:
         for tenant in ("acme", "other"):
-            keys[tenant] = access.create_api_key(session, tenant_name=f"{tenant}-{secrets.token_hex(3)}")
+            keys[tenant] = create_api_key(session, tenant_name=f"{tenant}-{secrets.token_hex(3)}")
     with serve_in_thread(app) as url:
         yield Service(url, app, settings, vllm, keys)
     app.state.engine.dispose()

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from core.db import access
+from core.db.access.jobs import create_job
+from core.db.access.tenants import get_or_create_tenant
 from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
 from core.jobspec import RealignRequest
 from core.settings import Settings
@@ -53,9 +54,9 @@ def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkerS
 
 def new_job(services: WorkerServices, body: dict[str, Any]) -> str:
     with session_scope(services.sessions) as session:
-        tenant = access.get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}")
+        tenant = get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}")
         request = RealignRequest.model_validate(body).model_dump(mode="json")
-        job, _ = access.create_job(session, tenant_id=tenant.id, request=request, body_hash=secrets.token_hex(8))
+        job, _ = create_job(session, tenant_id=tenant.id, request=request, body_hash=secrets.token_hex(8))
         return job.id
 
 

@@ -9,7 +9,11 @@ from collections.abc import Callable
 
 import pytest
 
-from core.db import access
+from core.db.access import stages as stage_access
+from core.db.access.events import list_events
+from core.db.access.jobs import load_job
+from core.db.access.leases import acquire_lease
+from core.db.access.stages import start_stage
 from core.db.engine import session_scope
 from core.db.models import Job
 from core.db.states import JobState, Stage, is_terminal
@@ -33,12 +37,13 @@ def fast(services: runner.WorkerServices) -> runner.WorkerServices:
 
 def load(services: runner.WorkerServices, job_id: str) -> Job:
     with session_scope(services.sessions) as session:
-        return access.load_job(session, job_id=job_id)
+        return load_job(session, job_id=job_id)
 
 
 def started_attempts(services: runner.WorkerServices, job_id: str, stage: Stage) -> int:
     with session_scope(services.sessions) as session:
-        return sum(1 for e in access.list_events(session, job_id=job_id, limit=1000)
+        tenant_id = load_job(session, job_id=job_id).tenant_id
+        return sum(1 for e in list_events(session, tenant_id=tenant_id, job_id=job_id, limit=1000)
                    if e.type == "stage_started" and e.stage == stage.value)
 
 
@@ -75,7 +80,9 @@ def assert_failed_after_max_attempts(services: runner.WorkerServices, job_id: st
     assert job.lease_owner is None
     assert started_attempts(services, job_id, Stage.VALIDATE) == MAX_ATTEMPTS
     with session_scope(services.sessions) as session:
-        errors = [e for e in access.list_events(session, job_id=job_id, limit=1000) if e.type == "error"]
+        tenant_id = load_job(session, job_id=job_id).tenant_id
+        errors = [e for e in list_events(session, tenant_id=tenant_id, job_id=job_id, limit=1000)
+                  if e.type == "error"]
     assert [e.data["kind"] for e in errors] == ["stage_attempts_exhausted"]
 
 
@@ -90,7 +97,7 @@ def test_an_error_escaping_the_runner_every_time_fails_the_job(services: runner.
     def database_refuses(*args: object, **kwargs: object) -> None:
         raise ValueError(NUL_ERROR)
 
-    monkeypatch.setattr(access, "complete_stage", database_refuses)
+    monkeypatch.setattr(stage_access, "complete_stage", database_refuses)
 
     def deliver(owner: str) -> None:
         try:
@@ -110,8 +117,8 @@ def test_a_worker_dying_in_the_stage_every_time_fails_the_job(services: runner.W
 
     def killed_mid_stage(owner: str) -> None:  # what the runner does before the engine call, then nothing
         with session_scope(services.sessions) as session:
-            if access.acquire_lease(session, job_id=job_id, owner=owner, ttl_s=services.settings.lease_ttl_s):
-                access.start_stage(session, job_id=job_id, stage=Stage.VALIDATE)
+            if acquire_lease(session, job_id=job_id, owner=owner, ttl_s=services.settings.lease_ttl_s):
+                start_stage(session, job_id=job_id, stage=Stage.VALIDATE)
 
     deliveries = deliver_until_settled(services, job_id, killed_mid_stage)
     assert_failed_after_max_attempts(services, job_id, deliveries, "stopped heart-beating")

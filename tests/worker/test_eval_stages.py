@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.db import access
+from core.db.access.events import list_events
+from core.db.access.jobs import create_job, load_job
+from core.db.access.tenants import get_or_create_tenant
 from core.db.engine import session_scope
 from core.db.states import JobState, Stage
 from core.registry import adapter_relative_path
@@ -29,7 +31,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 def register(services: runner.WorkerServices, tenant_id: str, source: Path, **overrides: object) -> str:
     body = synthetic_body(base_model={"name_or_path": "tiny-base"}, **overrides)
     with session_scope(services.sessions) as session:
-        job, _ = access.create_job(session, tenant_id=tenant_id, request=body, body_hash=secrets.token_hex(8))
+        job, _ = create_job(session, tenant_id=tenant_id, request=body, body_hash=secrets.token_hex(8))
     shutil.copytree(source, services.settings.data_dir / adapter_relative_path(job.id))
     with session_scope(services.sessions) as session:
         return register_job_adapter(session, services.settings, job.id).id
@@ -40,20 +42,21 @@ def test_eval_job_compares_the_adapter_with_the_base_and_its_parent(services: ru
     services.settings.train_device = "cpu"
     shutil.copytree(world.base, services.settings.models_root / "tiny-base")
     with session_scope(services.sessions) as session:
-        tenant_id = access.get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}").id
+        tenant_id = get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}").id
     parent = register(services, tenant_id, world.adapter_b)
     target = register(services, tenant_id, world.adapter_a, parent_adapter=parent)
     body = {"model": target, "suites": ["tpa", "capability"], "policy": {"text": "# P\nBe kind.\n"},
             "judge": {"provider": "synthetic"}, "dataset": {"type": "synthetic", "seed": 0}, "n": 3,
             "max_new_tokens": 6}
     with session_scope(services.sessions) as session:
-        job, _ = access.create_job(session, tenant_id=tenant_id, request=body, body_hash="e", kind="eval")
+        job, _ = create_job(session, tenant_id=tenant_id, request=body, body_hash="e", kind="eval")
     assert runner.run_stage(services, job.id, Stage.VALIDATE, "w1") == runner.DONE
     assert services.enqueue.calls[-1] == (job.id, "evaluate")  # type: ignore[attr-defined]
     assert runner.run_stage(services, job.id, Stage.EVALUATE, "w1") == runner.DONE
     with services.sessions() as session:
-        done = access.load_job(session, job_id=job.id)
-        warnings = [e.data["message"] for e in access.list_events(session, job_id=job.id, limit=100)
+        done = load_job(session, job_id=job.id)
+        warnings = [e.data["message"] for e in list_events(session, tenant_id=done.tenant_id, job_id=job.id,
+                                                           limit=100)
                     if e.type == "warning"]
     assert done.state == JobState.SUCCEEDED.value
     assert any("capability" in w for w in warnings)  # no benchmark data in this job: skipped, said so

@@ -16,7 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.db import access
+from core.db.access.events import list_events
+from core.db.access.jobs import create_job, load_job, transition_job
+from core.db.access.tenants import authenticate, create_api_key
 from core.db.engine import session_scope
 from core.db.states import JobState, Stage
 from worker import runner
@@ -66,14 +68,14 @@ def legacy_job(services: runner.WorkerServices, base_url: str, state: str = "que
     judge = {"provider": "openai", "model": "gpt-x", "base_url": base_url, "api_key_secret": "LEGACY_JUDGE_KEY",
              "rules_path": None}
     with session_scope(services.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"legacy-{secrets.token_hex(3)}")
-        tenant = access.authenticate(session, key=key)
+        key = create_api_key(session, tenant_name=f"legacy-{secrets.token_hex(3)}")
+        tenant = authenticate(session, key=key)
         assert tenant is not None
-        job, _ = access.create_job(session, tenant_id=tenant.id, request=synthetic_body(judge=judge),
-                                   body_hash=secrets.token_hex(8))
+        job, _ = create_job(session, tenant_id=tenant.id, request=synthetic_body(judge=judge),
+                            body_hash=secrets.token_hex(8))
         if state != "queued":
-            access.transition_job(session, job_id=job.id, to_state=JobState.VALIDATING)
-            access.transition_job(session, job_id=job.id, to_state=JobState(state))
+            transition_job(session, job_id=job.id, to_state=JobState.VALIDATING)
+            transition_job(session, job_id=job.id, to_state=JobState(state))
         return job.id, key
 
 
@@ -88,8 +90,8 @@ def test_the_worker_fails_a_legacy_judge_job_clearly(services: runner.WorkerServ
     assert calls == [], f"the worker called the stored judge URL: {calls}"
     assert outcome == runner.FAILED  # neither raises (a crashed task, re-queued) nor goes on
     with session_scope(services.sessions) as session:
-        job = access.load_job(session, job_id=job_id)
-        events = access.list_events(session, job_id=job_id, limit=100)
+        job = load_job(session, job_id=job_id)
+        events = list_events(session, tenant_id=job.tenant_id, job_id=job_id, limit=100)
     assert job.state == JobState.FAILED.value and job.lease_owner is None
     assert job.error["stage"] == stage.value and job.error["kind"] == "request_invalid", job.error
     message = job.error["message"]

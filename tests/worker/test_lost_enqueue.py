@@ -10,7 +10,8 @@ import time
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.db import access
+from core.db.access.jobs import load_job
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.db.states import JobState, Stage
 from worker import runner
@@ -46,7 +47,7 @@ def test_a_lost_hand_over_is_resent_within_seconds(services: runner.WorkerServic
     sender = production_timings(services, broker_down)
     assert runner.run_stage(sender, job_id, Stage.VALIDATE, "w1") == runner.DONE  # triage's message is lost
     with session_scope(services.sessions) as session:
-        assert access.load_job(session, job_id=job_id).state == JobState.TRIAGING.value
+        assert load_job(session, job_id=job_id).state == JobState.TRIAGING.value
 
     reaper = production_timings(services, QueueRecorder())
     seconds_until_resent(reaper, (job_id, Stage.TRIAGE.value))
@@ -59,7 +60,7 @@ def test_a_submission_whose_enqueue_failed_is_resent_within_seconds(services: ru
     """POST /v1/realign while the broker refuses: 202 (the job is committed), and the reaper sends it."""
     app = create_app(services.settings, broker_down)
     with session_scope(app.state.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"lost-{secrets.token_hex(3)}")
+        key = create_api_key(session, tenant_name=f"lost-{secrets.token_hex(3)}")
     with TestClient(app) as client:
         response = client.post("/v1/realign", json=synthetic_body(), headers={"Authorization": f"Bearer {key}"})
     app.state.engine.dispose()

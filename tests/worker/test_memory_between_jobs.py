@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.db import access
+from core.db.access.jobs import create_job, load_job
+from core.db.access.tenants import get_or_create_tenant
 from core.db.engine import make_engine, make_session_factory, session_scope, upgrade_head
 from core.db.states import JobState, Stage
 from core.jobspec import RealignRequest
@@ -57,9 +58,9 @@ def test_worker_rss_returns_near_its_pre_job_value(tmp_path: Path, smollm2: Path
             "method": {"variant": "dpo", "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_len": 64,
                                                              "max_prompt_len": 32, "lora_r": 4}}}
     with session_scope(services.sessions) as session:
-        tenant = access.get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}")
+        tenant = get_or_create_tenant(session, name=f"t-{secrets.token_hex(3)}")
         request = RealignRequest.model_validate(body).model_dump(mode="json")
-        job_id = access.create_job(session, tenant_id=tenant.id, request=request, body_hash="m")[0].id
+        job_id = create_job(session, tenant_id=tenant.id, request=request, body_hash="m")[0].id
 
     release_memory()
     before = rss_mb()
@@ -68,7 +69,7 @@ def test_worker_rss_returns_near_its_pre_job_value(tmp_path: Path, smollm2: Path
         assert runner.run_stage(services, job_id, stage, "w1") == runner.DONE, stage
     after = rss_mb()
     with services.sessions() as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
     engine.dispose()
     assert job.state == JobState.SUCCEEDED.value, job.error
     used = job.metrics["resources"]

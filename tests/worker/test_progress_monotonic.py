@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from core.db import access
+from core.db.access.events import list_events
+from core.db.access.jobs import load_job
+from core.db.access.stages import record_progress, start_stage
 from core.db.engine import session_scope
 from core.db.models import Job, StageProgress, utcnow
 from core.db.states import EventType, JobState, Stage
@@ -28,18 +30,19 @@ def recorded_done(services: runner.WorkerServices, job_id: str, stage: Stage) ->
 
 def progress_events(services: runner.WorkerServices, job_id: str) -> list[int]:
     with session_scope(services.sessions) as session:
-        return [e.data["done"] for e in access.list_events(session, job_id=job_id, limit=1000)
+        tenant_id = load_job(session, job_id=job_id).tenant_id
+        return [e.data["done"] for e in list_events(session, tenant_id=tenant_id, job_id=job_id, limit=1000)
                 if e.type == EventType.PROGRESS.value]
 
 
 def test_recorded_progress_never_goes_down(services: runner.WorkerServices) -> None:
     job_id = new_job(services, synthetic_body())
     with session_scope(services.sessions) as session:
-        access.start_stage(session, job_id=job_id, stage=Stage.VALIDATE, total=10)
-        access.record_progress(session, job_id=job_id, stage=Stage.VALIDATE, done=7, total=10)
-        later = access.record_progress(session, job_id=job_id, stage=Stage.VALIDATE, done=3, total=10)
+        start_stage(session, job_id=job_id, stage=Stage.VALIDATE, total=10)
+        record_progress(session, job_id=job_id, stage=Stage.VALIDATE, done=7, total=10)
+        later = record_progress(session, job_id=job_id, stage=Stage.VALIDATE, done=3, total=10)
         assert (later.done, later.total) == (7, 10)
-        shrunk = access.record_progress(session, job_id=job_id, stage=Stage.VALIDATE, done=8, total=5)
+        shrunk = record_progress(session, job_id=job_id, stage=Stage.VALIDATE, done=8, total=5)
         assert (shrunk.done, shrunk.total) == (8, 10)  # a total below what is done is not taken either
     assert progress_events(services, job_id) == [7, 7, 8]
 
@@ -75,8 +78,8 @@ def test_progress_is_monotonic_across_a_crash_and_resume(services: runner.Worker
     events = progress_events(services, job_id)
     assert events == sorted(events), f"progress events went backwards: {events}"
     with session_scope(services.sessions) as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
         assert job.state == JobState.TRIAGING.value
-        stage_started = [e.data for e in access.list_events(session, job_id=job_id, limit=1000)
+        stage_started = [e.data for e in list_events(session, tenant_id=job.tenant_id, job_id=job_id, limit=1000)
                          if e.type == EventType.STAGE_STARTED.value]
     assert [s["done"] for s in stage_started] == [0, 6]  # the resumed start shows the progress kept

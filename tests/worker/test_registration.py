@@ -9,7 +9,7 @@ import secrets
 import pytest
 from sqlalchemy import select
 
-from core.db import access
+from core.db.access.jobs import create_job, load_job, transition_job
 from core.db.engine import session_scope
 from core.db.models import Adapter
 from core.db.states import JobState, Stage
@@ -23,8 +23,8 @@ from .conftest import new_job, synthetic_body
 def job_in_training(services: runner.WorkerServices, **overrides: object) -> str:
     job_id = new_job(services, synthetic_body(**overrides))
     with session_scope(services.sessions) as session:
-        access.transition_job(session, job_id=job_id, to_state=JobState.VALIDATING)
-        access.transition_job(session, job_id=job_id, to_state=JobState.TRAINING)
+        transition_job(session, job_id=job_id, to_state=JobState.VALIDATING)
+        transition_job(session, job_id=job_id, to_state=JobState.TRAINING)
     return job_id
 
 
@@ -54,7 +54,7 @@ def test_the_last_stage_registers_the_adapter_with_the_success(services: runner.
     report.write_text(json.dumps({"summary": {"tpa_after": 0.75, "tpa_after_ci": [0.5, 0.9]}, "before": {}}))
     assert runner.run_stage(services, job_id, Stage.TRAIN, "w1") == runner.DONE
     with services.sessions() as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
     [adapter] = adapters_of(services, job_id)
     assert job.state == JobState.SUCCEEDED.value and job.artifacts["adapter_id"] == adapter.id
     assert adapter.path == f"jobs/{job_id}/train/adapter" and adapter.provenance["metrics"]["train_steps"] == 2
@@ -70,7 +70,7 @@ def test_a_job_without_adapter_weights_fails_instead_of_succeeding(services: run
     job_id = job_in_training(services)
     assert runner.run_stage(services, job_id, Stage.TRAIN, "w1") == runner.FAILED
     with services.sessions() as session:
-        job = access.load_job(session, job_id=job_id)
+        job = load_job(session, job_id=job_id)
     assert job.state == JobState.FAILED.value and job.error["kind"] == "missing_input"
     assert adapters_of(services, job_id) == []
 
@@ -86,9 +86,9 @@ def test_an_eval_job_refuses_an_adapter_whose_weights_changed(services: runner.W
     body = {"model": adapter.name, "suites": ["tpa"], "policy": {"text": "# P\nBe kind.\n"},
             "judge": {"provider": "synthetic"}, "dataset": {"type": "synthetic", "seed": 0}, "n": 2}
     with session_scope(services.sessions) as session:
-        eval_job, _ = access.create_job(session, tenant_id=adapter.tenant_id, request=body,
-                                        body_hash=secrets.token_hex(8), kind="eval")
+        eval_job, _ = create_job(session, tenant_id=adapter.tenant_id, request=body,
+                                 body_hash=secrets.token_hex(8), kind="eval")
     assert runner.run_stage(services, eval_job.id, Stage.VALIDATE, "w1") == runner.FAILED
     with services.sessions() as session:
-        failed = access.load_job(session, job_id=eval_job.id)
+        failed = load_job(session, job_id=eval_job.id)
     assert failed.error["kind"] == "adapter_invalid" and "does not match the registry" in failed.error["message"]

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from core.db import access
+from core.db.access.events import list_events
+from core.db.access.jobs import load_job, request_cancel
+from core.db.access.leases import acquire_lease
 from core.db.engine import session_scope
 from core.db.models import Job, utcnow
 from core.db.states import EventType, JobState, Stage
@@ -22,12 +24,13 @@ from .conftest import new_job, synthetic_body
 
 def job_state(services: runner.WorkerServices, job_id: str) -> Job:
     with session_scope(services.sessions) as session:
-        return access.load_job(session, job_id=job_id)
+        return load_job(session, job_id=job_id)
 
 
 def events(services: runner.WorkerServices, job_id: str) -> list[Any]:
     with session_scope(services.sessions) as session:
-        return access.list_events(session, job_id=job_id, limit=1000)
+        tenant_id = load_job(session, job_id=job_id).tenant_id
+        return list_events(session, tenant_id=tenant_id, job_id=job_id, limit=1000)
 
 
 def test_validate_then_hand_over_to_triage(services: runner.WorkerServices) -> None:
@@ -50,7 +53,7 @@ def test_duplicate_message_for_a_finished_stage_is_skipped(services: runner.Work
 def test_a_live_lease_makes_another_owner_back_off(services: runner.WorkerServices) -> None:
     job_id = new_job(services, synthetic_body())
     with session_scope(services.sessions) as session:
-        assert access.acquire_lease(session, job_id=job_id, owner="alive", ttl_s=60)
+        assert acquire_lease(session, job_id=job_id, owner="alive", ttl_s=60)
     assert runner.run_stage(services, job_id, Stage.VALIDATE, "w2") == runner.BUSY
     assert job_state(services, job_id).state == JobState.QUEUED.value
 
@@ -91,8 +94,8 @@ def test_cancel_stops_a_running_stage_within_seconds(services: runner.WorkerServ
     while len(ticks) < 5:
         time.sleep(0.01)
     with session_scope(services.sessions) as session:
-        tenant_id = access.load_job(session, job_id=job_id).tenant_id
-        access.request_cancel(session, tenant_id=tenant_id, job_id=job_id)
+        tenant_id = load_job(session, job_id=job_id).tenant_id
+        request_cancel(session, tenant_id=tenant_id, job_id=job_id)
     asked = time.monotonic()
     thread.join(10)
     assert outcome == [runner.CANCELLED]

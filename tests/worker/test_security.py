@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from core.db import access
+from core.db.access.events import list_events
+from core.db.access.jobs import load_job
 from core.db.states import Stage
 from core.settings import JudgeProfile
 from worker import runner
@@ -30,8 +31,9 @@ def test_a_crash_text_with_paths_and_secrets_is_sanitised_in_the_job(services: r
     job_id = new_job(services, synthetic_body())
     assert runner.run_stage(services, job_id, Stage.VALIDATE, "w1") == runner.FAILED
     with services.sessions() as session:
-        job = access.load_job(session, job_id=job_id)
-        events = [e.data for e in access.list_events(session, job_id=job_id, limit=100) if e.type == "error"]
+        job = load_job(session, job_id=job_id)
+        events = [e.data for e in list_events(session, tenant_id=job.tenant_id, job_id=job_id, limit=100)
+                  if e.type == "error"]
     text = json.dumps([job.error, events])
     assert "the-operators-judge-key" not in text and data_dir not in text
     assert f"<data>/jobs/{job_id}/x.json" in job.error["message"] and len(job.error["message"]) < 1100
@@ -44,8 +46,8 @@ def test_validation_records_no_server_paths(services: runner.WorkerServices) -> 
     assert runner.run_stage(services, job_id, Stage.VALIDATE, "w1") == runner.DONE
     assert runner.run_stage(services, job_id, Stage.TRIAGE, "w1") == runner.DONE
     with services.sessions() as session:
-        job = access.load_job(session, job_id=job_id)
-        events = [e.data for e in access.list_events(session, job_id=job_id, limit=100)]
+        job = load_job(session, job_id=job_id)
+        events = [e.data for e in list_events(session, tenant_id=job.tenant_id, job_id=job_id, limit=100)]
     text = json.dumps([job.artifacts, job.metrics, job.error, events])
     assert str(services.settings.data_dir) not in text and str(ensure_base_model().path) not in text
     assert job.artifacts["dataset_snapshot"] == "data/pairs.jsonl"

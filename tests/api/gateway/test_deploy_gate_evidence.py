@@ -18,7 +18,8 @@ import pytest
 from openai import OpenAI, UnprocessableEntityError
 
 from api.app import create_app
-from core.db import access
+from core.db.access.adapters import set_adapter_gate
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.registry import job_folder, job_probe_prompts
 from core.settings import Settings
@@ -61,7 +62,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
         write_base_config(settings.models_root / "fake-base")
         app = create_app(settings, lambda job_id, stage: None)
         with session_scope(app.state.sessions) as session:
-            key = access.create_api_key(session, tenant_name=f"acme-{secrets.token_hex(3)}")
+            key = create_api_key(session, tenant_name=f"acme-{secrets.token_hex(3)}")
         with serve_in_thread(app) as url:
             yield Service(url, app, settings, fake, key)
         app.state.engine.dispose()
@@ -125,7 +126,7 @@ def test_a_refusal_cached_by_the_text_only_gate_is_measured_again(service: Servi
            "checks": [{"name": "weights_sha256", "passed": True, "detail": "ok"},
                       {"name": "changes_outputs", "passed": False, "detail": "0 of 12 probe answers differ"}]}
     with session_scope(service.app.state.sessions) as session:
-        access.set_adapter_gate(session, adapter_id=adapter_id, result=old)
+        set_adapter_gate(session, adapter_id=adapter_id, result=old)
     service.sdk().chat.completions.create(model=adapter_id, messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=4)
     assert service.record(adapter_id)["deploy_gate"]["passed"]

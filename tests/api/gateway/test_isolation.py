@@ -22,7 +22,7 @@ from openai import InternalServerError, OpenAI
 from api.app import create_app
 from api.gateway.backend import GatewayError, ServingBackend
 from api.gateway.isolation import TOLERANCE, run_self_test, self_test_body
-from core.db import access
+from core.db.access.tenants import create_api_key
 from core.db.engine import session_scope
 from core.null_adapter import write_null_adapter, write_selftest_adapter
 from core.registry import AdapterRef
@@ -235,7 +235,7 @@ def service(tmp_path: Path, fake: FakeVLLM, *, config: dict[str, Any] | None, **
         write_base_config(settings.models_root / BASE, **config)
     app = create_app(settings, lambda job_id, stage: None)
     with session_scope(app.state.sessions) as session:
-        key = access.create_api_key(session, tenant_name=f"acme-{secrets.token_hex(3)}")
+        key = create_api_key(session, tenant_name=f"acme-{secrets.token_hex(3)}")
     with serve_in_thread(app) as url:
         yield Service(url, app, settings, fake, key)
     app.state.engine.dispose()
