@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from api.deps import IdempotencyKeyHeader, PrincipalDep, SessionDep, SettingsDep
 from api.routes import problems
 from api.routes.jobs import (
-    SYNTHETIC_BASES,
     check_references,
     create_and_enqueue,
     field_problem,
@@ -22,7 +21,7 @@ from api.schemas import EvalJobOut
 from core.db.access.adapters import find_adapter
 from core.db.access.common import NotFound
 from core.db.access.jobs import get_job
-from core.jobspec import EvalRequest
+from core.jobspec import SYNTHETIC_BASE_NAMES, EvalRequest
 from core.paths import PathEscapesRoot, resolve_under_root
 from core.settings import Settings
 
@@ -31,7 +30,7 @@ router = APIRouter(prefix="/v1", tags=["evals"])
 
 def is_base_model_name(settings: Settings, model: str) -> bool:
     """The serving backend's base model, the synthetic world's, or a folder under the model root."""
-    if model in (settings.serving_base_model, *SYNTHETIC_BASES):
+    if model == settings.serving_base_model or model in SYNTHETIC_BASE_NAMES:
         return True
     try:
         return resolve_under_root(settings.models_root, model).is_dir()

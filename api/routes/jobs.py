@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import IdempotencyKeyHeader, PaginationDep, PrincipalDep, SessionDep, SettingsDep
@@ -34,7 +33,14 @@ from core.db.access.tenants import count_active_jobs, lock_tenant_submissions, s
 from core.db.access.triage import list_triage_items, triage_category_counts, triage_counts_by_job
 from core.db.models import Job, JobEvent, StageProgress, utcnow
 from core.db.states import EventType, InvalidTransition, JobState, Stage, is_terminal
-from core.jobspec import EvalRequest, FileDataset, HfDataset, PathDataset, RealignRequest
+from core.jobspec import (
+    SYNTHETIC_BASE_NAMES,
+    EvalRequest,
+    FileDataset,
+    HfDataset,
+    PathDataset,
+    RealignRequest,
+)
 from core.paths import PathEscapesRoot, resolve_under_root
 from core.settings import Settings
 from trace_engine.categories import CATEGORIES
@@ -122,7 +128,6 @@ def _checked_path(root: Any, relative: str, loc: list[str | int]) -> None:
         raise field_problem(loc, f"{relative!r} does not exist under the dataset root", "not_found")
 
 
-SYNTHETIC_BASES = ("synthetic-tiny", "synthetic")
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 MOVING_REVISIONS = frozenset({"main", "master", "head", "latest", "dev", "develop"})
 
@@ -131,7 +136,7 @@ def check_pinned(settings: Settings, body: RealignRequest | EvalRequest) -> None
     """A Hub base model is pinned to a commit sha (the worker loads nothing else) and a Hub dataset is not read
     from a branch head: refused now with 422 rather than accepted and failed seconds later. A base model that is a
     folder under the model root, or the synthetic one, needs no revision."""
-    if isinstance(body, RealignRequest) and body.base_model.name_or_path not in SYNTHETIC_BASES:
+    if isinstance(body, RealignRequest) and body.base_model.name_or_path not in SYNTHETIC_BASE_NAMES:
         name, revision = body.base_model.name_or_path, body.base_model.revision
         try:
             local = resolve_under_root(settings.models_root, name).is_dir()
@@ -207,8 +212,8 @@ def submit_job(
 def create_and_enqueue(request: Request, response: Response, session: Session, *, tenant_id: str, body: Any,
                        idempotency_key: str | None, kind: str, location: str) -> Any:
     """Commit the job (or find the one this idempotency key made), then enqueue its first stage once."""
-    replay = idempotency_key is not None and session.scalar(
-        select(Job.id).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)) is not None
+    replay = idempotency_key is not None and job_access.job_by_idempotency_key(
+        session, tenant_id=tenant_id, idempotency_key=idempotency_key) is not None
     if not replay:
         enforce_quotas(session, request.app.state.settings, tenant_id, new_job=True)
     try:

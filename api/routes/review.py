@@ -12,19 +12,16 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes import problems
 from api.routes.jobs import enqueue_stage, job_out
 from api.schemas import JobOut
-from core.db.access.common import NotFound
 from core.db.access.events import add_event
-from core.db.access.jobs import get_job, load_job, transition_job
+from core.db.access.jobs import get_job, load_job, lock_job, transition_job
 from core.db.access.leases import expect_enqueue
-from core.db.access.triage import triage_category_counts
+from core.db.access.triage import get_triage_item, overridden_triage_items, triage_category_counts
 from core.db.models import Job, TriageItem, utcnow
 from core.db.states import STAGE_STATE, EventType, JobState, Stage, next_stage
 from core.jobspec import RealignRequest
@@ -66,14 +63,6 @@ class ReviewOut(BaseModel):
     overrides: list[ReviewedItem] = Field(description="the pairs whose category a reviewer changed")
 
 
-def _locked_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    """The tenant's job, row-locked on Postgres so a change and a continue cannot interleave."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job
-
-
 def _not_awaiting(job: Job, action: str) -> ProblemError:
     hint = "" if job.request.get("review") else " (submit the job with \"review\": true to review it)"
     return ProblemError(409, f"job {job.id} is {job.state}; {action} only while it is awaiting_review{hint}",
@@ -85,12 +74,6 @@ def _item_out(item: TriageItem) -> ReviewedItem:
                         original_category=item.original_category, reviewed_at=item.reviewed_at)
 
 
-def _overridden(session: Session, job_id: str) -> list[TriageItem]:
-    return list(session.scalars(select(TriageItem).where(TriageItem.job_id == job_id,
-                                                         TriageItem.original_category.is_not(None))
-                                .order_by(TriageItem.position)))
-
-
 @router.get("/jobs/{job_id}/review", response_model=ReviewOut, responses=problems(401, 404),
             summary="A job's review: whether it awaits review and the overridden pairs",
             description="Whether the job is `awaiting_review` (created with `review: true` and triaged), and the "
@@ -99,7 +82,8 @@ def _overridden(session: Session, job_id: str) -> list[TriageItem]:
 def get_review(job_id: str, session: SessionDep, principal: PrincipalDep) -> ReviewOut:
     job = get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     return ReviewOut(job_id=job.id, state=job.state, awaiting_review=job.state == JobState.AWAITING_REVIEW.value,
-                     overrides=[_item_out(i) for i in _overridden(session, job.id)])
+                     overrides=[_item_out(i) for i in
+                                overridden_triage_items(session, tenant_id=job.tenant_id, job_id=job.id)])
 
 
 @router.patch("/jobs/{job_id}/triage/{pair_id}", response_model=ReviewedItem, responses=problems(401, 404, 409, 422),
@@ -111,10 +95,8 @@ def change_category(job_id: str, pair_id: str, change: CategoryChange, session: 
                     principal: PrincipalDep) -> ReviewedItem:
     """Set the category training will use for one pair; the judge's category is kept as `original_category`
     (setting it back clears the override). 409 unless the job is `awaiting_review`."""
-    job = _locked_job(session, principal.tenant_id, job_id)
-    item = session.get(TriageItem, (job.id, pair_id))
-    if item is None:
-        raise NotFound(f"job {job_id} has no triaged pair {pair_id!r}")
+    job = lock_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+    item = get_triage_item(session, tenant_id=job.tenant_id, job_id=job.id, pair_id=pair_id)
     if job.state != JobState.AWAITING_REVIEW.value:
         raise _not_awaiting(job, "categories can be changed")
     judge_category = item.original_category or item.category
@@ -140,10 +122,11 @@ def continue_job(job_id: str, request: Request, session: SessionDep, settings: S
                  principal: PrincipalDep) -> JobOut:
     """Writes the overrides to the job's `triage/review.json` (what scoring and training read), moves the job to
     its next stage and enqueues it. 409 unless the job is `awaiting_review`."""
-    job = _locked_job(session, principal.tenant_id, job_id)
+    job = lock_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     if job.state != JobState.AWAITING_REVIEW.value:
         raise _not_awaiting(job, "it can be continued")
-    overrides = {i.pair_id: i.category for i in _overridden(session, job.id)}
+    overrides = {i.pair_id: i.category
+                 for i in overridden_triage_items(session, tenant_id=job.tenant_id, job_id=job.id)}
     try:
         following = next_stage(RealignRequest.model_validate(job.request), Stage.TRIAGE) or Stage.TRAIN
     except ValidationError:  # stored by an older version with fields refused since: the worker would fail it

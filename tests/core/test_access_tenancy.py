@@ -1,5 +1,6 @@
 """Every data-access read of a job's child rows (events, triage items, stage progress, its adapter) is scoped by
-tenant: another tenant gets nothing, even with the right job id (no route check needed first)."""
+tenant: another tenant gets nothing, even with the right job id (no route check needed first), and a lookup of
+one row of it is NotFound, as for a missing row."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.access.adapters import adapter_of_job, create_adapter
+from core.db.access.common import NotFound
 from core.db.access.events import list_events, page_events
-from core.db.access.jobs import create_job
+from core.db.access.jobs import create_job, lock_job
 from core.db.access.stages import stage_progress_by_job, start_stage
 from core.db.access.tenants import get_or_create_tenant
 from core.db.access.triage import (
     add_triage_items,
+    get_triage_item,
     list_triage_items,
+    overridden_triage_items,
     triage_category_counts,
     triage_counts_by_job,
 )
@@ -71,3 +75,19 @@ def test_another_tenant_gets_nothing_with_the_right_job_id(sessions: sessionmake
         assert triage_counts_by_job(session, tenant_id=other, job_ids=[job_id]) == {job_id: {}}
         assert stage_progress_by_job(session, tenant_id=other, job_ids=[job_id]) == {job_id: []}
         assert adapter_of_job(session, tenant_id=other, job_id=job_id) is None
+
+
+def test_review_reads_are_scoped_too(sessions: sessionmaker[Session], owned: tuple[str, str, str]) -> None:
+    owner, other, job_id = owned
+    with sessions() as session:
+        item = get_triage_item(session, tenant_id=owner, job_id=job_id, pair_id="p1")
+        item.original_category, item.category = "INVERT", "RETAIN"
+        session.flush()
+        assert [i.pair_id for i in overridden_triage_items(session, tenant_id=owner, job_id=job_id)] == ["p1"]
+        assert overridden_triage_items(session, tenant_id=other, job_id=job_id) == []
+        assert lock_job(session, tenant_id=owner, job_id=job_id).id == job_id
+        for read in (lambda: get_triage_item(session, tenant_id=other, job_id=job_id, pair_id="p1"),
+                     lambda: get_triage_item(session, tenant_id=owner, job_id=job_id, pair_id="nope"),
+                     lambda: lock_job(session, tenant_id=other, job_id=job_id)):
+            with pytest.raises(NotFound):
+                read()

@@ -49,7 +49,7 @@ def create_job(
     """Insert a queued job; returns (job, created). With an idempotency key already used: the same body returns
     the existing job (created=False), a different body raises `IdempotencyConflict`."""
     if idempotency_key is not None:
-        existing = _job_by_idempotency_key(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
+        existing = job_by_idempotency_key(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
         if existing is not None:
             return _replay(existing, body_hash), False
     now = utcnow()
@@ -62,7 +62,7 @@ def create_job(
     statement = (dialect_insert(session, Job).values(**values)
                  .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"]).returning(Job.id))
     if session.execute(statement).scalar() is None:
-        existing = _job_by_idempotency_key(session, tenant_id=tenant_id, idempotency_key=str(idempotency_key))
+        existing = job_by_idempotency_key(session, tenant_id=tenant_id, idempotency_key=str(idempotency_key))
         if existing is None:
             raise RuntimeError(f"job insert for idempotency key {idempotency_key!r} conflicted but no job exists")
         return _replay(existing, body_hash), False
@@ -72,7 +72,8 @@ def create_job(
     return job, True
 
 
-def _job_by_idempotency_key(session: Session, *, tenant_id: str, idempotency_key: str) -> Job | None:
+def job_by_idempotency_key(session: Session, *, tenant_id: str, idempotency_key: str) -> Job | None:
+    """The tenant's job this Idempotency-Key created, if any (a replay is not a new job for quotas)."""
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
 
 
@@ -84,6 +85,15 @@ def _replay(existing: Job, body_hash: str) -> Job:
 
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return tenant_owned(session, Job, tenant_id=tenant_id, object_id=job_id, label="job")
+
+
+def lock_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job, row-locked on Postgres until the transaction ends (so a review change and a continue
+    cannot interleave); another tenant's job is NotFound like a missing one."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
 
 
 def get_job_with_progress(session: Session, *, tenant_id: str, job_id: str) -> tuple[Job, list[StageProgress]]:

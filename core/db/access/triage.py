@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.db.access.common import Page, decode_cursor, dialect_insert, of_tenant_jobs, page_of
+from core.db.access.common import NotFound, Page, decode_cursor, dialect_insert, of_tenant_jobs, page_of
 from core.db.models import TriageItem, utcnow
 
 _INSERT_CHUNK = 500
@@ -41,6 +41,24 @@ def list_triage_items(
         query = query.where(TriageItem.position > decode_cursor(cursor, kind=int))
     rows = session.scalars(query.order_by(TriageItem.position).limit(limit + 1)).all()
     return page_of(rows, limit, lambda t: t.position)
+
+
+def get_triage_item(session: Session, *, tenant_id: str, job_id: str, pair_id: str) -> TriageItem:
+    """One triaged pair of the tenant's job (NotFound for a missing pair or another tenant's job)."""
+    query = of_tenant_jobs(select(TriageItem).where(TriageItem.job_id == job_id, TriageItem.pair_id == pair_id),
+                           TriageItem.job_id, tenant_id)
+    item = session.scalar(query)
+    if item is None:
+        raise NotFound(f"job {job_id} has no triaged pair {pair_id!r}")
+    return item
+
+
+def overridden_triage_items(session: Session, *, tenant_id: str, job_id: str) -> list[TriageItem]:
+    """The pairs whose category a reviewer changed (they keep the judge's as `original_category`), in order."""
+    query = of_tenant_jobs(select(TriageItem).where(TriageItem.job_id == job_id,
+                                                    TriageItem.original_category.is_not(None)),
+                           TriageItem.job_id, tenant_id)
+    return list(session.scalars(query.order_by(TriageItem.position)))
 
 
 def triage_category_counts(session: Session, *, tenant_id: str, job_id: str) -> dict[str, int]:
