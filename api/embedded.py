@@ -118,12 +118,6 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None
         process.wait(5)
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 # ---------------------------------------------------------------- serve
 
 

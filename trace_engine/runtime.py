@@ -86,18 +86,6 @@ class Runtime:
             t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
             offset += n
 
-    def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Copy rank 0's values into every rank's tensors (so all ranks start from identical weights)."""
-        if self.world_size == 1:
-            return
-        import torch.distributed as dist
-
-        for t in tensors:
-            buf = t.detach().clone()
-            dist.broadcast(buf, src=0)
-            with torch.no_grad():
-                t.copy_(buf)
-
     def gather_objects(self, obj: T) -> list[T]:
         """Every rank's `obj`, in rank order, on every rank."""
         if self.world_size == 1:

@@ -59,6 +59,3 @@ def set_adapter_gate(session: Session, *, adapter_id: str, result: dict[str, Any
                     .execution_options(synchronize_session=False))
 
 
-def set_adapter_eval_report(session: Session, *, adapter_id: str, report: dict[str, Any]) -> None:
-    session.execute(update(Adapter).where(Adapter.id == adapter_id).values(eval_report=report)
-                    .execution_options(synchronize_session=False))
