@@ -3,7 +3,8 @@
 Validation prompts are TRAIN phrasings of TRAIN instances drawn apart from the pairs and from the base's fine-tuning
 data, so they measure generalisation to new wordings without touching the held-out TEST phrasings that
 `bench/quality_real.py` reports. Each setting is a JSON object: TrainConfig overrides (`lr`, `epochs`, `beta`,
-`alpha_kl`, `batch_size`) plus `variant`, `size`, `lora_r`, `modules` (comma-separated), `normalise`
+`alpha_kl`, `batch_size`) plus `variant`, `size`, `lora_r`, `modules` (comma-separated), `layers` (a list of
+decoder layer indices that get adapters), `normalise`
 ('sum' | 'mean') and `cap`. Per setting: one JSON line on stdout (TPA per category, capitals, steps, seconds), and
 OUT/sweep.jsonl keeps them (re-runs skip settings already there).
 
@@ -42,8 +43,8 @@ from trace_engine.scoring import WeightShaping, score  # noqa: E402
 from trace_engine.synthetic.offline_run import IMPACT_VARIANTS, default_train_config  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
-SETTING_KEYS = {"variant", "size", "lora_r", "modules", "normalise", "cap", "lr", "epochs", "beta", "alpha_kl",
-                "batch_size"}
+SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "lr", "epochs", "beta",
+                "alpha_kl", "batch_size"}
 
 
 def validation_prompts(world: RealWorld, n: int, pairs_size: int) -> list[EvalPrompt]:
@@ -79,7 +80,8 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
         raise SystemExit(f"unknown setting keys {sorted(unknown)}; allowed: {sorted(SETTING_KEYS)}")
     variant = setting.get("variant", "trace")
     lora = LoraSettings(r=setting.get("lora_r", LORA.r), alpha=2 * setting.get("lora_r", LORA.r), dropout=0.0,
-                        target_modules=tuple(setting.get("modules", ",".join(LORA.target_modules)).split(",")))
+                        target_modules=tuple(setting.get("modules", ",".join(LORA.target_modules)).split(",")),
+                        layers=tuple(setting["layers"]) if "layers" in setting else None)
     overrides = {k: setting[k] for k in ("lr", "epochs", "beta", "alpha_kl", "batch_size") if k in setting}
     tc = default_train_config(variant, args.seed, lora=lora, **{"lr": 1e-3, "beta": 0.1, "epochs": 2, "batch_size": 8,
                               "max_prompt_len": 64, "max_len": 128, "ref_batch_size": 16, **overrides})

@@ -167,6 +167,13 @@ def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int | None
     from peft import LoraConfig, get_peft_model
 
     validate_target_modules(model, settings.target_modules)
+    layer_args = {}
+    if settings.layers is not None:
+        n_layers = int(getattr(model.config, "num_hidden_layers", 0))
+        if n_layers and max(settings.layers) >= n_layers:
+            raise ModelLoadError(f"LoRA layers {list(settings.layers)} out of range: the model has {n_layers} layers "
+                                 f"(0-{n_layers - 1})")
+        layer_args = {"layers_to_transform": list(settings.layers)}
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -174,6 +181,7 @@ def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int | None
         target_modules=list(settings.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        **layer_args,
     )
     peft_model = get_peft_model(model, config)
     if seed is not None:

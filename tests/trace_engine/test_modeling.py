@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from trace_engine.config import LoraSettings
+from trace_engine.config import LoraSettings, TrainConfig
 from trace_engine.modeling import (
     ModelLoadError,
     ModelSource,
@@ -136,3 +136,32 @@ def test_merge_keeps_the_base_checkpoint_dtype(tmp_path):
     weights = load_file(tmp_path / "merged" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
     assert (tmp_path / "merged" / "tokenizer.json").exists()  # falls back to the base's tokenizer
+
+
+def test_lora_on_chosen_layers_only_and_backward_stops_below_them(tiny_dir):
+    model = load_causal_lm(ModelSource(str(tiny_dir)), device="cpu")
+    n_layers = model.config.num_hidden_layers
+    top = n_layers - 1
+    peft_model = attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, layers=(top,)), seed=0)
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in peft_model.named_parameters() if "lora_" in name}
+    assert adapted == {str(top)}
+    seen: list[int] = []
+    for i, layer in enumerate(peft_model.base_model.model.model.layers):
+        layer.register_full_backward_hook(lambda *_, i=i: seen.append(i))
+    tok = load_tokenizer(ModelSource(str(tiny_dir)))
+    peft_model(input_ids=_ids(tok)).logits.sum().backward()
+    assert seen == [top]  # no gradient work in the layers below the adapted one
+
+
+def test_lora_layers_out_of_range_or_empty_are_refused(tiny_dir):
+    model = load_causal_lm(ModelSource(str(tiny_dir)), device="cpu")
+    with pytest.raises(ModelLoadError, match="out of range"):
+        attach_lora(model, LoraSettings(layers=(model.config.num_hidden_layers,)))
+    with pytest.raises(ValueError, match="layer indices"):
+        LoraSettings(layers=())
+
+
+def test_lora_layers_survive_the_config_round_trip():
+    config = TrainConfig(lora=LoraSettings(layers=(2, 3)))
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).lora.layers == (2, 3)
+    assert "layers" not in TrainConfig().to_dict()["lora"]  # records of runs without it are unchanged
