@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from api.embedded import free_port
+from tests.support.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI = "from trace_engine.cli import main; raise SystemExit(main())"
@@ -31,7 +31,7 @@ class EmbeddedService:
 
 @contextmanager
 def embedded_service(data_dir: Path, ready_timeout_s: float = 60) -> Iterator[EmbeddedService]:
-    port = free_port("127.0.0.1")
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALIGN_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
     server = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
