@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.settings import JUDGE_PROFILE_NAME
-from trace_engine.config import TrainConfig
+from trace_engine.config import DEFAULT_WEIGHT_CAP, TrainConfig
 from trace_engine.data.presets import PRESETS
 from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_policy_size
 from trace_engine.variants import VARIANTS, DataError, check_pref_loss
@@ -258,6 +258,11 @@ class Hyperparameters(StrictModel):
         default="sum", description="impact weights: sum to 1 (chosen on the synthetic validation split) or mean 1"
     )
     gold_size: int | None = Field(default=None, ge=3, le=100000, description="gold batch B (default: n/4, ≤ 48)")
+    weight_cap: float | None = Field(
+        default=DEFAULT_WEIGHT_CAP, ge=1, le=1e6, description="no conflicting pair's impact weight exceeds this many "
+        "times the uniform weight (the excess goes to the other positive pairs), so a few mislabelled pairs cannot "
+        "carry the loss; null: no cap. Default chosen on the synthetic validation split under noisy triage"
+    )
     kl_responses: Literal["preferred", "both"] = Field(
         default=_TRAIN.kl_responses, description="RETAIN KL anchor on the preferred response (half the cost) or on "
         "both"

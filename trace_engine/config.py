@@ -15,6 +15,11 @@ from trace_engine.variants import DataError, check_pref_loss, get_variant
 PREF_LOSSES = ("dpo", "ipo", "rdpo")
 KL_RESPONSES = ("both", "preferred")
 FUSED_MODES = ("auto", "on", "off")  # compiled RMSNorm/SwiGLU (kernels.py): auto = CUDA only
+DEFAULT_WEIGHT_CAP = 2.0
+"""Impact weights: no conflict row weighs more than this many times the uniform weight (`scoring.WeightShaping`).
+Chosen on the synthetic VALIDATION split (docs/benchmarks.md, noise robustness): without a cap, 10% noisy triage
+hands ~70-90% of the total weight to the few RETAIN rows that noise moved into the conflict set. The library, the
+CLI and the service all read it from here."""
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
-from trace_engine.config import LengthLimits, LossSettings
+from trace_engine.config import DEFAULT_WEIGHT_CAP, LengthLimits, LossSettings
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.pairs import Prompt
 from trace_engine.gold import (
@@ -421,9 +421,6 @@ class WeightShaping:
         return self.cap is not None or self.uniform_mix > 0.0
 
 
-DEFAULT_WEIGHT_CAP = 2.0
-"""Chosen on the synthetic VALIDATION split (docs/benchmarks.md, noise robustness): without a cap, 10% noisy triage
-hands ~70-90% of the total weight to the few RETAIN rows that noise moved into the conflict set."""
 DEFAULT_SHAPING = WeightShaping(cap=DEFAULT_WEIGHT_CAP)
 
 

@@ -32,7 +32,7 @@ MAX_LISTED_PROMPT_IDS = 200  # the report lists at most this many prompt ids (al
 
 def run_score(ctx: StageContext) -> StageResult:
     """Impact weights of the conflicting rows and the reference log-prob cache training reuses."""
-    from trace_engine.scoring import score
+    from trace_engine.scoring import WeightShaping, score
 
     rows = training_rows(ctx)
     source = resolve_base_model(ctx.request, ctx.settings, check_hub=False)
@@ -41,7 +41,7 @@ def run_score(ctx: StageContext) -> StageResult:
     hyper = ctx.request.method.hyperparameters
     gold = hyper.gold_size or max(3, min(48, len(rows) // 4))
     scored = score(Path(source.name_or_path), rows, ctx.request.method.variant, config,
-                   normalise=hyper.normalise, gold_size=gold, seed=config.seed,
+                   normalise=hyper.normalise, gold_size=gold, seed=config.seed, shaping=WeightShaping(cap=hyper.weight_cap),
                    device=ctx.settings.train_device, progress=ctx.tick)  # tick raises on cancel
     save_reference_cache(ctx.dir / "score" / REFERENCE_CACHE, scored.reference_logps,
                          {"base_model": source.name_or_path, "max_prompt_len": config.max_prompt_len,

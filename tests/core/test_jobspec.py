@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from core.jobspec import Hyperparameters
-from trace_engine.config import KL_RESPONSES, PREF_LOSSES, TrainConfig
+import pytest
+from pydantic import ValidationError
 
-NOT_TRAINING = {"normalise", "gold_size"}  # the score stage's knobs, not TrainConfig's
+from core.jobspec import Hyperparameters
+from trace_engine.config import DEFAULT_WEIGHT_CAP, KL_RESPONSES, PREF_LOSSES, TrainConfig
+
+NOT_TRAINING = {"normalise", "gold_size", "weight_cap"}  # the score stage's knobs, not TrainConfig's
 LORA = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # TrainConfig.lora's fields
 
 
@@ -28,3 +31,10 @@ def test_the_offered_choices_are_the_engines() -> None:
     fields = Hyperparameters.model_fields
     assert set(get_args(fields["pref_loss"].annotation)) == set(PREF_LOSSES)
     assert set(get_args(fields["kl_responses"].annotation)) == set(KL_RESPONSES)
+
+
+def test_the_weight_cap_default_is_the_engines_and_null_turns_it_off() -> None:
+    assert Hyperparameters().weight_cap == DEFAULT_WEIGHT_CAP
+    assert Hyperparameters(weight_cap=None).weight_cap is None
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        Hyperparameters(weight_cap=0.5)  # below the uniform weight: every row would be cut

@@ -27,7 +27,14 @@ from typing import Any
 
 from trace_engine.categories import CATEGORIES, Category
 from trace_engine.checkpoint import CheckpointMismatch
-from trace_engine.config import FUSED_MODES, KL_RESPONSES, ConfigError, LoraSettings, TrainConfig
+from trace_engine.config import (
+    DEFAULT_WEIGHT_CAP,
+    FUSED_MODES,
+    KL_RESPONSES,
+    ConfigError,
+    LoraSettings,
+    TrainConfig,
+)
 from trace_engine.data.io import DatasetError, iter_raw_rows
 from trace_engine.modeling import ModelLoadError, ModelSource
 from trace_engine.reference_cache import REFERENCE_CACHE, load_reference_cache, save_reference_cache
@@ -43,7 +50,6 @@ from trace_engine.variants import (
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 SCORED_FILE, SCORE_META = "scored.jsonl", "score.json"
-DEFAULT_WEIGHT_CAP = 2.0  # = scoring.DEFAULT_WEIGHT_CAP (not imported: cheap CLI; a test keeps them equal)
 # settings that change the scores (must match between scoring and training) / the reference log-probs
 _SCORE_KEYS = ("variant", "base_model", "seed", "lora_r", "lora_alpha", "target_modules", "beta", "pref_loss", "npo_two_over_beta")
 _CACHE_KEYS = ("base_model", "max_prompt_len", "max_len", "dtype")
