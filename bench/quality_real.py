@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         base, base_metrics = Path(args.base), {"note": "given with --base, not fine-tuned here"}
     else:
         base, base_metrics = ensure_real_base(Path(args.source) if args.source else imported_smollm2())
-    log(f"base {base} ({base_metrics.get('train_seconds')}s to train)", started)
+    identity = base_identity(base)
+    log(f"base {base} ({base_metrics.get('train_seconds')}s to train; weights {identity['weights_sha256']})", started)
     pairs = world.train_pairs(max(sizes))
     rows = triage(world, pairs, out / "triage")
     sets = eval_data(world, args.n_test, args.n_asr)
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         resume=False, device="cpu")
         t1 = time.perf_counter()
         after = evaluate(base, trained.output_dir, world, sets, args.max_new_tokens)
-        record = {"key": key, **r, "steps": trained.steps, "train_s": round(t1 - t0, 1),
+        record = {"key": key, **r, **identity, "steps": trained.steps, "train_s": round(t1 - t0, 1),
                   "eval_s": round(time.perf_counter() - t1, 1), "weights": scored_summary,
                   "settings": {"lr": args.lr, "beta": args.beta, "epochs": args.epochs, "cap": args.cap}, **after}
         with results_path.open("a") as fh:
@@ -174,6 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({"runs_done": len(records), "runs_planned": len(runs),
                       "wall_s_this_call": round(time.perf_counter() - started, 1)}))
     return 0
+
+
+def base_identity(base: Path) -> dict[str, str]:
+    """Which base a result was measured on: its cache folder (the recipe hash) and its weights' sha256 prefix, so
+    results from different machines or sessions are only pooled when the base is bit-identical."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with (base / "model.safetensors").open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"base": base.name, "weights_sha256": digest.hexdigest()[:16]}
 
 
 def imported_smollm2() -> Path:

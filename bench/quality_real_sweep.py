@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from quality_bench import log, nested_subset  # noqa: E402
-from quality_real import LORA, imported_smollm2, triage  # noqa: E402
+from quality_real import LORA, base_identity, imported_smollm2, triage  # noqa: E402
 
 from trace_engine.config import LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
@@ -120,12 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     world = RealWorld(0)
     base, _ = ensure_real_base(Path(args.source) if args.source else imported_smollm2())
+    identity = base_identity(base)
     rows = triage(world, world.train_pairs(128), out / "triage")
     prompts = validation_prompts(world, args.n_val, 128)
     results_path = out / "sweep.jsonl"
     done = [json.loads(x) for x in results_path.read_text().splitlines() if x] if results_path.exists() else []
     if not any(d["setting"] == "base" for d in done):
-        record = {"setting": "base", "seed": args.seed, **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
+        record = {"setting": "base", "seed": args.seed, **identity, **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(d["setting"] == setting and d["seed"] == args.seed for d in done):
             log(f"skip (done): {text}", started)
             continue
-        record = run_setting(setting, base, rows, world, prompts, args, out)
+        record = {**run_setting(setting, base, rows, world, prompts, args, out), **identity}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
