@@ -18,6 +18,7 @@ from typing import Any
 
 from core.settings import Settings
 from trace_engine.categories import CONFLICT_CATEGORIES
+from trace_engine.data.io import DatasetError, iter_jsonl_objects
 
 _JOB_ID = re.compile(r"^job_[0-9a-f]{12,40}$")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -152,20 +153,15 @@ def job_probe_prompts(settings: Settings, job_id: str, limit: int) -> list[str |
 def _prompts_in(path: Path, limit: int, categories: tuple[str, ...] | None = None) -> list[Any]:
     found: list[Any] = []
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if number >= MAX_SCANNED_LINES or len(found) >= limit:
-                    break
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(row, dict) or (categories is not None and row.get("category") not in categories):
-                    continue
-                prompt = row.get("prompt")
-                if _usable_prompt(prompt):
-                    found.append(prompt)
-    except OSError:
+        for row in iter_jsonl_objects(path, max_lines=MAX_SCANNED_LINES):
+            if len(found) >= limit:
+                break
+            if categories is not None and row.get("category") not in categories:
+                continue
+            prompt = row.get("prompt")
+            if _usable_prompt(prompt):
+                found.append(prompt)
+    except (OSError, DatasetError):  # a missing or unreadable file: no probes from it
         return []
     return found
 

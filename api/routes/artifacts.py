@@ -31,6 +31,7 @@ from core.db.models import Job
 from core.paths import PathEscapesRoot, resolve_under_root
 from core.registry import JOB_ARTIFACTS, job_folder, weights_file
 from core.settings import Settings
+from trace_engine.data.io import iter_jsonl_objects
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 HASH_LIMIT_BYTES = 16 * 1024 * 1024  # sha256 in the listing for files up to this size (larger: None)
@@ -63,7 +64,7 @@ def _sanitised_rows(path: Path, settings: Settings) -> Iterator[bytes]:
     triage items carry (no remote body, no endpoint, no secret), as in GET /v1/jobs/{id}/triage."""
     from core.sanitise import JUDGE_ERROR_CHARS, sanitise_error_text
 
-    for row in _jsonl(path):
+    for row in iter_jsonl_objects(path):
         if isinstance(row.get("error"), str):
             row["error"] = sanitise_error_text(row["error"], settings=settings, max_len=JUDGE_ERROR_CHARS)
         yield (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
@@ -126,20 +127,6 @@ def download_artifact(job_id: str, name: str, session: SessionDep, settings: Set
                        slug="artifact-not-found")
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSON-lines file that is being appended to: a torn last line (a crash mid-write) is skipped."""
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                yield row
-
-
 def _cursor(value: str | None, what: str) -> int:
     """A file-backed list's cursor: the row offset (scores) or the last step sent (metrics); 0 for the first page."""
     if value is None:
@@ -170,7 +157,7 @@ def metrics_history(
     path = _file(settings, job, JOB_ARTIFACTS["train_metrics"][0])
     rows: list[dict[str, Any]] = []
     if path is not None:
-        for row in _jsonl(path):
+        for row in iter_jsonl_objects(path):
             step = row.get("step")
             if isinstance(step, int) and not isinstance(step, bool) and step > after:
                 rows.append(row)
@@ -201,7 +188,7 @@ def impact_scores(
                            "for variants that weight pairs by impact", slug="scores-not-found")
     rows: list[ScoreOut] = []
     more = False
-    for index, row in enumerate(_jsonl(path)):
+    for index, row in enumerate(iter_jsonl_objects(path)):
         if index < start:
             continue
         if len(rows) == page:

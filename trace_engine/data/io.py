@@ -78,6 +78,17 @@ def read_jsonl(path: str | Path) -> Iterator[Any]:
         yield raw.data
 
 
+def iter_jsonl_objects(path: str | Path, max_lines: int | None = None) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file another process may be appending to: a torn last line (a crash mid-write)
+    or any row that is not an object is skipped, not raised. `max_lines` bounds the lines read. A missing file is
+    a DatasetError, as for `iter_jsonl`."""
+    for raw in iter_jsonl(Path(path)):
+        if max_lines is not None and raw.row > max_lines:
+            return
+        if raw.error is None and isinstance(raw.data, dict):
+            yield raw.data
+
+
 def iter_json_array(path: Path) -> Iterator[RawRow]:
     """A file holding one JSON array of rows; row numbers are 1-based array positions."""
     with _open_binary(path) as fh:

@@ -9,7 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trace_engine.data.io import DatasetError, detect_format, iter_raw_rows, read_jsonl, write_jsonl
+from trace_engine.data.io import (
+    DatasetError,
+    detect_format,
+    iter_jsonl_objects,
+    iter_raw_rows,
+    read_jsonl,
+    write_jsonl,
+)
 
 
 def test_jsonl_rows_carry_line_numbers_and_bad_lines_do_not_stop_reading(tmp_path: Path) -> None:
@@ -89,3 +96,10 @@ def test_read_jsonl_gives_the_rows_the_engine_wrote_and_refuses_a_damaged_one(tm
     path.write_text('{"step": 1}\n{"step": 2\n', encoding="utf-8")
     with pytest.raises(DatasetError, match="row 2"):
         list(read_jsonl(path))
+
+
+def test_a_file_being_appended_to_yields_its_whole_objects_only(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n[1, 2]\n\n{"step": 2}\n{"step": 3, "lo')  # a list row, a torn last line
+    assert list(iter_jsonl_objects(path)) == [{"step": 1}, {"step": 2}]
+    assert list(iter_jsonl_objects(path, max_lines=3)) == [{"step": 1}]  # line 4 is past the bound
