@@ -8,8 +8,9 @@ of the total weight, the effective sample size (Σw)²/Σw² as a share of the c
 weight on corrupted rows, and how many gold-batch pairs are corrupted.
 
 A setting is a JSON object: `normalise` ('sum' | 'mean'), `cap` (max weight as a multiple of the uniform weight),
-`uniform_mix` (λ), `gold` ('all' | 'trusted' | 'clean'), `trusted` (K rows marked trusted: a seeded stratified
-subset of the training rows, restored to their clean triage as a person checking them would), `variant`.
+`cap_per_kind` (the cap within each sample kind), `uniform_mix` (λ), `gold` ('all' | 'trusted' | 'clean'), `trusted`
+(K rows marked trusted: a seeded stratified subset of the training rows, restored to their clean triage as a person
+checking them would), `variant`.
 `gold: clean` is a diagnostic, not a method: the gold batch from every uncorrupted row (which a user cannot know).
 
 Run: `.venv/bin/python bench/quality_noise.py --on val --seeds 0,1 --noise 0,0.1,0.2 '{}' '{"cap": 5}'`
@@ -145,7 +146,8 @@ def run_one(setting: Mapping[str, Any], seed: int, noise: float, clean: Sequence
             cfg: PipelineConfig, world: Any, sets: Any, out: Path, *, train_too: bool) -> dict[str, Any]:
     variant = setting.get("variant", "trace")
     normalise = setting.get("normalise", cfg.normalise)
-    shaping = WeightShaping(cap=setting.get("cap"), uniform_mix=setting.get("uniform_mix", 0.0))
+    shaping = WeightShaping(cap=setting.get("cap"), uniform_mix=setting.get("uniform_mix", 0.0),
+                            cap_per_kind=setting.get("cap_per_kind", False))
     train_rows, gold_source = gold_rows_for(noisy_rows(clean, noise, seed, setting.get("trusted", 0)),
                                             setting.get("gold", "all"))
     tc = default_train_config(variant, seed)

@@ -204,7 +204,8 @@ def score_conflicts(
         results = [s for part in runtime.gather_objects(mine_scored) for s in part]
     by_id = {s.sample_id: s for s in results}
     scored = [by_id[s.sample_id] for s in samples]  # input order
-    weights = shape_weights(normalise_scores([s.raw_score for s in scored], mode), shaping)
+    weights = shape_weights(normalise_scores([s.raw_score for s in scored], mode), shaping,
+                            [str(s.kind) for s in scored])
     ref: dict[str, float] = {}
     for sample, result in zip(samples, scored, strict=True):
         for text, value in zip(sample.responses, result.reference_logps, strict=True):
@@ -213,7 +214,7 @@ def score_conflicts(
         **summarize_scores(scored, weights),
         "variant": variant,
         "gold": {**gold_report.__dict__, "size": gold_report.size, "source": gold_from},
-        "shaping": {"cap": shaping.cap, "uniform_mix": shaping.uniform_mix},
+        "shaping": {"cap": shaping.cap, "uniform_mix": shaping.uniform_mix, "cap_per_kind": shaping.cap_per_kind},
         "concentration": weight_concentration(weights.weights),
         "truncation": truncation.to_dict(),
     }
@@ -403,12 +404,15 @@ class WeightShaping:
     cap: no row may weigh more than `cap` times the uniform weight (total / n); the excess goes to the other
          positive rows in proportion (water-filling), so one noisy row cannot carry the whole conflict loss.
     uniform_mix: λ in [0, 1]; w <- (1 - λ) w + λ · total / n, i.e. a floor under every conflict row.
+    cap_per_kind: apply the cap within each sample kind (INVERT, PUNISH, ...) against that kind's own uniform weight,
+         so capping a kind's outliers never moves weight to another kind (whose losses have another scale).
     Both keep the total (the `sum`/`mean` scale), except that a cap cannot hand weight to rows clamped at 0: with
     fewer than n / cap positive rows the total shrinks (said by `weight_concentration`'s `total`).
     """
 
     cap: float | None = None
     uniform_mix: float = 0.0
+    cap_per_kind: bool = False
 
     def __post_init__(self) -> None:
         if self.cap is not None and not (math.isfinite(self.cap) and self.cap >= 1.0):
@@ -459,10 +463,26 @@ def mix_uniform(weights: Sequence[float], lam: float) -> list[float]:
     return [(1.0 - lam) * float(w) + lam * mean for w in weights]
 
 
-def shape_weights(weights: NormalisedWeights, shaping: WeightShaping) -> NormalisedWeights:
-    """Cap first (it reads the impact ranking), then mix with uniform."""
+def cap_weights_by_group(weights: Sequence[float], groups: Sequence[str], cap: float) -> list[float]:
+    """`cap_weights` within each group (its own uniform weight, its own excess): group totals are kept."""
+    out = [float(w) for w in weights]
+    for group in set(groups):
+        index = [i for i, g in enumerate(groups) if g == group]
+        for i, w in zip(index, cap_weights([out[i] for i in index], cap), strict=True):
+            out[i] = w
+    return out
+
+
+def shape_weights(weights: NormalisedWeights, shaping: WeightShaping,
+                  groups: Sequence[str] | None = None) -> NormalisedWeights:
+    """Cap first (it reads the impact ranking), then mix with uniform. `groups`: each weight's sample kind, needed
+    for `cap_per_kind`."""
     values = list(weights.weights)
-    if shaping.cap is not None:
+    if shaping.cap is not None and shaping.cap_per_kind:
+        if groups is None or len(groups) != len(values):
+            raise ValueError("a per-kind cap needs each weight's kind")
+        values = cap_weights_by_group(values, groups, shaping.cap)
+    elif shaping.cap is not None:
         values = cap_weights(values, shaping.cap)
     if shaping.uniform_mix > 0.0:
         values = mix_uniform(values, shaping.uniform_mix)

@@ -182,6 +182,22 @@ def test_cap_weights_keeps_the_total_unless_every_positive_row_is_capped():
         assert all((a == 0) == (b == 0) for a, b in zip(w, out, strict=True))  # zeros stay zero, others stay >0
 
 
+def test_a_per_kind_cap_keeps_each_kinds_total():
+    from trace_engine.scoring import NormalisedWeights, WeightShaping, shape_weights
+
+    # PUNISH holds one outlier (6 of the 10); a global cap 2 (limit 2 * 10 / 6) moves PUNISH weight to INVERT,
+    # a per-kind cap caps the outlier at 2 x PUNISH's own uniform weight (2 * 7 / 3) and keeps PUNISH at 7.
+    weights = NormalisedWeights([1.0, 1.0, 1.0, 6.0, 0.5, 0.5], "sum", 0.0, False)
+    kinds = ["INVERT"] * 3 + ["PUNISH_NPO"] * 3
+    per_kind = shape_weights(weights, WeightShaping(cap=2.0, cap_per_kind=True), kinds).weights
+    assert sum(per_kind[:3]) == pytest.approx(3.0) and sum(per_kind[3:]) == pytest.approx(7.0)
+    assert per_kind[3] == pytest.approx(14 / 3) and per_kind[4] == pytest.approx(7 / 6)
+    overall = shape_weights(weights, WeightShaping(cap=2.0), kinds).weights
+    assert sum(overall[3:]) < 7.0 - 1e-9 and sum(overall[:3]) > 3.0 + 1e-9  # the global cap moves weight across
+    with pytest.raises(ValueError, match="kind"):
+        shape_weights(weights, WeightShaping(cap=2.0, cap_per_kind=True))
+
+
 def test_mix_uniform_floors_every_row():
     from trace_engine.scoring import mix_uniform
 
