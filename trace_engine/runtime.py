@@ -100,6 +100,17 @@ class Runtime:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Leave the process group (after every rank got here). Without it, a rank that exits while gloo's threads
+        still run can abort with "terminate called without an active exception" (seen once in CI)."""
+        if self.accelerator is None:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            self.accelerator.wait_for_everyone()
+            dist.destroy_process_group()
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
             return torch.autocast("cuda", dtype=self.dtype)

@@ -61,4 +61,6 @@ def run(model_dir: str, out_dir: str, runtime: Runtime) -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    run(sys.argv[1], sys.argv[2], Runtime.create("cpu"))
+    runtime = Runtime.create("cpu")
+    run(sys.argv[1], sys.argv[2], runtime)
+    runtime.close()

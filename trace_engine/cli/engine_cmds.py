@@ -245,6 +245,7 @@ def _score(args: argparse.Namespace) -> int:
         clamped = result.summary["share_clamped_to_zero"]
         print(f"scored {meta['n_scored']} samples ({args.variant}); share clamped to 0: {clamped:.3f} -> {args.out}")
     rt.barrier()
+    rt.close()
     return EXIT_OK
 
 
@@ -281,6 +282,7 @@ def _train(args: argparse.Namespace) -> int:
                    runtime=rt, progress=progress)
     if rt.is_main:
         print(f"trained {result.steps} steps ({args.variant}) -> {result.output_dir}")
+    rt.close()
     return EXIT_OK
 
 
