@@ -4,7 +4,7 @@ Validation prompts are TRAIN phrasings of TRAIN instances drawn apart from the p
 data, so they measure generalisation to new wordings without touching the held-out TEST phrasings that
 `bench/quality_real.py` reports. Each setting is a JSON object: TrainConfig overrides (`lr`, `epochs`, `beta`,
 `alpha_kl`, `batch_size`) plus `variant`, `size`, `lora_r`, `modules` (comma-separated), `layers` (a list of
-decoder layer indices that get adapters), `normalise`
+decoder layer indices that get adapters), `uniform_mix` (λ of `scoring.WeightShaping`), `normalise`
 ('sum' | 'mean') and `cap`. Per setting: one JSON line on stdout (TPA per category, capitals, steps, seconds), and
 OUT/sweep.jsonl keeps them (re-runs skip settings already there).
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from quality_bench import log, nested_subset  # noqa: E402
 from quality_real import LORA, base_identity, imported_smollm2, triage  # noqa: E402
 
-from trace_engine.config import LoraSettings  # noqa: E402
+from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
 from trace_engine.evaluation.prompts import EvalPrompt  # noqa: E402
 from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
@@ -43,8 +43,8 @@ from trace_engine.scoring import WeightShaping, score  # noqa: E402
 from trace_engine.synthetic.offline_run import IMPACT_VARIANTS, default_train_config  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
-SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "lr", "epochs", "beta",
-                "alpha_kl", "batch_size"}
+SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "uniform_mix", "lr", "epochs",
+                "beta", "alpha_kl", "batch_size"}
 
 
 def validation_prompts(world: RealWorld, n: int, pairs_size: int) -> list[EvalPrompt]:
@@ -89,7 +89,8 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     t0 = time.perf_counter()
     ref: dict[str, float] = {}
     if variant in IMPACT_VARIANTS:
-        shaping = {"shaping": WeightShaping(cap=setting["cap"])} if "cap" in setting else {}
+        shaping = {"shaping": WeightShaping(cap=setting.get("cap", DEFAULT_WEIGHT_CAP),
+                                            uniform_mix=setting.get("uniform_mix", 0.0))}
         scored = score(base, train_rows, variant, tc, normalise=setting.get("normalise", "sum"), gold_size=24,
                             seed=args.seed, **shaping)
         train_rows, ref = scored.rows, scored.reference_logps
