@@ -43,7 +43,7 @@ from trace_engine.evaluation.stats import rate  # noqa: E402
 from trace_engine.judge.rules import RulesJudge  # noqa: E402
 from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import ensure_real_base  # noqa: E402
-from trace_engine.realworld.world import RealOracleJudge, RealWorld  # noqa: E402
+from trace_engine.realworld.world import CapabilityProbe, RealOracleJudge, RealWorld  # noqa: E402
 from trace_engine.scoring import WeightShaping, score  # noqa: E402
 from trace_engine.synthetic.offline_run import (  # noqa: E402
     IMPACT_VARIANTS,
@@ -219,9 +219,7 @@ def evaluate(base: Path, adapter: Path | None, world: RealWorld, sets: dict[str,
     settings = EvalSettings(max_new_tokens=max_new_tokens, seed=0, resamples=1000)
     report = run_eval(backend, ("tpa", "asr", "over_refusal", "capability"), judge, sets["data"],
                       policy=world.policy("new"), settings=settings)
-    probes = sets["capitals"]
-    answers = backend.generate([p.prompt for p in probes], 16)
-    capitals = rate([p.is_correct(a) for p, a in zip(probes, answers, strict=True)], seed=0, resamples=1000)
+    capitals = capitals_rate(backend, sets["capitals"])
     tpa = report.suites["tpa"].metrics
     cap = report.suites["capability"].metrics
     return {
@@ -230,10 +228,16 @@ def evaluate(base: Path, adapter: Path | None, world: RealWorld, sets: dict[str,
         "asr": report.suites["asr"].metrics["overall"].value,
         "over_refusal": report.suites["over_refusal"].metrics["refused"].value,
         "mc": cap["everyday_facts/acc"].value,
-        "capitals": capitals.value,
+        "capitals": capitals,
         "examples": [{k: x[k] for k in ("category", "prompt", "response", "violating")}
                      for x in report.suites["tpa"].records[:6]],
     }
+
+
+def capitals_rate(backend: LocalBackend, probes: Sequence[CapabilityProbe]) -> float:
+    """Share of the capital questions answered right (exact match, greedy, 16 tokens): did the model break?"""
+    answers = backend.generate([p.prompt for p in probes], 16)
+    return rate([p.is_correct(a) for p, a in zip(probes, answers, strict=True)], seed=0, resamples=1000).value
 
 
 def summary_line(e: dict[str, Any]) -> str:

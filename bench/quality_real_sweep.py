@@ -28,13 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from quality_bench import log, nested_subset  # noqa: E402
-from quality_real import LORA, base_identity, imported_smollm2, triage  # noqa: E402
+from quality_real import LORA, base_identity, capitals_rate, imported_smollm2, triage  # noqa: E402
 
 from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
 from trace_engine.evaluation.prompts import EvalPrompt  # noqa: E402
 from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
-from trace_engine.evaluation.stats import rate  # noqa: E402
 from trace_engine.judge.rules import RulesJudge  # noqa: E402
 from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import RealBaseRecipe, ensure_real_base  # noqa: E402
@@ -62,13 +61,10 @@ def evaluate_val(base: Path, adapter: Path | None, world: RealWorld, prompts: Se
     judge = RulesJudge(world.rules("new"), "<real-text rules_new, validation>")
     report = run_eval(backend, ("tpa",), judge, EvalData(tpa_prompts=list(prompts)), policy=world.policy("new"),
                       settings=EvalSettings(max_new_tokens=max_new_tokens, seed=0, resamples=1000))
-    probes = world.capability_probes()
-    answers = backend.generate([p.prompt for p in probes], 16)
     tpa = report.suites["tpa"].metrics
     return {"tpa": tpa["overall"].value,
             "tpa_by_category": {k.split("=", 1)[1]: v.value for k, v in tpa.items() if k.startswith("category=")},
-            "capitals": rate([p.is_correct(a) for p, a in zip(probes, answers, strict=True)], seed=0,
-                             resamples=1000).value,
+            "capitals": capitals_rate(backend, world.capability_probes()),
             "examples": [{k: x[k] for k in ("category", "prompt", "response")}
                          for x in report.suites["tpa"].records[:4]]}
 
