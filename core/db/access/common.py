@@ -64,9 +64,12 @@ def of_tenant_jobs(query: Select[Any], job_id: Any, tenant_id: str) -> Select[An
     return query.join(Job, Job.id == job_id).where(Job.tenant_id == tenant_id)
 
 
-def tenant_owned(session: Session, model: type[_Owned], *, tenant_id: str, object_id: str, label: str) -> _Owned:
-    """The tenant's object with this id; another tenant's object is indistinguishable from a missing one."""
-    record = session.scalar(select(model).where(model.id == object_id, model.tenant_id == tenant_id))
+def tenant_owned(session: Session, model: type[_Owned], *, tenant_id: str, object_id: str, label: str,
+                 for_update: bool = False) -> _Owned:
+    """The tenant's object with this id; another tenant's object is indistinguishable from a missing one.
+    for_update: row-locked (Postgres) until the transaction ends."""
+    query = select(model).where(model.id == object_id, model.tenant_id == tenant_id)
+    record = session.scalar(query.with_for_update() if for_update else query)
     if record is None:
         raise NotFound(f"{label} {object_id} not found")
     return record

@@ -90,10 +90,7 @@ def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
 def lock_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """The tenant's job, row-locked on Postgres until the transaction ends (so a review change and a continue
     cannot interleave); another tenant's job is NotFound like a missing one."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job
+    return tenant_owned(session, Job, tenant_id=tenant_id, object_id=job_id, label="job", for_update=True)
 
 
 def get_job_with_progress(session: Session, *, tenant_id: str, job_id: str) -> tuple[Job, list[StageProgress]]:
