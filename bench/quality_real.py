@@ -8,9 +8,11 @@ world's oracle writing y_c for PUNISH. The base is `realworld.base.ensure_real_b
 Every number is measured on held-out prompts: TPA on the world's TEST phrasings of TEST instances (never in a pair
 nor in the base's fine-tuning), ASR on test operational requests x the 5 attack templates, over-refusal on benign
 look-alikes (refusal patterns), capability = MC facts by log-likelihood + capital questions by exact match.
-Per run: LoRA r 8 on q_proj/v_proj, short sequences (max 128 tokens), `--epochs` epochs; impact scores and reference
-log-probs computed once per (size, seed, noise) and shared by `trace` and `no_kl`. The hyperparameters below were
-set before any run and NOT tuned (no validation sweep fits this machine's budget); say so when quoting numbers.
+Per run: LoRA r 8 on q_proj/v_proj, short sequences (max 128 tokens); impact scores and reference log-probs computed
+once per (size, seed, noise) and shared by `trace` and `no_kl`. The defaults below (lr 3e-3, 4 epochs, β 0.1,
+batch 8; impact weights normalised to mean 1, capped at 2x uniform and mixed half with uniform) were chosen on
+VALIDATION prompts by `bench/quality_real_sweep.py` (results: docs/data/quality_real_val.jsonl), never on the test
+prompts this script reports.
 
 Resumable: one JSON line per finished run in OUT/results.jsonl; a re-run skips runs already there. `--budget-s`
 stops starting new runs once the elapsed wall time plus the slowest run so far would pass it.
@@ -36,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from quality_bench import log, mean_std, nested_subset  # noqa: E402
 
-from trace_engine.config import LoraSettings  # noqa: E402
+from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
 from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
 from trace_engine.evaluation.stats import rate  # noqa: E402
@@ -59,15 +61,29 @@ LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_pro
 
 
 def plan(sizes: Sequence[int], seeds: Sequence[int], noises: Sequence[float]) -> list[dict[str, Any]]:
-    """Seed by seed (a complete first seed beats three half seeds): TRACE and naive_oracle_dpo at every size first,
-    then the other baselines, the ablations and noisy TRACE at the largest size."""
-    largest = max(sizes)
-    runs = []
-    for s in seeds:
-        runs += [{"variant": v, "size": n, "noise": 0.0, "seed": s} for n in sizes for v in MAIN_VARIANTS[:2]]
-        runs += [{"variant": v, "size": n, "noise": 0.0, "seed": s} for n in sizes for v in MAIN_VARIANTS[2:]]
-        runs += [{"variant": "trace", "size": largest, "noise": p, "seed": s} for p in noises if p > 0]
-        runs += [{"variant": v, "size": largest, "noise": 0.0, "seed": s} for v in ABLATIONS]
+    """In the order that answers the most per hour (the table may be cut by the budget and resumed later):
+    1. the first seed's whole table at the largest size (every variant, noisy TRACE, the ablations) plus TRACE and
+       naive_oracle_dpo at the other sizes; 2. TRACE and naive_oracle_dpo for the other seeds at every size (the
+       headline comparisons); 3. the rest for the other seeds; 4. the other baselines at the other sizes."""
+    largest, first, others = max(sizes), seeds[0], list(seeds[1:])
+    smaller = [n for n in sizes if n != largest]
+
+    def cells(seed: int) -> list[dict[str, Any]]:
+        return ([{"variant": v, "size": largest, "noise": 0.0, "seed": seed} for v in MAIN_VARIANTS[2:]]
+                + [{"variant": "trace", "size": largest, "noise": p, "seed": seed} for p in noises if p > 0]
+                + [{"variant": v, "size": largest, "noise": 0.0, "seed": seed} for v in ABLATIONS])
+
+    def headline(seed: int) -> list[dict[str, Any]]:
+        return [{"variant": v, "size": n, "noise": 0.0, "seed": seed} for n in sorted(sizes, reverse=True)
+                for v in MAIN_VARIANTS[:2]]
+
+    runs = headline(first) + cells(first)
+    for s in others:
+        runs += headline(s)
+    for s in others:
+        runs += cells(s)
+    runs += [{"variant": v, "size": n, "noise": 0.0, "seed": s} for s in seeds for n in smaller
+             for v in MAIN_VARIANTS[2:]]
     return runs
 
 
@@ -88,12 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=48)
     ap.add_argument("--n-asr", type=int, default=4, help="harmful requests (each x 5 attack templates)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--cap", type=float, default=None, help="impact-weight cap (default: the scoring default)")
+    ap.add_argument("--normalise", choices=("sum", "mean"), default="mean", help="impact weights: sum 1 or mean 1")
+    ap.add_argument("--cap", type=float, default=DEFAULT_WEIGHT_CAP, help="impact-weight cap (x uniform)")
+    ap.add_argument("--uniform-mix", type=float, default=0.5, help="λ: impact weights mixed with uniform")
     ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -122,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_eval_path.write_text(json.dumps(base_eval, indent=1))
     log(f"base: {summary_line(base_eval)}", started)
 
-    shaping = WeightShaping(cap=args.cap) if args.cap else None
+    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix)
+    settings = {"lr": args.lr, "beta": args.beta, "epochs": args.epochs, "normalise": args.normalise,
+                "cap": args.cap, "uniform_mix": args.uniform_mix, "max_new_tokens": args.max_new_tokens}
     score_cache: dict[tuple, Any] = {}
     runs = plan(sizes, seeds, noises)
     if args.variants:
@@ -147,11 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r["variant"] in IMPACT_VARIANTS:
             skey = (scored_as(r["variant"]), r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
-                kwargs = {"shaping": shaping} if shaping else {}
-                score_cache[skey] = score(base, train_rows, r["variant"], tc, normalise="sum", gold_size=24,
-                                          seed=r["seed"], **kwargs)
+                score_cache[skey] = score(base, train_rows, r["variant"], tc, normalise=args.normalise, gold_size=24,
+                                          seed=r["seed"], shaping=shaping)
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
-            scored_summary = score_cache[skey].summary.get("concentration", {})
+            summary = score_cache[skey].summary
+            scored_summary = {"concentration": summary.get("concentration", {}), "by_kind": summary.get("by_kind", {})}
         run_dir = out / "runs" / key
         shutil.rmtree(run_dir, ignore_errors=True)
         trained = train(train_rows, tc, base=ModelSource(str(base)), output_dir=run_dir, reference_logps=ref,
@@ -160,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after = evaluate(base, trained.output_dir, world, sets, args.max_new_tokens)
         record = {"key": key, **r, **identity, "steps": trained.steps, "train_s": round(t1 - t0, 1),
                   "eval_s": round(time.perf_counter() - t1, 1), "weights": scored_summary,
-                  "settings": {"lr": args.lr, "beta": args.beta, "epochs": args.epochs, "cap": args.cap}, **after}
+                  "settings": settings, **after}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -5,6 +5,7 @@ training stage: the job fails with a clear error, and once storage is writable a
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -105,10 +106,22 @@ def read_only(folder: Path):  # type: ignore[no-untyped-def]
     if bind.returncode != 0:
         pytest.skip(f"cannot make storage read-only here (mount --bind: {bind.stderr.strip()})")
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        remount = subprocess.run(["mount", "-o", f"remount,bind,ro{locked_mount_flags(folder)}", str(folder)],
+                                 capture_output=True, text=True)
+        if remount.returncode != 0:
+            pytest.skip(f"cannot make storage read-only here (mount -o remount,bind,ro: {remount.stderr.strip()})")
         yield
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+
+
+def locked_mount_flags(folder: Path) -> str:
+    """The flags the mount under `folder` already has: inside a user namespace (CI containers) they are locked,
+    and a remount that drops nosuid/nodev/noexec is refused (exit 32), so the read-only remount must repeat them."""
+    flags = os.statvfs(folder).f_flag
+    names = {os.ST_NOSUID: "nosuid", os.ST_NODEV: "nodev", os.ST_NOEXEC: "noexec", os.ST_NOATIME: "noatime",
+             os.ST_NODIRATIME: "nodiratime", os.ST_RELATIME: "relatime"}
+    return "".join(f",{name}" for bit, name in names.items() if flags & bit)
 
 
 def retry(stack: Stack, job_id: str) -> dict[str, Any]:
