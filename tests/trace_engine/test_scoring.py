@@ -198,6 +198,23 @@ def test_a_per_kind_cap_keeps_each_kinds_total():
         shape_weights(weights, WeightShaping(cap=2.0, cap_per_kind=True))
 
 
+def test_balanced_kinds_keep_uniform_shares_and_a_kind_clamped_to_zero_gets_its_share_evenly():
+    from trace_engine.scoring import NormalisedWeights, WeightShaping, shape_weights
+
+    # mean-normalised: INVERT carries all 6 of the total, PUNISH (every raw score <= 0) nothing.
+    weights = NormalisedWeights([3.0, 2.0, 1.0, 0.0, 0.0, 0.0], "mean", 0.5, False)
+    kinds = ["INVERT"] * 3 + ["PUNISH_NPO"] * 3
+    balanced = shape_weights(weights, WeightShaping(balance_kinds=True), kinds).weights
+    assert balanced == pytest.approx([1.5, 1.0, 0.5, 1.0, 1.0, 1.0])  # 3 of 6 each; the ranking kept within INVERT
+    capped = shape_weights(weights, WeightShaping(cap=1.2, balance_kinds=True), kinds).weights
+    assert sum(capped[:3]) == pytest.approx(3.0) and max(capped[:3]) == pytest.approx(1.2)  # the cap stays per kind
+    assert capped[3:] == pytest.approx([1.0, 1.0, 1.0])
+    mixed = shape_weights(weights, WeightShaping(balance_kinds=True, uniform_mix=0.5), kinds).weights
+    assert sum(mixed[:3]) == pytest.approx(3.0) and mixed[0] == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="kind"):
+        shape_weights(weights, WeightShaping(balance_kinds=True))
+
+
 def test_mix_uniform_floors_every_row():
     from trace_engine.scoring import mix_uniform
 
