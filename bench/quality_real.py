@@ -17,7 +17,8 @@ prompts this script reports.
 Resumable: one JSON line per finished run in OUT/results.jsonl; a re-run skips runs already there. `--budget-s`
 stops starting new runs once the elapsed wall time plus the slowest run so far would pass it.
 
-Run (background, 1 torch thread): `nice -n 19 .venv/bin/python bench/quality_real.py --out runs/quality_real &`
+Run (background, 2 torch threads; never two runs at once on 2 cores: oversubscribed threads ran 4x slower here):
+`nice -n 5 .venv/bin/python bench/quality_real.py --out runs/quality_real &`
 """
 
 from __future__ import annotations
