@@ -85,11 +85,10 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     t0 = time.perf_counter()
     ref: dict[str, float] = {}
     if variant in IMPACT_VARIANTS:
-        shaping = {"shaping": WeightShaping(cap=setting.get("cap", DEFAULT_WEIGHT_CAP),
-                                            uniform_mix=setting.get("uniform_mix", 0.0),
-                                            balance_kinds=setting.get("balance_kinds", False))}
+        shaping = WeightShaping(cap=setting.get("cap", DEFAULT_WEIGHT_CAP), uniform_mix=setting.get("uniform_mix", 0.0),
+                                balance_kinds=setting.get("balance_kinds", False))
         scored = score(base, train_rows, variant, tc, normalise=setting.get("normalise", "sum"), gold_size=24,
-                            seed=args.seed, **shaping)
+                       seed=args.seed, shaping=shaping)
         train_rows, ref = scored.rows, scored.reference_logps
     run_dir = out / "adapter"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -98,8 +97,8 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     t1 = time.perf_counter()
     after = evaluate_val(base, trained.output_dir, world, prompts, args.max_new_tokens)
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {"setting": setting, "seed": args.seed, "max_new_tokens": args.max_new_tokens, "steps": trained.steps, "train_s": round(t1 - t0, 1),
-            "eval_s": round(time.perf_counter() - t1, 1), **after}
+    return {"setting": setting, "seed": args.seed, "max_new_tokens": args.max_new_tokens, "steps": trained.steps,
+            "train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1), **after}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_path = out / "sweep.jsonl"
     done = [json.loads(x) for x in results_path.read_text().splitlines() if x] if results_path.exists() else []
     if not any(d["setting"] == "base" for d in done):
-        record = {"setting": "base", "seed": args.seed, "max_new_tokens": args.max_new_tokens, **identity, **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
+        record = {"setting": "base", "seed": args.seed, "max_new_tokens": args.max_new_tokens, **identity,
+                  **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

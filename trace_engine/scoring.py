@@ -470,11 +470,18 @@ def mix_uniform(weights: Sequence[float], lam: float) -> list[float]:
     return [(1.0 - lam) * float(w) + lam * mean for w in weights]
 
 
+def group_indices(groups: Sequence[str]) -> list[list[int]]:
+    """The positions of each group's rows, one list per group."""
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    return list(by_group.values())
+
+
 def cap_weights_by_group(weights: Sequence[float], groups: Sequence[str], cap: float) -> list[float]:
     """`cap_weights` within each group (its own uniform weight, its own excess): group totals are kept."""
     out = [float(w) for w in weights]
-    for group in set(groups):
-        index = [i for i, g in enumerate(groups) if g == group]
+    for index in group_indices(groups):
         for i, w in zip(index, cap_weights([out[i] for i in index], cap), strict=True):
             out[i] = w
     return out
@@ -487,8 +494,7 @@ def balance_kinds(weights: Sequence[float], groups: Sequence[str]) -> list[float
     out = [float(w) for w in weights]
     if n == 0 or total <= 0.0:
         return out
-    for group in set(groups):
-        index = [i for i, g in enumerate(groups) if g == group]
+    for index in group_indices(groups):
         target, have = total * len(index) / n, math.fsum(out[i] for i in index)
         for i in index:
             out[i] = out[i] * target / have if have > 0.0 else target / len(index)
