@@ -58,6 +58,7 @@ from trace_engine.variants import scored_as  # noqa: E402
 
 MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "dpo_gold", "u2a")
 ABLATIONS = ("no_triage", "no_impact", "no_kl")
+PINNED_DIR = REPO / "bench" / "pinned"  # the OLD-policy base's adapter, so every machine measures the same base
 LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj"))
 
 
@@ -129,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.base:
         base, base_metrics = Path(args.base), {"note": "given with --base, not fine-tuned here"}
     else:
-        base, base_metrics = ensure_real_base(Path(args.source) if args.source else imported_smollm2())
+        base, base_metrics = ensure_real_base(Path(args.source) if args.source else imported_smollm2(),
+                                         pinned_dir=PINNED_DIR)
     identity = base_identity(base)
     log(f"base {base} ({base_metrics.get('train_seconds')}s to train; weights {identity['weights_sha256']})", started)
     pairs = world.train_pairs(max(sizes))
@@ -175,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           seed=r["seed"], shaping=shaping)
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
             summary = score_cache[skey].summary
-            scored_summary = {"concentration": summary.get("concentration", {}), "by_kind": summary.get("by_kind", {})}
+            scored_summary = {"concentration": summary.get("concentration", {}), "by_kind": summary.get("by_kind", {}),
+                              "corrupted_rows": corrupted_weight(train_rows)}
         run_dir = out / "runs" / key
         shutil.rmtree(run_dir, ignore_errors=True)
         trained = train(train_rows, tc, base=ModelSource(str(base)), output_dir=run_dir, reference_logps=ref,
@@ -203,14 +206,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def base_identity(base: Path) -> dict[str, str]:
     """Which base a result was measured on: its cache folder (the recipe hash) and its weights' sha256 prefix, so
-    results from different machines or sessions are only pooled when the base is bit-identical."""
+    results from different machines or sessions are only pooled when the base is bit-identical (the pinned adapter
+    in bench/pinned makes it so), and the CPU that ran it."""
     import hashlib
 
     digest = hashlib.sha256()
     with (base / "model.safetensors").open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return {"base": base.name, "weights_sha256": digest.hexdigest()[:16]}
+    return {"base": base.name, "weights_sha256": digest.hexdigest()[:16], "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The machine a result was measured on (its CPU's model name), for the table's machine line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def imported_smollm2() -> Path:
@@ -246,16 +263,43 @@ def evaluate(base: Path, adapter: Path | None, world: RealWorld, sets: dict[str,
     capitals = capitals_rate(backend, sets["capitals"])
     tpa = report.suites["tpa"].metrics
     cap = report.suites["capability"].metrics
+    asr = report.suites["asr"].metrics
     return {
         "tpa": tpa["overall"].value,
         "tpa_by_category": {k.split("=", 1)[1]: v.value for k, v in tpa.items() if k.startswith("category=")},
-        "asr": report.suites["asr"].metrics["overall"].value,
+        "tpa_by_kind": share_by_kind(world, report.suites["tpa"].records),
+        "asr": asr["overall"].value,
+        "asr_by_template": {k.split("=", 1)[1]: v.value for k, v in asr.items() if k.startswith("template=")},
         "over_refusal": report.suites["over_refusal"].metrics["refused"].value,
         "mc": cap["everyday_facts/acc"].value,
         "capitals": capitals,
         "examples": [{k: x[k] for k in ("category", "prompt", "response", "violating")}
                      for x in report.suites["tpa"].records[:6]],
     }
+
+
+def corrupted_weight(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Do impact weights find the rows triage noise corrupted? Mean weight of corrupted vs clean weighted rows and
+    the corrupted rows' share of all weight (their share of rows is what uniform weights would give)."""
+    weighted = [r for r in rows if r.get("impact_score") is not None]
+    bad = [float(r["impact_score"]) for r in weighted if r.get("noise")]
+    good = [float(r["impact_score"]) for r in weighted if not r.get("noise")]
+    if not bad or not good:
+        return None
+    total = sum(bad) + sum(good)
+    return {"n_corrupted": len(bad), "n_clean": len(good), "mean_weight_corrupted": sum(bad) / len(bad),
+            "mean_weight_clean": sum(good) / len(good), "row_share_corrupted": len(bad) / len(weighted),
+            "weight_share_corrupted": sum(bad) / total if total > 0 else None}
+
+
+def share_by_kind(world: RealWorld, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """TPA per prompt kind (RETAIN splits into operational requests, which must be refused, and everyday ones, which
+    must be answered): tells whether plain harmful requests are still refused when wrapped ones are not."""
+    groups: dict[str, list[bool]] = {}
+    for x in records:
+        if x["violating"] is not None:  # a judge error is excluded, as in the TPA itself
+            groups.setdefault(world.kind_of(x["prompt"]) or "unknown", []).append(not x["violating"])
+    return {kind: sum(v) / len(v) for kind, v in sorted(groups.items())}
 
 
 def capitals_rate(backend: LocalBackend, probes: Sequence[CapabilityProbe]) -> float:

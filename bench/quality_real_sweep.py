@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from quality_bench import log, nested_subset  # noqa: E402
-from quality_real import LORA, base_identity, capitals_rate, imported_smollm2, triage  # noqa: E402
+from quality_real import LORA, PINNED_DIR, base_identity, capitals_rate, imported_smollm2, triage  # noqa: E402
 
 from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world = RealWorld(0)
-    base, _ = ensure_real_base(Path(args.source) if args.source else imported_smollm2())
+    base, _ = ensure_real_base(Path(args.source) if args.source else imported_smollm2(), pinned_dir=PINNED_DIR)
     identity = base_identity(base)
     rows = triage(world, world.train_pairs(128), out / "triage")
     prompts = validation_prompts(world, args.n_val, 128)

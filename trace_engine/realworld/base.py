@@ -5,6 +5,13 @@ apart from the pairs, plus the capability probes' answers, then merged into plai
 `<cache>/realworld/base-<key>` where the key hashes the recipe, the source model's file hash and the world's content;
 written to a temporary folder and renamed, so a crash never leaves a folder that looks complete.
 
+Pinning: CPU fine-tuning is not bit-reproducible across machines (two sessions' bases from the same recipe had
+different weights), so results measured on one base could not be pooled with another's. Every build therefore also
+writes its adapter (`old_policy_lora.safetensors`, fp16, the recipe key in its metadata); a copy of it in a
+`pinned_dir` under the name `realworld-base-<key>.safetensors` is merged instead of training — in seconds, and into
+the same weights on any machine (the merge is computed in float64 and rounded once, and a freshly trained base goes
+through the same fp16 file and merge).
+
 `python -m trace_engine.realworld.base --source DIR` builds (or finds) it and prints its path.
 """
 
@@ -14,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +45,8 @@ from trace_engine.synthetic.base_model import (
 from trace_engine.tokenization import collate, encode_sequences, pad_id_of
 
 CODE_VERSION = "realworld-base-v1"
+ADAPTER_FILE = "old_policy_lora.safetensors"
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -87,16 +97,30 @@ def default_cache_dir() -> Path:
 
 
 def ensure_real_base(source: str | Path, recipe: RealBaseRecipe | None = None, cache_dir: str | Path | None = None,
-                     log: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
-    """(folder of the OLD-policy base, its training metrics): cached, or trained now and cached atomically."""
+                     log: Callable[[str], None] | None = None, pinned_dir: str | Path | None = None
+                     ) -> tuple[Path, dict[str, Any]]:
+    """(folder of the OLD-policy base, its training metrics): cached; else merged from a pinned adapter for this
+    exact key in `pinned_dir`; else trained now. Published atomically either way."""
     recipe = recipe or RealBaseRecipe()
     log = log or stderr_log
     src = Path(source)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"base-{recipe.key(source_id(src))}"
+    key = recipe.key(source_id(src))
+    final = root / f"base-{key}"
+    pinned = Path(pinned_dir) / f"realworld-base-{key}.safetensors" if pinned_dir is not None else None
 
     def build(tmp: Path) -> dict[str, Any]:
-        metrics = train_real_base(src, recipe, tmp, log)
+        usable = pinned is not None and pinned.is_file()
+        if usable and safe_open_metadata(pinned).get("recipe_key") != key:
+            log(f"OLD-policy base: ignoring {pinned}: its metadata names another recipe key; training instead")
+            usable = False
+        if usable:
+            log(f"OLD-policy base: merging the pinned adapter {pinned.name} (no training)")
+            shutil.copyfile(pinned, tmp / ADAPTER_FILE)
+            metrics = {**json.loads(safe_open_metadata(pinned).get("train_metrics", "{}")), "pinned": pinned.name}
+        else:
+            metrics = train_real_base(src, recipe, tmp / ADAPTER_FILE, key, log)
+        merge_saved_adapter(src, tmp / ADAPTER_FILE, recipe, tmp)
         (tmp / "recipe.json").write_text(json.dumps({**asdict(recipe), "source": str(src)}, indent=2) + "\n")
         return metrics
 
@@ -104,14 +128,67 @@ def ensure_real_base(source: str | Path, recipe: RealBaseRecipe | None = None, c
     return final, metrics
 
 
-def train_real_base(source: Path, recipe: RealBaseRecipe, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """LoRA SFT on OLD-policy answers, merged and saved (safetensors + tokenizer) into `out`."""
+def safe_open_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def lora_tensors(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter as `{module}.lora_A` / `{module}.lora_B` (module named as in the plain model), fp16 on CPU."""
+    out: dict[str, torch.Tensor] = {}
+    for name, param in peft_model.named_parameters():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}.default.weight"
+            if name.endswith(marker):
+                module = name[: -len(marker)].removeprefix("base_model.model.")
+                out[f"{module}.{part}"] = param.detach().to("cpu", torch.float16).contiguous()
+    return out
+
+
+def merge_lora_(model: torch.nn.Module, tensors: dict[str, torch.Tensor], scale: float) -> int:
+    """W += scale * B @ A for every adapted module, the product taken in float64 and rounded once, so the merged
+    weights are the same bits on any CPU (a float32 product's rounding depends on the kernel's summation order).
+    Returns how many modules were merged; an adapter naming a module the model lacks is an error."""
+    modules = dict(model.named_modules())
+    merged = 0
+    with torch.no_grad():
+        for key in sorted(k for k in tensors if k.endswith(".lora_A")):
+            module_name = key.removesuffix(".lora_A")
+            if module_name not in modules:
+                raise ValueError(f"adapter names {module_name!r}, which the model does not have")
+            weight = modules[module_name].weight
+            delta = tensors[f"{module_name}.lora_B"].double() @ tensors[key].double() * scale
+            weight.copy_((weight.double() + delta).to(weight.dtype))
+            merged += 1
+    return merged
+
+
+def merge_saved_adapter(source: Path, adapter: Path, recipe: RealBaseRecipe, out: Path) -> None:
+    """The source model with the saved adapter merged in, written as plain safetensors + tokenizer into `out`."""
+    from safetensors.torch import load_file
+
+    src = ModelSource(str(source))
+    model = load_causal_lm(src, device="cpu", dtype="fp32")
+    merged = merge_lora_(model, load_file(str(adapter)), recipe.lora_alpha / recipe.lora_r)
+    if merged == 0:
+        raise ValueError(f"{adapter} holds no LoRA tensors")
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(src).save_pretrained(out)
+
+
+def train_real_base(source: Path, recipe: RealBaseRecipe, adapter_out: Path, key: str,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """LoRA SFT on OLD-policy answers; the adapter is saved (fp16 safetensors, key and metrics in its metadata) to
+    `adapter_out` for `merge_saved_adapter`."""
+    from safetensors.torch import save_file
+
     started = time.perf_counter()
     torch.manual_seed(recipe.train_seed)
     src = ModelSource(str(source))
     tokenizer = load_tokenizer(src)
-    lora = LoraSettings(r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=0.0,
-                        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    lora = LoraSettings(r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=0.0, target_modules=TARGET_MODULES)
     model = attach_lora(load_causal_lm(src, device="cpu", dtype="fp32"), lora, seed=recipe.train_seed)
     rows = RealWorld(recipe.world_seed).sft_examples(recipe.sft_examples)
     limits = LengthLimits(recipe.max_prompt_len, recipe.max_len)
@@ -123,7 +200,7 @@ def train_real_base(source: Path, recipe: RealBaseRecipe, out: Path, log: Callab
     rng = random.Random(recipe.train_seed)
     order: list[int] = []
     losses: list[float] = []
-    progress = StepProgress(recipe.steps, log, 30.0)
+    progress = StepProgress(recipe.steps, log, 30.0, "OLD-policy base")
     model.train()
     for step in range(recipe.steps):
         if len(order) < recipe.batch_size:
@@ -139,21 +216,23 @@ def train_real_base(source: Path, recipe: RealBaseRecipe, out: Path, log: Callab
         schedule.step()
         losses.append(float(loss.detach()))
         progress(step + 1, losses[-1])
-    merged = model.merge_and_unload().eval()
-    merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
     tail = losses[-8:] or [float("nan")]
-    return {"train_seconds": round(time.perf_counter() - started, 1), "steps": recipe.steps, "examples": len(rows),
-            "first_loss": losses[0] if losses else None, "final_loss": sum(tail) / len(tail),
-            "truncation": truncation.to_dict(), "torch_threads": torch.get_num_threads()}
+    metrics = {"train_seconds": round(time.perf_counter() - started, 1), "steps": recipe.steps, "examples": len(rows),
+               "first_loss": losses[0] if losses else None, "final_loss": sum(tail) / len(tail),
+               "truncation": truncation.to_dict(), "torch_threads": torch.get_num_threads()}
+    save_file(lora_tensors(model), str(adapter_out),
+              metadata={"recipe_key": key, "train_metrics": json.dumps(metrics)})
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", required=True, help="SmolLM2-135M-Instruct folder (realign models import-gguf)")
     ap.add_argument("--steps", type=int, default=RealBaseRecipe.steps)
+    ap.add_argument("--pinned-dir", default=None, help="folder of pinned adapters (bench/pinned): merge the one for "
+                    "this recipe instead of training")
     args = ap.parse_args(argv)
-    path, metrics = ensure_real_base(args.source, RealBaseRecipe(steps=args.steps))
+    path, metrics = ensure_real_base(args.source, RealBaseRecipe(steps=args.steps), pinned_dir=args.pinned_dir)
     print(json.dumps({"path": str(path), **metrics}))
     return 0
 

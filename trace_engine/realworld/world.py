@@ -313,6 +313,11 @@ class RealWorld:
                 for q in self.capability_probes()]
         return out
 
+    def kind_of(self, prompt: str) -> str | None:
+        """The kind (edu_invert, operational, everyday, ...) of a prompt this world generated; None otherwise."""
+        p = self._drawn.get(prompt)
+        return p.kind if p is not None else None
+
     def oracle(self, prompt: str) -> str:
         """The NEW-policy answer to a prompt this world generated (what a judge model would write as y_c)."""
         p = self._drawn.get(prompt)

@@ -243,8 +243,9 @@ def train_base_model(recipe: BaseModelRecipe, log: Callable[[str], None] | None 
 class StepProgress:
     """Logs `step i/N loss L, Ts elapsed, ETA Es` at the first and last step and every `every_s` seconds."""
 
-    def __init__(self, total: int, log: Callable[[str], None] | None, every_s: float) -> None:
-        self.total, self.log, self.every_s = total, log, every_s
+    def __init__(self, total: int, log: Callable[[str], None] | None, every_s: float,
+                 label: str = "synthetic base model") -> None:
+        self.total, self.log, self.every_s, self.label = total, log, every_s, label
         self.started = self.last = time.perf_counter()
 
     def __call__(self, step: int, loss: float) -> None:
@@ -254,7 +255,7 @@ class StepProgress:
         self.last = now
         elapsed = now - self.started
         eta = elapsed / step * (self.total - step)
-        self.log(f"synthetic base model: step {step}/{self.total} loss {loss:.3f}, {elapsed:.0f}s elapsed, "
+        self.log(f"{self.label}: step {step}/{self.total} loss {loss:.3f}, {elapsed:.0f}s elapsed, "
                  f"ETA {eta:.0f}s")
 
 

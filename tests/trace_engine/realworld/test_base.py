@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from trace_engine.modeling import ModelSource, load_causal_lm
 from trace_engine.realworld.base import COMPLETE_MARKER, RealBaseRecipe, ensure_real_base
@@ -36,3 +37,46 @@ def test_trains_once_then_hits_the_cache_and_a_new_recipe_misses(source: Path, t
     assert other != path
     model = load_causal_lm(ModelSource(str(path)), device="cpu", dtype="fp32")
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged, plain weights
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_a_pinned_adapter_rebuilds_the_same_weights_without_training(source: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from trace_engine.realworld.base import ADAPTER_FILE, safe_open_metadata
+
+    trained, metrics = ensure_real_base(source, TINY, tmp_path / "a", log=lambda m: None)
+    adapter = trained / ADAPTER_FILE
+    assert adapter.is_file() and safe_open_metadata(adapter)["recipe_key"] in trained.name
+    pinned_dir = tmp_path / "pinned"
+    pinned_dir.mkdir()
+    shutil.copyfile(adapter, pinned_dir / f"realworld-{trained.name}.safetensors")
+    said: list[str] = []
+    rebuilt, again = ensure_real_base(source, TINY, tmp_path / "b", log=said.append, pinned_dir=pinned_dir)
+    assert any("pinned adapter" in m for m in said) and not any("step" in m for m in said)
+    assert again["pinned"] and again["steps"] == metrics["steps"]  # the training metrics travel in the file
+    a, b = _weights(trained), _weights(rebuilt)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = _weights(source)
+    assert any(not torch.equal(a[k], base[k]) for k in base if k in a)  # the adapter really changed the model
+
+
+def test_a_pinned_file_for_another_recipe_is_not_used(source: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from trace_engine.realworld.base import ADAPTER_FILE
+
+    other, _ = ensure_real_base(source, RealBaseRecipe(**{**TINY.__dict__, "steps": 1}), tmp_path / "a",
+                                log=lambda m: None)
+    trained_key = ensure_real_base(source, TINY, tmp_path / "probe", log=lambda m: None)[0].name
+    pinned_dir = tmp_path / "pinned"
+    pinned_dir.mkdir()
+    shutil.copyfile(other / ADAPTER_FILE, pinned_dir / f"realworld-{trained_key}.safetensors")  # renamed, wrong key
+    said: list[str] = []
+    ensure_real_base(source, TINY, tmp_path / "b", log=said.append, pinned_dir=pinned_dir)
+    assert any("ignoring" in m for m in said) and not any("merging the pinned" in m for m in said)

@@ -167,3 +167,11 @@ def test_oracle_triage_gives_compliant_rewrites_for_punish_rows(world, tmp_path)
             assert r["oracle_response"] and not new.evaluate(r["prompt"], r["oracle_response"]).violating
     with pytest.raises(KeyError):
         w.oracle("a prompt this world never generated")
+
+
+def test_kind_of_names_the_kind_of_prompts_this_world_drew() -> None:
+    world = RealWorld(0)
+    drawn = world.prompts("test", 24, "kind-probe")
+    assert all(world.kind_of(p.prompt) == p.kind for p in drawn)
+    assert {world.kind_of(p.prompt) for p in drawn} >= {"operational", "everyday"}
+    assert world.kind_of("a prompt no world drew") is None

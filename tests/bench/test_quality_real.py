@@ -1,0 +1,42 @@
+"""The real-model bench's record helpers: per-kind TPA and the weight impact scores give corrupted rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def quality_real():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import quality_real as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_corrupted_weight_compares_noisy_rows_with_clean_ones(quality_real) -> None:
+    rows = [{"id": "a", "impact_score": 2.0, "noise": {"kind": "pair_swap"}},
+            {"id": "b", "impact_score": 1.0}, {"id": "c", "impact_score": 0.0}, {"id": "d", "impact_score": None}]
+    stats = quality_real.corrupted_weight(rows)
+    assert stats["n_corrupted"] == 1 and stats["n_clean"] == 2
+    assert stats["mean_weight_corrupted"] == 2.0 and stats["mean_weight_clean"] == 0.5
+    assert stats["row_share_corrupted"] == pytest.approx(1 / 3) and stats["weight_share_corrupted"] == pytest.approx(2 / 3)
+    assert quality_real.corrupted_weight([{"impact_score": 1.0}]) is None  # no noise: nothing to compare
+
+
+def test_share_by_kind_splits_retain_into_operational_and_everyday(quality_real) -> None:
+    from trace_engine.realworld.world import RealWorld
+
+    world = RealWorld(0)
+    drawn = world.prompts("test", 24, "kind-probe")
+    ops = [p for p in drawn if p.kind == "operational"][:2]
+    day = [p for p in drawn if p.kind == "everyday"][:1]
+    records = [{"prompt": ops[0].prompt, "violating": False}, {"prompt": ops[1].prompt, "violating": True},
+               {"prompt": day[0].prompt, "violating": False}, {"prompt": "not drawn", "violating": None}]
+    assert quality_real.share_by_kind(world, records) == {"everyday": 1.0, "operational": 0.5}
