@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.settings import JUDGE_PROFILE_NAME
-from trace_engine.config import DEFAULT_WEIGHT_CAP, TrainConfig
+from trace_engine.config import DEFAULT_UNIFORM_MIX, DEFAULT_WEIGHT_CAP, TrainConfig
 from trace_engine.data.presets import PRESETS
 from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_policy_size
 from trace_engine.variants import VARIANTS, DataError, check_pref_loss
@@ -262,6 +262,16 @@ class Hyperparameters(StrictModel):
         default=DEFAULT_WEIGHT_CAP, ge=1, le=1e6, description="no conflicting pair's impact weight exceeds this many "
         "times the uniform weight (the excess goes to the other positive pairs), so a few mislabelled pairs cannot "
         "carry the loss; null: no cap. Default chosen on the synthetic validation split under noisy triage"
+    )
+    uniform_mix: float = Field(
+        default=DEFAULT_UNIFORM_MIX, ge=0, le=1, description="λ: impact weights mixed with uniform ones, (1 - λ) w + "
+        "λ · uniform: a floor under every conflicting pair (1 = uniform weights). The real-text benchmark's "
+        "validation chose 0.5"
+    )
+    gold_from: Literal["all", "trusted", "auto"] = Field(
+        default="all", description='pairs the gold batch (which sets every impact score) is drawn from: all, trusted '
+        '(pairs marked "trusted": true in the dataset; the job fails in scoring if none is) or auto (the trusted '
+        "pairs when any is marked, else all)"
     )
     kl_responses: Literal["preferred", "both"] = Field(
         default=_TRAIN.kl_responses, description="RETAIN KL anchor on the preferred response (half the cost) or on "

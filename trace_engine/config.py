@@ -22,6 +22,12 @@ hands ~70-90% of the total weight to the few RETAIN rows that noise moved into t
 CLI and the service all read it from here."""
 
 
+DEFAULT_UNIFORM_MIX = 0.0
+"""Impact weights: λ of `scoring.WeightShaping` ((1 - λ) w + λ · uniform). 0 (pure impact weights, as published) on
+the synthetic VALIDATION split; the real-text world's validation chose 0.5 (docs/benchmarks.md), which
+`bench/quality_real.py` uses. The CLI and the service read the default from here."""
+
+
 class ConfigError(ValueError):
     """A setting is invalid or incompatible with the variant; raised before any model work."""
 

@@ -10,9 +10,16 @@ import pytest
 from pydantic import ValidationError
 
 from core.jobspec import Hyperparameters
-from trace_engine.config import DEFAULT_WEIGHT_CAP, KL_RESPONSES, PREF_LOSSES, TrainConfig
+from trace_engine.config import (
+    DEFAULT_UNIFORM_MIX,
+    DEFAULT_WEIGHT_CAP,
+    KL_RESPONSES,
+    PREF_LOSSES,
+    TrainConfig,
+)
+from trace_engine.gold import GOLD_SOURCES
 
-NOT_TRAINING = {"normalise", "gold_size", "weight_cap"}  # the score stage's knobs, not TrainConfig's
+NOT_TRAINING = {"normalise", "gold_size", "weight_cap", "uniform_mix", "gold_from"}  # the score stage's knobs
 LORA = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # TrainConfig.lora's fields
 
 
@@ -38,3 +45,11 @@ def test_the_weight_cap_default_is_the_engines_and_null_turns_it_off() -> None:
     assert Hyperparameters(weight_cap=None).weight_cap is None
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         Hyperparameters(weight_cap=0.5)  # below the uniform weight: every row would be cut
+
+
+def test_the_weight_shaping_and_gold_source_are_the_engines() -> None:
+    assert Hyperparameters().uniform_mix == DEFAULT_UNIFORM_MIX and Hyperparameters().gold_from == "all"
+    assert set(get_args(Hyperparameters.model_fields["gold_from"].annotation)) == set(GOLD_SOURCES)
+    for bad in ({"uniform_mix": 1.5}, {"uniform_mix": -0.1}, {"gold_from": "mine"}):
+        with pytest.raises(ValidationError):
+            Hyperparameters(**bad)

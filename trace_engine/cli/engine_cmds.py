@@ -28,6 +28,7 @@ from typing import Any
 from trace_engine.categories import CATEGORIES, Category
 from trace_engine.checkpoint import CheckpointMismatch
 from trace_engine.config import (
+    DEFAULT_UNIFORM_MIX,
     DEFAULT_WEIGHT_CAP,
     FUSED_MODES,
     KL_RESPONSES,
@@ -36,6 +37,7 @@ from trace_engine.config import (
     TrainConfig,
 )
 from trace_engine.data.io import DatasetError, iter_raw_rows
+from trace_engine.gold import GOLD_SOURCES
 from trace_engine.modeling import ModelLoadError, ModelSource
 from trace_engine.reference_cache import REFERENCE_CACHE, load_reference_cache, save_reference_cache
 from trace_engine.variants import (
@@ -180,9 +182,10 @@ def _scoring_args(p: argparse.ArgumentParser, batch_flag: str) -> None:
                    help="no pair may weigh more than X times the uniform weight; the excess goes to the other "
                    f"positive pairs (default {DEFAULT_WEIGHT_CAP:g}, chosen on validation: robust to noisy triage; "
                    "0 = no cap, as published)")
-    p.add_argument("--uniform-mix", type=float, default=0.0, metavar="L",
-                   help="mix the impact weights with uniform ones: (1-L) w + L mean(w) (default 0)")
-    p.add_argument("--gold-from", default="all", choices=("all", "trusted", "auto"),
+    p.add_argument("--uniform-mix", type=float, default=DEFAULT_UNIFORM_MIX, metavar="L",
+                   help="mix the impact weights with uniform ones: (1-L) w + L mean(w) (default "
+                   f"{DEFAULT_UNIFORM_MIX:g}; the real-text world's validation chose 0.5)")
+    p.add_argument("--gold-from", default="all", choices=GOLD_SOURCES,
                    help='rows the gold batch is drawn from: all (published), trusted (rows with "trusted": true) '
                    "or auto (the trusted rows when any row is marked)")
     p.add_argument(batch_flag, dest="score_batch_size", type=int, default=8, metavar="N",
