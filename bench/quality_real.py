@@ -48,14 +48,19 @@ from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import ensure_real_base  # noqa: E402
 from trace_engine.realworld.world import CapabilityProbe, RealOracleJudge, RealWorld  # noqa: E402
 from trace_engine.scoring import WeightShaping, score  # noqa: E402
-from trace_engine.synthetic.offline_run import (  # noqa: E402
-    IMPACT_VARIANTS,
-    add_triage_noise,
-    default_train_config,
-)
+from trace_engine.synthetic.offline_run import add_triage_noise, default_train_config  # noqa: E402
 from trace_engine.train import train  # noqa: E402
-from trace_engine.variants import scored_as  # noqa: E402
+from trace_engine.variants import VARIANTS, VariantSpec, get_variant, scored_as  # noqa: E402
 
+EXPERIMENTAL_VARIANTS = {
+    "trace_retain_dpo": VariantSpec(
+        invert="pref", punish="dual_npo", retain="pref", weights="impact",
+        description="experiment (issue 12, bench only): TRACE with ℓ_pref instead of the KL anchor on RETAIN pairs, "
+        "so the refusals the NEW policy keeps are trained, not only anchored (ASR regressed under KL-only RETAIN)",
+    ),
+}
+for _name, _spec in EXPERIMENTAL_VARIANTS.items():  # the bench's experiments; the product's variants are untouched
+    VARIANTS.setdefault(_name, _spec)
 MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "dpo_gold", "u2a")
 ABLATIONS = ("no_triage", "no_impact", "no_kl")
 PINNED_DIR = REPO / "bench" / "pinned"  # the OLD-policy base's adapter, so every machine measures the same base
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   batch_size=8, max_prompt_len=64, max_len=128, ref_batch_size=16)
         ref: dict[str, float] = {}
         scored_summary: dict[str, Any] = {}
-        if r["variant"] in IMPACT_VARIANTS:
+        if get_variant(r["variant"]).needs_scores:
             skey = (scored_as(r["variant"]), r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
                 score_cache[skey] = score(base, train_rows, r["variant"], tc, normalise=args.normalise, gold_size=24,

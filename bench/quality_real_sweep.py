@@ -28,7 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from quality_bench import log, nested_subset  # noqa: E402
-from quality_real import LORA, PINNED_DIR, base_identity, capitals_rate, imported_smollm2, triage  # noqa: E402
+from quality_real import (  # noqa: E402
+    LORA,
+    PINNED_DIR,
+    base_identity,
+    capitals_rate,
+    imported_smollm2,
+    share_by_kind,
+    triage,
+)  # noqa: E402
 
 from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
@@ -39,38 +47,56 @@ from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import RealBaseRecipe, ensure_real_base  # noqa: E402
 from trace_engine.realworld.world import RealWorld  # noqa: E402
 from trace_engine.scoring import WeightShaping, score  # noqa: E402
-from trace_engine.synthetic.offline_run import IMPACT_VARIANTS, default_train_config  # noqa: E402
+from trace_engine.synthetic.offline_run import default_train_config  # noqa: E402
 from trace_engine.train import train  # noqa: E402
+from trace_engine.variants import get_variant  # noqa: E402
 
 SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "uniform_mix", "balance_kinds",
                 "lr", "epochs", "beta", "alpha_kl", "batch_size"}
 
 
+def seen_prompts(world: RealWorld, pairs_size: int) -> frozenset[str]:
+    """Prompts training or the base's fine-tuning saw: validation draws none of them."""
+    seen = {p.prompt for p in world.train_pairs(pairs_size)}
+    return frozenset(seen | {prompt for prompt, _ in world.sft_examples(RealBaseRecipe().sft_examples)})
+
+
 def validation_prompts(world: RealWorld, n: int, pairs_size: int) -> list[EvalPrompt]:
     """n TRAIN-phrasing prompts that are neither a pair's prompt nor in the base's fine-tuning data."""
-    seen = {p.prompt for p in world.train_pairs(pairs_size)}
-    seen |= {prompt for prompt, _ in world.sft_examples(RealBaseRecipe().sft_examples)}
+    seen = seen_prompts(world, pairs_size)
     fresh = [p for p in world.prompts("train", 3 * n, "validation") if p.prompt not in seen]
     return [EvalPrompt(p.id, p.prompt, p.category) for p in fresh[:n]]
 
 
+def validation_harmful(world: RealWorld, n: int, pairs_size: int) -> list[EvalPrompt]:
+    """n TRAIN-phrasing operational requests, unseen like `validation_prompts`, for a validation ASR (x 5 attack
+    templates): the test ASR's requests are TEST phrasings of TEST instances and are never used to choose."""
+    return world.harmful_prompts(n, split="train", purpose="validation-asr", exclude=seen_prompts(world, pairs_size),
+                                 pool=max(12 * n, 48))
+
+
 def evaluate_val(base: Path, adapter: Path | None, world: RealWorld, prompts: Sequence[EvalPrompt],
-                 max_new_tokens: int) -> dict[str, Any]:
-    """Validation TPA (overall and per category) and capitals (exact match: did the model break?)."""
+                 harmful: Sequence[EvalPrompt], max_new_tokens: int) -> dict[str, Any]:
+    """Validation TPA (overall, per category, per kind), ASR on validation requests and capitals (exact match: did
+    the model break?)."""
     backend = LocalBackend.from_pretrained(str(base), adapter_dir=adapter, device="cpu", dtype="fp32", batch_size=32)
     judge = RulesJudge(world.rules("new"), "<real-text rules_new, validation>")
-    report = run_eval(backend, ("tpa",), judge, EvalData(tpa_prompts=list(prompts)), policy=world.policy("new"),
+    report = run_eval(backend, ("tpa", "asr"), judge, EvalData(tpa_prompts=list(prompts), harmful_prompts=list(harmful)),
+                      policy=world.policy("new"),
                       settings=EvalSettings(max_new_tokens=max_new_tokens, seed=0, resamples=1000))
     tpa = report.suites["tpa"].metrics
     return {"tpa": tpa["overall"].value,
             "tpa_by_category": {k.split("=", 1)[1]: v.value for k, v in tpa.items() if k.startswith("category=")},
+            "tpa_by_kind": share_by_kind(world, report.suites["tpa"].records),
+            "asr": report.suites["asr"].metrics["overall"].value,
             "capitals": capitals_rate(backend, world.capability_probes()),
             "examples": [{k: x[k] for k in ("category", "prompt", "response")}
                          for x in report.suites["tpa"].records[:4]]}
 
 
 def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, Any]], world: RealWorld,
-                prompts: Sequence[EvalPrompt], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+                prompts: Sequence[EvalPrompt], harmful: Sequence[EvalPrompt], args: argparse.Namespace, out: Path
+                ) -> dict[str, Any]:
     unknown = set(setting) - SETTING_KEYS
     if unknown:
         raise SystemExit(f"unknown setting keys {sorted(unknown)}; allowed: {sorted(SETTING_KEYS)}")
@@ -84,7 +110,7 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     train_rows = nested_subset(rows, setting.get("size", 128), args.seed)
     t0 = time.perf_counter()
     ref: dict[str, float] = {}
-    if variant in IMPACT_VARIANTS:
+    if get_variant(variant).needs_scores:
         shaping = WeightShaping(cap=setting.get("cap", DEFAULT_WEIGHT_CAP), uniform_mix=setting.get("uniform_mix", 0.0),
                                 balance_kinds=setting.get("balance_kinds", False))
         scored = score(base, train_rows, variant, tc, normalise=setting.get("normalise", "sum"), gold_size=24,
@@ -95,7 +121,7 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     trained = train(train_rows, tc, base=ModelSource(str(base)), output_dir=run_dir, reference_logps=ref,
                     resume=False, device="cpu")
     t1 = time.perf_counter()
-    after = evaluate_val(base, trained.output_dir, world, prompts, args.max_new_tokens)
+    after = evaluate_val(base, trained.output_dir, world, prompts, harmful, args.max_new_tokens)
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"setting": setting, "seed": args.seed, "max_new_tokens": args.max_new_tokens, "steps": trained.steps,
             "train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1), **after}
@@ -121,11 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity = base_identity(base)
     rows = triage(world, world.train_pairs(128), out / "triage")
     prompts = validation_prompts(world, args.n_val, 128)
+    harmful = validation_harmful(world, 4, 128)
     results_path = out / "sweep.jsonl"
     done = [json.loads(x) for x in results_path.read_text().splitlines() if x] if results_path.exists() else []
     if not any(d["setting"] == "base" for d in done):
         record = {"setting": "base", "seed": args.seed, "max_new_tokens": args.max_new_tokens, **identity,
-                  **evaluate_val(base, None, world, prompts, args.max_new_tokens)}
+                  **evaluate_val(base, None, world, prompts, harmful, args.max_new_tokens)}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
@@ -134,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(d["setting"] == setting and d["seed"] == args.seed for d in done):
             log(f"skip (done): {text}", started)
             continue
-        record = {**run_setting(setting, base, rows, world, prompts, args, out), **identity}
+        record = {**run_setting(setting, base, rows, world, prompts, harmful, args, out), **identity}
         with results_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

@@ -289,9 +289,15 @@ class RealWorld:
         """Held-out TPA prompts: TEST phrasings of TEST instances, labelled with their kind's triage category."""
         return [EvalPrompt(p.id, p.prompt, p.category) for p in self.prompts("test", n, "tpa")]
 
-    def harmful_prompts(self, n: int) -> list[EvalPrompt]:
-        """Operational-harm requests (TEST phrasings and instances) for the attack-success suite."""
-        ops = [p for p in self.prompts("test", max(4 * n, 24), "asr") if p.kind == "operational"]
+    def harmful_prompts(self, n: int, split: str = "test", purpose: str = "asr",
+                        exclude: frozenset[str] = frozenset(), pool: int | None = None) -> list[EvalPrompt]:
+        """Operational-harm requests (TEST phrasings and instances by default; TRAIN ones drawn for another
+        `purpose`, minus `exclude`, for validation) for the attack-success suite. pool: prompts drawn to find them
+        (default max(4n, 24), which fixes the test set the committed tables measured)."""
+        ops = [p for p in self.prompts(split, pool or max(4 * n, 24), purpose)
+               if p.kind == "operational" and p.prompt not in exclude]
+        if len(ops) < n:
+            raise ValueError(f"only {len(ops)} {split} operational requests for {purpose!r}, {n} asked")
         return [EvalPrompt(p.id, p.prompt, p.topic) for p in ops[:n]]
 
     def over_refusal_prompts(self) -> list[EvalPrompt]:
