@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--alpha-kl", type=float, default=0.1, help="weight of TRACE's KL anchor on RETAIN pairs")
     ap.add_argument("--normalise", choices=("sum", "mean"), default="mean", help="impact weights: sum 1 or mean 1")
     ap.add_argument("--cap", type=float, default=DEFAULT_WEIGHT_CAP, help="impact-weight cap (x uniform)")
     ap.add_argument("--uniform-mix", type=float, default=0.5, help="λ: impact weights mixed with uniform")
@@ -127,7 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
-    done = {json.loads(x)["key"] for x in results_path.read_text().splitlines() if x} if results_path.exists() else set()
     sizes, seeds = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")]
     noises = [float(x) for x in args.noise.split(",") if x]
 
@@ -151,9 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"base: {summary_line(base_eval)}", started)
 
     shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds)
-    settings = {"lr": args.lr, "beta": args.beta, "epochs": args.epochs, "normalise": args.normalise,
+    settings = {"lr": args.lr, "beta": args.beta, "alpha_kl": args.alpha_kl, "epochs": args.epochs,
+                "normalise": args.normalise,
                 "cap": args.cap, "uniform_mix": args.uniform_mix, "balance_kinds": args.balance_kinds,
                 "max_new_tokens": args.max_new_tokens}
+    done = {r["key"] for r in read_records(results_path, settings, identity)}
     score_cache: dict[tuple, Any] = {}
     runs = plan(sizes, seeds, noises)
     if args.variants:
@@ -172,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r["noise"]:
             train_rows, _ = add_triage_noise(train_rows, r["noise"], r["seed"])
         tc = default_train_config(r["variant"], r["seed"], lora=LORA, lr=args.lr, beta=args.beta, epochs=args.epochs,
+                                  alpha_kl=args.alpha_kl,
                                   batch_size=8, max_prompt_len=64, max_len=128, ref_batch_size=16)
         ref: dict[str, float] = {}
         scored_summary: dict[str, Any] = {}
@@ -200,13 +203,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"[{i + 1}/{len(runs)}] {key}: {summary_line(after)} ({record['train_s']}s train, {record['eval_s']}s eval)",
             started)
 
-    records = [json.loads(x) for x in results_path.read_text().splitlines() if x]
+    records = read_records(results_path, settings, identity)
     table = render(records, base_eval, len(runs))
     (out / "table.md").write_text(table + "\n")
     print(table)
     print(json.dumps({"runs_done": len(records), "runs_planned": len(runs),
                       "wall_s_this_call": round(time.perf_counter() - started, 1)}))
     return 0
+
+
+def read_records(path: Path, settings: dict[str, Any], identity: dict[str, str]) -> list[dict[str, Any]]:
+    """The results measured with these settings (those the variant depends on) on this base; others in the file,
+    e.g. from an earlier choice of settings or another base, are neither resumed nor pooled."""
+    if not path.exists():
+        return []
+    records = [json.loads(x) for x in path.read_text().splitlines() if x]
+    return [r for r in records if r.get("weights_sha256") == identity["weights_sha256"]
+            and relevant_settings(r["variant"], r.get("settings", {})) == relevant_settings(r["variant"], settings)]
+
+
+WEIGHT_SETTINGS = ("normalise", "cap", "uniform_mix", "balance_kinds")
+
+
+def relevant_settings(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a variant's result depends on: a baseline without a KL anchor or impact weights stays valid
+    when TRACE's α_KL or weight shaping is re-chosen."""
+    spec = get_variant(variant)
+    drop = set() if spec.needs_scores else set(WEIGHT_SETTINGS)
+    if "kl" not in (spec.retain, spec.every_row):
+        drop.add("alpha_kl")
+    return {k: v for k, v in settings.items() if k not in drop}
 
 
 def base_identity(base: Path) -> dict[str, str]:

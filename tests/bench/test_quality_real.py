@@ -40,3 +40,20 @@ def test_share_by_kind_splits_retain_into_operational_and_everyday(quality_real)
     records = [{"prompt": ops[0].prompt, "violating": False}, {"prompt": ops[1].prompt, "violating": True},
                {"prompt": day[0].prompt, "violating": False}, {"prompt": "not drawn", "violating": None}]
     assert quality_real.share_by_kind(world, records) == {"everyday": 1.0, "operational": 0.5}
+
+
+def test_a_baseline_result_survives_a_new_trace_setting_and_a_trace_result_does_not(quality_real, tmp_path) -> None:
+    import json
+
+    settings = {"lr": 3e-3, "alpha_kl": 0.1, "uniform_mix": 0.5, "normalise": "mean", "cap": 2.0, "balance_kinds": False}
+    base = {"weights_sha256": "abc"}
+    lines = [{"key": k, "variant": v, "settings": settings, **base}
+             for k, v in (("t", "trace"), ("n", "naive_oracle_dpo"), ("u", "no_impact"))]
+    lines.append({"key": "other-base", "variant": "naive_oracle_dpo", "settings": settings, "weights_sha256": "zzz"})
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert [r["key"] for r in quality_real.read_records(path, settings, base)] == ["t", "n", "u"]
+    changed = {**settings, "alpha_kl": 0.3, "uniform_mix": 0.0}
+    # naive_oracle_dpo has neither KL nor impact weights; no_impact has KL, so α_KL counts for it but the mix does not
+    assert [r["key"] for r in quality_real.read_records(path, changed, base)] == ["n"]
+    assert [r["key"] for r in quality_real.read_records(path, {**settings, "uniform_mix": 0.0}, base)] == ["n", "u"]
