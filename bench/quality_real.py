@@ -10,9 +10,9 @@ nor in the base's fine-tuning), ASR on test operational requests x the 5 attack 
 look-alikes (refusal patterns), capability = MC facts by log-likelihood + capital questions by exact match.
 Per run: LoRA r 8 on q_proj/v_proj, short sequences (max 128 tokens); impact scores and reference log-probs computed
 once per (size, seed, noise) and shared by `trace` and `no_kl`. The defaults below (lr 3e-3, 4 epochs, β 0.1,
-batch 8; impact weights normalised to mean 1, capped at 2x uniform and mixed half with uniform) were chosen on
-VALIDATION prompts by `bench/quality_real_sweep.py` (results: docs/data/quality_real_val.jsonl), never on the test
-prompts this script reports.
+α_KL 0.3, batch 8; impact weights normalised to mean 1, capped at 2x uniform and mixed half with uniform) were
+chosen on VALIDATION prompts by `bench/quality_real_sweep.py` (results: docs/data/quality_real_val*.jsonl), never on
+the test prompts this script reports. The base is the pinned one (bench/pinned): the same weights on every machine.
 
 Resumable: one JSON line per finished run in OUT/results.jsonl; a re-run skips runs already there. `--budget-s`
 stops starting new runs once the elapsed wall time plus the slowest run so far would pass it.
@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--alpha-kl", type=float, default=0.1, help="weight of TRACE's KL anchor on RETAIN pairs")
+    ap.add_argument("--alpha-kl", type=float, default=0.3, help="weight of TRACE's KL anchor on RETAIN pairs (chosen "
+                    "on validation: 0.1 lost the refusal of operational requests, 1.0 kept the model at the base)")
     ap.add_argument("--normalise", choices=("sum", "mean"), default="mean", help="impact weights: sum 1 or mean 1")
     ap.add_argument("--cap", type=float, default=DEFAULT_WEIGHT_CAP, help="impact-weight cap (x uniform)")
     ap.add_argument("--uniform-mix", type=float, default=0.5, help="λ: impact weights mixed with uniform")
