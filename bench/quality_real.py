@@ -346,19 +346,26 @@ def summary_line(e: dict[str, Any]) -> str:
             f"MC {e['mc']:.2f} capitals {e['capitals']:.2f}")
 
 
+def cell(values: Sequence[float]) -> str:
+    """Percent, mean ± std over seeds; one seed prints no ± (a std of one value would read as 'no spread')."""
+    return f"{100 * values[0]:.1f}" if len(values) == 1 else mean_std(values)
+
+
 def render(records: Sequence[dict[str, Any]], base: dict[str, Any], planned: int) -> str:
     """Markdown: mean ± std over the seeds present (the seeds column says how many; partial when < planned)."""
-    head = ("| variant | pairs | noise | seeds | TPA | TPA INVERT | TPA PUNISH | TPA RETAIN | ASR | over-refusal | MC "
-            "| capitals |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| variant | pairs | noise | seeds | TPA | TPA INVERT | TPA PUNISH | TPA RETAIN | plain harmful refused "
+            "| ASR | over-refusal | MC | capitals |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def row(name: str, size: Any, noise: Any, rs: Sequence[dict[str, Any]]) -> str:
         def cat(c: str) -> str:
-            return mean_std([r["tpa_by_category"][c] for r in rs if c in r["tpa_by_category"]])
+            return cell([r["tpa_by_category"][c] for r in rs if c in r["tpa_by_category"]])
 
-        return (f"| {name} | {size} | {noise} | {len(rs)} | {mean_std([r['tpa'] for r in rs])} | {cat('INVERT')} | "
-                f"{cat('PUNISH')} | {cat('RETAIN')} | {mean_std([r['asr'] for r in rs])} | "
-                f"{mean_std([r['over_refusal'] for r in rs])} | {mean_std([r['mc'] for r in rs])} | "
-                f"{mean_std([r['capitals'] for r in rs])} |")
+        refused = [r["tpa_by_kind"]["operational"] for r in rs if "operational" in r.get("tpa_by_kind", {})]
+        return (f"| {name} | {size} | {noise} | {len(rs)} | {cell([r['tpa'] for r in rs])} | {cat('INVERT')} | "
+                f"{cat('PUNISH')} | {cat('RETAIN')} | {cell(refused)} | "
+                f"{cell([r['asr'] for r in rs])} | "
+                f"{cell([r['over_refusal'] for r in rs])} | {cell([r['mc'] for r in rs])} | "
+                f"{cell([r['capitals'] for r in rs])} |")
 
     lines = [head, row("base model", 0, "", [base])]
     groups: dict[tuple, list[dict[str, Any]]] = {}
