@@ -107,14 +107,10 @@ def ensure_real_base(source: str | Path, recipe: RealBaseRecipe | None = None, c
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = recipe.key(source_id(src))
     final = root / f"base-{key}"
-    pinned = Path(pinned_dir) / f"realworld-base-{key}.safetensors" if pinned_dir is not None else None
+    pinned = usable_pinned(Path(pinned_dir) / f"realworld-base-{key}.safetensors", key, log) if pinned_dir else None
 
     def build(tmp: Path) -> dict[str, Any]:
-        usable = pinned is not None and pinned.is_file()
-        if usable and safe_open_metadata(pinned).get("recipe_key") != key:
-            log(f"OLD-policy base: ignoring {pinned}: its metadata names another recipe key; training instead")
-            usable = False
-        if usable:
+        if pinned is not None:
             log(f"OLD-policy base: merging the pinned adapter {pinned.name} (no training)")
             shutil.copyfile(pinned, tmp / ADAPTER_FILE)
             metrics = {**json.loads(safe_open_metadata(pinned).get("train_metrics", "{}")), "pinned": pinned.name}
@@ -126,6 +122,16 @@ def ensure_real_base(source: str | Path, recipe: RealBaseRecipe | None = None, c
 
     metrics, _ = cached_build(final, build)
     return final, metrics
+
+
+def usable_pinned(path: Path, key: str, log: Callable[[str], None]) -> Path | None:
+    """`path` when it is a pinned adapter for exactly this recipe key (its metadata says so), else None."""
+    if not path.is_file():
+        return None
+    if safe_open_metadata(path).get("recipe_key") != key:
+        log(f"OLD-policy base: ignoring {path}: its metadata names another recipe key; training instead")
+        return None
+    return path
 
 
 def safe_open_metadata(path: Path) -> dict[str, str]:
