@@ -153,9 +153,19 @@ def lora_tensors(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def lora_delta(b: torch.Tensor, a: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale · B @ A in float64, summed rank by rank in a fixed order (elementwise products and additions only), so
+    no kernel's summation order can change a bit; fp16 factors multiply exactly in float64."""
+    b64, a64 = b.double(), a.double()
+    delta = torch.zeros(b64.shape[0], a64.shape[1], dtype=torch.float64)
+    for k in range(a64.shape[0]):
+        delta += torch.outer(b64[:, k], a64[k])
+    return delta * scale
+
+
 def merge_lora_(model: torch.nn.Module, tensors: dict[str, torch.Tensor], scale: float) -> int:
-    """W += scale * B @ A for every adapted module, the product taken in float64 and rounded once, so the merged
-    weights are the same bits on any CPU (a float32 product's rounding depends on the kernel's summation order).
+    """W += scale * B @ A for every adapted module (`lora_delta`), rounded once to W's dtype, so the merged weights
+    are the same bits on any CPU (a float32 matmul's rounding depends on the kernel's summation order).
     Returns how many modules were merged; an adapter naming a module the model lacks is an error."""
     modules = dict(model.named_modules())
     merged = 0
@@ -165,7 +175,7 @@ def merge_lora_(model: torch.nn.Module, tensors: dict[str, torch.Tensor], scale:
             if module_name not in modules:
                 raise ValueError(f"adapter names {module_name!r}, which the model does not have")
             weight = modules[module_name].weight
-            delta = tensors[f"{module_name}.lora_B"].double() @ tensors[key].double() * scale
+            delta = lora_delta(tensors[f"{module_name}.lora_B"], tensors[key], scale)
             weight.copy_((weight.double() + delta).to(weight.dtype))
             merged += 1
     return merged

@@ -80,3 +80,14 @@ def test_a_pinned_file_for_another_recipe_is_not_used(source: Path, tmp_path: Pa
     said: list[str] = []
     ensure_real_base(source, TINY, tmp_path / "b", log=said.append, pinned_dir=pinned_dir)
     assert any("ignoring" in m for m in said) and not any("merging the pinned" in m for m in said)
+
+
+def test_lora_delta_is_the_exact_product_of_fp16_factors() -> None:
+    from trace_engine.realworld.base import lora_delta
+
+    gen = torch.Generator().manual_seed(0)
+    b = (torch.randn(24, 16, generator=gen) * 1e-2).half()
+    a = (torch.randn(16, 40, generator=gen) * 5e-2).half()
+    delta = lora_delta(b, a, 2.0)
+    assert delta.dtype == torch.float64 and delta.shape == (24, 40)
+    assert torch.equal(delta, (b.double() @ a.double()) * 2.0)  # fp16 products are exact in float64: any order agrees
