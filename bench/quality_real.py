@@ -59,8 +59,15 @@ EXPERIMENTAL_VARIANTS = {
         "so the refusals the NEW policy keeps are trained, not only anchored (ASR regressed under KL-only RETAIN)",
     ),
 }
-for _name, _spec in EXPERIMENTAL_VARIANTS.items():  # the bench's experiments; the product's variants are untouched
-    VARIANTS.setdefault(_name, _spec)
+
+
+def register_experimental_variants() -> None:
+    """Make the bench's experiments trainable in this process (the scripts' main calls it; importing this module
+    does not, so tests that import it see the product's variants only)."""
+    for name, spec in EXPERIMENTAL_VARIANTS.items():
+        VARIANTS.setdefault(name, spec)
+
+
 MAIN_VARIANTS = ("trace", "naive_oracle_dpo", "dpo_gold", "u2a")
 ABLATIONS = ("no_triage", "no_impact", "no_kl")
 PINNED_DIR = REPO / "bench" / "pinned"  # the OLD-policy base's adapter, so every machine measures the same base
@@ -124,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    register_experimental_variants()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = Path(args.out)

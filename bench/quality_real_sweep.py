@@ -34,6 +34,7 @@ from quality_real import (  # noqa: E402
     base_identity,
     capitals_rate,
     imported_smollm2,
+    register_experimental_variants,
     share_by_kind,
     triage,
 )  # noqa: E402
@@ -138,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "world's caveated answers are 39-75 tokens with the caveat last, so 40 cut it off")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    register_experimental_variants()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = Path(args.out)
