@@ -25,11 +25,13 @@ def many_clauses(target_chars: int) -> str:
 
 def test_a_200_kb_policy_with_thousands_of_clauses_parses_in_well_under_a_second() -> None:
     text = many_clauses(200_000)
-    started = time.perf_counter()
-    clauses = parse_clauses(text)
-    elapsed = time.perf_counter() - started
+    timings = []
+    for _ in range(3):  # the fastest of 3: a GC pause or a busy neighbour must not read as a quadratic parser
+        started = time.perf_counter()
+        clauses = parse_clauses(text)
+        timings.append(time.perf_counter() - started)
     assert len(clauses) > 12_000 and clauses[-1].id == f"C{len(clauses) - 1}"
-    assert elapsed < 0.5, f"parsing {len(text)} characters took {elapsed:.2f} s (quadratic?)"
+    assert min(timings) < 0.5, f"parsing {len(text)} characters took {min(timings):.2f} s at best (quadratic?)"
 
 
 def test_duplicate_ids_are_still_found_in_one_pass() -> None:
