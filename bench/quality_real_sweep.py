@@ -37,7 +37,7 @@ from quality_real import (  # noqa: E402
     register_experimental_variants,
     share_by_kind,
     triage,
-)  # noqa: E402
+)
 
 from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.settings import JUDGE_PROFILE_NAME
 from trace_engine.config import DEFAULT_UNIFORM_MIX, DEFAULT_WEIGHT_CAP, TrainConfig
 from trace_engine.data.presets import PRESETS
+from trace_engine.gold import GoldSource
 from trace_engine.policy import MAX_CLAUSES, MAX_POLICY_CHARS, Policy, check_policy_size
 from trace_engine.variants import VARIANTS, DataError, check_pref_loss
 
@@ -268,7 +269,7 @@ class Hyperparameters(StrictModel):
         "λ · uniform: a floor under every conflicting pair (1 = uniform weights). The real-text benchmark's "
         "validation chose 0.5"
     )
-    gold_from: Literal["all", "trusted", "auto"] = Field(
+    gold_from: GoldSource = Field(
         default="all", description='pairs the gold batch (which sets every impact score) is drawn from: all, trusted '
         '(pairs marked "trusted": true in the dataset; the job fails in scoring if none is) or auto (the trusted '
         "pairs when any is marked, else all)"
