@@ -128,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cap", type=float, default=DEFAULT_WEIGHT_CAP, help="impact-weight cap (x uniform)")
     ap.add_argument("--uniform-mix", type=float, default=0.5, help="λ: impact weights mixed with uniform")
     ap.add_argument("--balance-kinds", action="store_true", help="impact ranks rows within a kind only")
+    ap.add_argument("--gate", action="store_true", help="impact decides which rows train, not how much")
+    ap.add_argument("--check-anchors", action="store_true", help="drop RETAIN anchors whose preference contradicts "
+                    "the gold RETAIN pairs")
     ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -159,11 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_eval_path.write_text(json.dumps(base_eval, indent=1))
     log(f"base: {summary_line(base_eval)}", started)
 
-    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds)
+    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds,
+                            gate=args.gate, check_anchors=args.check_anchors)
     settings = {"lr": args.lr, "beta": args.beta, "alpha_kl": args.alpha_kl, "epochs": args.epochs,
                 "normalise": args.normalise,
                 "cap": args.cap, "uniform_mix": args.uniform_mix, "balance_kinds": args.balance_kinds,
-                "max_new_tokens": args.max_new_tokens}
+                "gate": args.gate, "check_anchors": args.check_anchors, "max_new_tokens": args.max_new_tokens}
     done = {r["key"] for r in read_records(results_path, settings, identity)}
     score_cache: dict[tuple, Any] = {}
     runs = plan(sizes, seeds, noises)
@@ -231,7 +235,8 @@ def read_records(path: Path, settings: dict[str, Any], identity: dict[str, str])
             and relevant_settings(r["variant"], r.get("settings", {})) == relevant_settings(r["variant"], settings)]
 
 
-WEIGHT_SETTINGS = ("normalise", "cap", "uniform_mix", "balance_kinds")
+WEIGHT_SETTINGS = ("normalise", "cap", "uniform_mix", "balance_kinds", "gate", "check_anchors")
+LATER_SETTINGS = {"gate": False, "check_anchors": False}  # settings added after results were recorded: their value then
 
 
 def relevant_settings(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def relevant_settings(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
     drop = set() if spec.needs_scores else set(WEIGHT_SETTINGS)
     if "kl" not in (spec.retain, spec.every_row):
         drop.add("alpha_kl")
-    return {k: v for k, v in settings.items() if k not in drop}
+    return {k: v for k, v in {**LATER_SETTINGS, **settings}.items() if k not in drop}
 
 
 def base_identity(base: Path) -> dict[str, str]:

@@ -4,8 +4,9 @@ Validation prompts are TRAIN phrasings of TRAIN instances drawn apart from the p
 data, so they measure generalisation to new wordings without touching the held-out TEST phrasings that
 `bench/quality_real.py` reports. Each setting is a JSON object: TrainConfig overrides (`lr`, `epochs`, `beta`,
 `alpha_kl`, `batch_size`) plus `variant`, `size`, `lora_r`, `modules` (comma-separated), `layers` (a list of
-decoder layer indices that get adapters), `uniform_mix` (λ of `scoring.WeightShaping`), `balance_kinds`, `normalise`
-('sum' | 'mean') and `cap`. Per setting: one JSON line on stdout (TPA per category, capitals, steps, seconds), and
+decoder layer indices that get adapters), `uniform_mix` (λ of `scoring.WeightShaping`), `balance_kinds`, `gate`,
+`check_anchors`, `normalise` ('sum' | 'mean'), `cap`, and `noise` (the share of training pairs whose triage is
+corrupted as in `bench/quality_real.py`). Per setting: one JSON line on stdout (TPA per category, capitals, steps, seconds), and
 OUT/sweep.jsonl keeps them (re-runs skip settings already there).
 
 Run: `nice -n 10 .venv/bin/python bench/quality_real_sweep.py '{"lr": 3e-3, "epochs": 4}' '{"normalise": "mean"}'`
@@ -48,12 +49,12 @@ from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import RealBaseRecipe, ensure_real_base  # noqa: E402
 from trace_engine.realworld.world import RealWorld  # noqa: E402
 from trace_engine.scoring import WeightShaping, score  # noqa: E402
-from trace_engine.synthetic.offline_run import default_train_config  # noqa: E402
+from trace_engine.synthetic.offline_run import add_triage_noise, default_train_config  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 from trace_engine.variants import get_variant  # noqa: E402
 
 SETTING_KEYS = {"variant", "size", "lora_r", "modules", "layers", "normalise", "cap", "uniform_mix", "balance_kinds",
-                "lr", "epochs", "beta", "alpha_kl", "batch_size"}
+                "gate", "check_anchors", "noise", "lr", "epochs", "beta", "alpha_kl", "batch_size"}
 
 
 def seen_prompts(world: RealWorld, pairs_size: int) -> frozenset[str]:
@@ -109,11 +110,14 @@ def run_setting(setting: dict[str, Any], base: Path, rows: Sequence[dict[str, An
     tc = default_train_config(variant, args.seed, lora=lora, **{"lr": 1e-3, "beta": 0.1, "epochs": 2, "batch_size": 8,
                               "max_prompt_len": 64, "max_len": 128, "ref_batch_size": 16, **overrides})
     train_rows = nested_subset(rows, setting.get("size", 128), args.seed)
+    if setting.get("noise"):
+        train_rows, _ = add_triage_noise(train_rows, setting["noise"], args.seed)
     t0 = time.perf_counter()
     ref: dict[str, float] = {}
     if get_variant(variant).needs_scores:
         shaping = WeightShaping(cap=setting.get("cap", DEFAULT_WEIGHT_CAP), uniform_mix=setting.get("uniform_mix", 0.0),
-                                balance_kinds=setting.get("balance_kinds", False))
+                                balance_kinds=setting.get("balance_kinds", False), gate=setting.get("gate", False),
+                                check_anchors=setting.get("check_anchors", False))
         scored = score(base, train_rows, variant, tc, normalise=setting.get("normalise", "sum"), gold_size=24,
                        seed=args.seed, shaping=shaping)
         train_rows, ref = scored.rows, scored.reference_logps

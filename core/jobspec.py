@@ -269,6 +269,15 @@ class Hyperparameters(StrictModel):
         "λ · uniform: a floor under every conflicting pair (1 = uniform weights). The real-text benchmark's "
         "validation chose 0.5"
     )
+    gate_weights: bool = Field(
+        default=False, description="impact scores decide which conflicting pairs train, not how much: a pair that "
+        "scores > 0 keeps the uniform weight, the others are dropped (a kind with no positive score is kept whole). "
+        "Under noisy triage on the real-text benchmark it kept the mislabelled INVERT pairs out (docs/benchmarks.md)"
+    )
+    check_anchors: bool = Field(
+        default=False, description="score each RETAIN pair's preference against the gold batch's RETAIN pairs and "
+        "drop the KL anchor of pairs that contradict them (a swapped pair would anchor the wrong response)"
+    )
     gold_from: GoldSource = Field(
         default="all", description='pairs the gold batch (which sets every impact score) is drawn from: all, trusted '
         '(pairs marked "trusted": true in the dataset; the job fails in scoring if none is) or auto (the trusted '

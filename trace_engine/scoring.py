@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
+from trace_engine.categories import Category
 from trace_engine.config import DEFAULT_WEIGHT_CAP, LengthLimits, LossSettings
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.pairs import Prompt
@@ -202,6 +203,8 @@ def score_conflicts(
         mine = batches[runtime.rank :: runtime.world_size]  # batches are sorted by length: strided balances work
         mine_scored = score_batches(model, mine, g_j, settings, checkpoint, _batch_progress(progress, len(mine)))
         results = [s for part in runtime.gather_objects(mine_scored) for s in part]
+    anchors = (anchor_scores(model, tokenizer, rows, gold, settings, rows_per_batch, limits, checkpoint)
+               if shaping.check_anchors else {})
     by_id = {s.sample_id: s for s in results}
     scored = [by_id[s.sample_id] for s in samples]  # input order
     weights = shape_weights(normalise_scores([s.raw_score for s in scored], mode), shaping,
@@ -214,12 +217,45 @@ def score_conflicts(
         **summarize_scores(scored, weights),
         "variant": variant,
         "gold": {**gold_report.__dict__, "size": gold_report.size, "source": gold_from},
-        "shaping": {"cap": shaping.cap, "uniform_mix": shaping.uniform_mix, "cap_per_kind": shaping.cap_per_kind,
-                    "balance_kinds": shaping.balance_kinds},
+        "shaping": shaping.to_dict(),
         "concentration": weight_concentration(weights.weights),
         "truncation": truncation.to_dict(),
     }
-    return ImpactResult(scored, weights, summary, gold_report, truncation, ref, attach_scores(rows, scored, weights))
+    if shaping.check_anchors:
+        summary["anchors"] = {"checked": len(anchors), "dropped": sum(1 for v in anchors.values() if v <= 0.0)}
+    out_rows = attach_scores(rows, scored, weights)
+    for row in out_rows:
+        if str(row.get("id")) in anchors:
+            row["anchor_raw"] = anchors[str(row.get("id"))]
+            row["anchor_weight"] = 1.0 if row["anchor_raw"] > 0.0 else 0.0
+    return ImpactResult(scored, weights, summary, gold_report, truncation, ref, out_rows)
+
+
+def anchor_scores(
+    model: nn.Module,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    gold: Sequence[GoldPair],
+    settings: LossSettings,
+    rows_per_batch: int,
+    limits: LengthLimits | None,
+    checkpoint: bool,
+) -> dict[str, float]:
+    """Raw score of each RETAIN row's preference (chosen over rejected) against the gradient of the gold RETAIN
+    pairs (`WeightShaping.check_anchors`); {} when the gold batch has no RETAIN pair (nothing to check against).
+    Every rank computes it whole (a few RETAIN rows; no gather needed)."""
+    gold_retain = [g for g in gold if g.category == Category.RETAIN]
+    samples = []
+    for i, row in enumerate(rows):
+        e = choose_row(dict(row), i, VARIANTS["trace"]).example
+        if e is not None and e.category == Category.RETAIN:
+            samples.append(ConflictSample(e.row_id, SampleKind.INVERT, e.prompt, (e.preferred, e.dispreferred)))
+    if not gold_retain or not samples:
+        return {}
+    gold_batches, _ = pack_batches(tokenizer, gold_samples(gold_retain), rows_per_batch, limits)
+    direction = gold_gradient(model, gold_batches, settings.beta, checkpoint)
+    batches, _ = pack_batches(tokenizer, samples, rows_per_batch, limits)
+    return {s.sample_id: s.raw_score for s in score_batches(model, batches, direction, settings, checkpoint)}
 
 
 def score_rows_per_batch(config: TrainConfig) -> int:
@@ -412,6 +448,15 @@ class WeightShaping:
          evenly (the cap then applies per kind). Why: on the real-text world every PUNISH row's first-order impact is
          negative (its answer shares its first sentences with the INVERT targets), yet PUNISH is what teaches the
          caveat; dropping it lost INVERT too (docs/benchmarks.md).
+    gate: the score decides WHICH rows train, not how much: a row scoring > 0 keeps the uniform weight (1 for
+         `mean`, 1/n for `sum`), the others 0; a kind none of whose rows scores > 0 keeps uniform weights (impact
+         gives that kind no signal). The cap then has nothing to do. Why: on the real-text world the signs of the
+         scores find every corrupted INVERT row (AUC 1.0 at 10% and 20% triage noise) while their magnitudes lost
+         to uniform weights (docs/benchmarks.md, bench/quality_real_noise_probe.py).
+    check_anchors: also score each RETAIN row as a preference (chosen over rejected) against the gradient of the
+         gold batch's RETAIN pairs, and drop the KL anchor of a row that scores <= 0 (its preference contradicts
+         the gold RETAIN pairs: a swapped pair would anchor the wrong response). The anchor's own gradient is 0 at
+         θ_ref, so first-order impact cannot weigh it otherwise.
     Both keep the total (the `sum`/`mean` scale), except that a cap cannot hand weight to rows clamped at 0: with
     fewer than n / cap positive rows the total shrinks (said by `weight_concentration`'s `total`).
     """
@@ -420,6 +465,8 @@ class WeightShaping:
     uniform_mix: float = 0.0
     cap_per_kind: bool = False
     balance_kinds: bool = False
+    gate: bool = False
+    check_anchors: bool = False
 
     def __post_init__(self) -> None:
         if self.cap is not None and not (math.isfinite(self.cap) and self.cap >= 1.0):
@@ -429,7 +476,11 @@ class WeightShaping:
 
     @property
     def active(self) -> bool:
-        return self.cap is not None or self.uniform_mix > 0.0 or self.balance_kinds
+        return self.cap is not None or self.uniform_mix > 0.0 or self.balance_kinds or self.gate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cap": self.cap, "uniform_mix": self.uniform_mix, "cap_per_kind": self.cap_per_kind,
+                "balance_kinds": self.balance_kinds, "gate": self.gate, "check_anchors": self.check_anchors}
 
 
 DEFAULT_SHAPING = WeightShaping(cap=DEFAULT_WEIGHT_CAP)
@@ -501,17 +552,33 @@ def balance_kinds(weights: Sequence[float], groups: Sequence[str]) -> list[float
     return out
 
 
+def gate_weights(weights: Sequence[float], groups: Sequence[str], uniform: float) -> list[float]:
+    """`uniform` for every row with a positive weight, 0 for the rest; a group with no positive row gets `uniform`
+    everywhere (no signal there, so no row of it is dropped)."""
+    out = [0.0] * len(weights)
+    for index in group_indices(groups):
+        keep_all = not any(weights[i] > 0.0 for i in index)
+        for i in index:
+            out[i] = uniform if keep_all or weights[i] > 0.0 else 0.0
+    return out
+
+
 def shape_weights(weights: NormalisedWeights, shaping: WeightShaping,
                   groups: Sequence[str] | None = None) -> NormalisedWeights:
-    """Balance kinds first, cap (it reads the impact ranking), then mix with uniform. `groups`: each weight's sample
-    kind, needed for `balance_kinds` and `cap_per_kind`."""
+    """Gate, or balance kinds then cap (it reads the impact ranking); then mix with uniform. `groups`: each weight's
+    sample kind, needed for `gate`, `balance_kinds` and `cap_per_kind`."""
     values = list(weights.weights)
-    per_kind = shaping.balance_kinds or shaping.cap_per_kind
+    per_kind = shaping.balance_kinds or shaping.cap_per_kind or shaping.gate
     if per_kind and (groups is None or len(groups) != len(values)):
         raise ValueError("per-kind weight shaping needs each weight's kind")
-    if shaping.balance_kinds:
+    if shaping.gate:
+        uniform = 1.0 if weights.mode == "mean" else 1.0 / max(1, len(values))
+        values = gate_weights(values, groups, uniform)  # type: ignore[arg-type]
+    elif shaping.balance_kinds:
         values = balance_kinds(values, groups)  # type: ignore[arg-type]
-    if shaping.cap is not None and per_kind:
+    if shaping.gate:
+        pass  # gated weights are 0 or uniform: nothing for a cap to do
+    elif shaping.cap is not None and per_kind:
         values = cap_weights_by_group(values, groups, shaping.cap)  # type: ignore[arg-type]
     elif shaping.cap is not None:
         values = cap_weights(values, shaping.cap)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Any
@@ -274,6 +275,14 @@ def choose_row(row: dict[str, Any], index: int, spec: VariantSpec) -> RowChoice:
     return RowChoice(Example(row_id, row["prompt"], preferred, dispreferred, kind, 1.0, category), note, oracle_used)
 
 
+def anchor_weight(row: Mapping[str, Any], row_id: str) -> float:
+    """A RETAIN row's KL-anchor weight set by scoring's anchor check (`scoring.WeightShaping.check_anchors`)."""
+    value = row["anchor_weight"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise DataError(f"row {row_id}: anchor_weight must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
     """Rows -> examples for `variant`, with clear errors for anything the variant cannot use."""
     spec = get_variant(variant)
@@ -301,6 +310,8 @@ def prepare_examples(rows: list[dict[str, Any]], variant: str) -> PreparedData:
             if score < 0:
                 raise DataError(f"row {example.row_id}: impact_score {score} is negative; scoring clamps weights at 0")
             weight = float(score)
+        elif spec.needs_scores and example.kind is LossKind.KL and "anchor_weight" in row:
+            weight = anchor_weight(row, example.row_id)
         if weight == 0.0:
             counts["skipped_zero_weight"] += 1
             continue

@@ -42,7 +42,8 @@ def run_score(ctx: StageContext) -> StageResult:
     gold = hyper.gold_size or max(3, min(48, len(rows) // 4))
     scored = score(Path(source.name_or_path), rows, ctx.request.method.variant, config,
                    normalise=hyper.normalise, gold_size=gold, seed=config.seed, gold_from=hyper.gold_from,
-                   shaping=WeightShaping(cap=hyper.weight_cap, uniform_mix=hyper.uniform_mix),
+                   shaping=WeightShaping(cap=hyper.weight_cap, uniform_mix=hyper.uniform_mix,
+                                         gate=hyper.gate_weights, check_anchors=hyper.check_anchors),
                    device=ctx.settings.train_device, progress=ctx.tick)  # tick raises on cancel
     save_reference_cache(ctx.dir / "score" / REFERENCE_CACHE, scored.reference_logps,
                          {"base_model": source.name_or_path, "max_prompt_len": config.max_prompt_len,

@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-@pytest.fixture(scope="module")
-def quality_real():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import quality_real as module
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
 
 
 def test_corrupted_weight_compares_noisy_rows_with_clean_ones(quality_real) -> None:
@@ -57,3 +42,15 @@ def test_a_baseline_result_survives_a_new_trace_setting_and_a_trace_result_does_
     # naive_oracle_dpo has neither KL nor impact weights; no_impact has KL, so α_KL counts for it but the mix does not
     assert [r["key"] for r in quality_real.read_records(path, changed, base)] == ["n"]
     assert [r["key"] for r in quality_real.read_records(path, {**settings, "uniform_mix": 0.0}, base)] == ["n", "u"]
+
+
+def test_a_setting_added_later_pools_with_records_made_before_it_at_its_old_value(quality_real, tmp_path) -> None:
+    import json
+
+    old = {"lr": 3e-3, "alpha_kl": 0.3, "uniform_mix": 0.5, "normalise": "mean", "cap": 2.0, "balance_kinds": False}
+    base = {"weights_sha256": "abc"}
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"key": "t", "variant": "trace", "settings": old, **base}) + "\n")
+    assert [r["key"] for r in quality_real.read_records(path, {**old, "gate": False, "check_anchors": False},
+                                                         base)] == ["t"]
+    assert quality_real.read_records(path, {**old, "gate": True, "check_anchors": False}, base) == []

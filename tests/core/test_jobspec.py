@@ -19,7 +19,7 @@ from trace_engine.config import (
 )
 from trace_engine.gold import GOLD_SOURCES
 
-NOT_TRAINING = {"normalise", "gold_size", "weight_cap", "uniform_mix", "gold_from"}  # the score stage's knobs
+NOT_TRAINING = {"normalise", "gold_size", "weight_cap", "uniform_mix", "gold_from", "gate_weights", "check_anchors"}  # the score stage's knobs
 LORA = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # TrainConfig.lora's fields
 
 
@@ -50,6 +50,8 @@ def test_the_weight_cap_default_is_the_engines_and_null_turns_it_off() -> None:
 def test_the_weight_shaping_and_gold_source_are_the_engines() -> None:
     assert Hyperparameters().uniform_mix == DEFAULT_UNIFORM_MIX and Hyperparameters().gold_from == "all"
     assert set(get_args(Hyperparameters.model_fields["gold_from"].annotation)) == set(GOLD_SOURCES)
-    for bad in ({"uniform_mix": 1.5}, {"uniform_mix": -0.1}, {"gold_from": "mine"}):
+    assert Hyperparameters().gate_weights is False and Hyperparameters().check_anchors is False
+    for bad in ({"uniform_mix": 1.5}, {"uniform_mix": -0.1}, {"gold_from": "mine"}, {"gate_weights": "maybe"},
+                {"check_anchors": [1]}):
         with pytest.raises(ValidationError):
             Hyperparameters(**bad)

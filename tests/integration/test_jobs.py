@@ -43,12 +43,15 @@ def test_synthetic_job_succeeds_with_an_adapter_and_is_idempotent(shared_stack: 
 def test_the_weight_shaping_a_job_asks_for_reaches_scoring(shared_stack: Stack) -> None:
     """`weight_cap: null` scores without the cap (the default caps at the engine's DEFAULT_WEIGHT_CAP); the uniform
     mix and the gold source reach scoring too."""
-    hyper = {"weight_cap": None, "uniform_mix": 0.5, "gold_from": "auto", "max_steps": 1}
+    hyper = {"weight_cap": None, "uniform_mix": 0.5, "gold_from": "auto", "gate_weights": True, "check_anchors": True,
+             "max_steps": 1}
     job = shared_stack.submit(tiny_synthetic_body(n=24, hyperparameters=hyper))
     done = shared_stack.wait_done(job["id"], timeout=180)
     assert done["state"] == "succeeded", done
     summary = json.loads((shared_stack.settings.data_dir / "jobs" / job["id"] / "score" / "summary.json").read_text())
     assert summary["shaping"]["cap"] is None and summary["shaping"]["uniform_mix"] == 0.5
+    assert summary["shaping"]["gate"] is True and summary["shaping"]["check_anchors"] is True
+    assert summary["anchors"]["checked"] >= 1  # the tiny synthetic set has RETAIN pairs in its gold batch
     assert summary["gold"]["source"] == "auto"
 
 

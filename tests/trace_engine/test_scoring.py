@@ -263,3 +263,45 @@ def test_score_conflicts_draws_gold_from_trusted_rows_and_shapes_weights(tokeniz
     assert result.summary["concentration"]["ess_share"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="trusted"):
         score_conflicts(model, tokenizer, triaged(), gold_size=6, gold_from="trusted")
+
+
+def test_gate_keeps_uniform_weight_for_positive_rows_and_a_kind_without_signal_whole():
+    from trace_engine.scoring import NormalisedWeights, WeightShaping, shape_weights
+
+    # INVERT: two positive rows and one clamped; PUNISH: every row clamped (no signal: kept whole).
+    weights = NormalisedWeights([3.0, 2.0, 0.0, 0.0, 0.0, 0.0], "mean", 0.67, False)
+    kinds = ["INVERT"] * 3 + ["PUNISH_NPO"] * 3
+    gated = shape_weights(weights, WeightShaping(cap=2.0, gate=True), kinds).weights
+    assert gated == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]  # the ranking is gone; the cap has nothing to do
+    as_sum = NormalisedWeights([0.6, 0.4, 0.0, 0.0], "sum", 0.5, False)
+    assert shape_weights(as_sum, WeightShaping(gate=True), ["INVERT"] * 4).weights == [0.25, 0.25, 0.0, 0.0]
+    mixed = shape_weights(weights, WeightShaping(gate=True, uniform_mix=0.5), kinds).weights
+    assert mixed[2] == pytest.approx(0.5 * 5 / 6)  # λ floors a gated-out row at λ · mean
+    with pytest.raises(ValueError, match="kind"):
+        shape_weights(weights, WeightShaping(gate=True))
+
+
+def test_anchor_check_scores_retain_rows_against_gold_retain_pairs_and_drops_a_swapped_anchor(tokenizer):
+    from trace_engine.scoring import WeightShaping
+    from trace_engine.variants import prepare_examples
+
+    model = get_peft_model(build_tiny_model(tokenizer, "llama", hidden_size=32, intermediate_size=64),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    seed_lora_(model, 0)
+    rows = triaged()
+    # r2 is r0 with chosen and rejected swapped (noisy triage): its preference points against r0's, the gold pair.
+    rows.insert(2, {**rows[0], "id": "r2", "chosen": rows[0]["rejected"], "rejected": rows[0]["chosen"]})
+    rows[0]["trusted"] = True
+    result = score_conflicts(model, tokenizer, rows, gold_size=3, seed=0, rows_per_batch=4, gold_from="trusted",
+                             shaping=WeightShaping(check_anchors=True))
+    by_id = {r["id"]: r for r in result.rows}
+    assert by_id["r0"]["anchor_raw"] > 0 and by_id["r0"]["anchor_weight"] == 1.0  # agrees with itself
+    assert by_id["r2"]["anchor_raw"] == pytest.approx(-by_id["r0"]["anchor_raw"], rel=1e-4)  # the swap flips it
+    assert by_id["r2"]["anchor_weight"] == 0.0
+    assert result.summary["anchors"]["checked"] == 3 and result.summary["anchors"]["dropped"] >= 1
+    assert "anchor_raw" not in by_id["i0"] and result.summary["shaping"]["check_anchors"] is True
+    prepared = prepare_examples(result.rows, "trace")
+    assert "r2" not in {e.row_id for e in prepared.examples} and prepared.counts["skipped_zero_weight"] >= 1
+    assert "r0" in {e.row_id for e in prepared.examples}
+    unchecked = score_conflicts(model, tokenizer, rows, gold_size=3, seed=0, rows_per_batch=4)
+    assert all("anchor_weight" not in r for r in unchecked.rows) and "anchors" not in unchecked.summary

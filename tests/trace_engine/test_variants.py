@@ -50,3 +50,21 @@ def test_error_rows_are_never_trained_on_even_without_triage() -> None:
         data = prepare_examples(rows(), variant)
         assert "e0" not in {e.row_id for e in data.examples} and data.counts["skipped_error_rows"] == 1
     assert [s.kind for s in conflict_samples(rows(), "no_triage")] == [SampleKind.NO_TRIAGE] * 3
+
+
+def test_an_anchor_weight_from_scoring_weighs_a_retain_rows_kl_and_bad_values_are_refused() -> None:
+    import pytest
+
+    from trace_engine.variants import DataError
+
+    scored = [{**r, "impact_score": 1.0} for r in rows()]
+    weight_of = {e.row_id: e.weight for e in prepare_examples([{**scored[0], "anchor_weight": 0.5}, *scored[1:]],
+                                                               "trace").examples}
+    assert weight_of["r0"] == 0.5
+    dropped = prepare_examples([{**scored[0], "anchor_weight": 0.0}, *scored[1:]], "trace")
+    assert "r0" not in {e.row_id for e in dropped.examples} and dropped.counts["skipped_zero_weight"] == 1
+    uniform = prepare_examples([{**rows()[0], "anchor_weight": 0.0}, *rows()[1:]], "no_impact")
+    assert "r0" in {e.row_id for e in uniform.examples}  # a uniform variant ignores scoring's fields
+    for bad in (-1.0, "1", True, float("nan")):
+        with pytest.raises(DataError, match="anchor_weight"):
+            prepare_examples([{**scored[0], "anchor_weight": bad}, *scored[1:]], "trace")

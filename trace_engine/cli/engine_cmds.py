@@ -185,6 +185,11 @@ def _scoring_args(p: argparse.ArgumentParser, batch_flag: str) -> None:
     p.add_argument("--uniform-mix", type=float, default=DEFAULT_UNIFORM_MIX, metavar="L",
                    help="mix the impact weights with uniform ones: (1-L) w + L mean(w) (default "
                    f"{DEFAULT_UNIFORM_MIX:g}; the real-text world's validation chose 0.5)")
+    p.add_argument("--gate-weights", action="store_true",
+                   help="impact decides which conflicting pairs train (score > 0: the uniform weight; else dropped; "
+                   "a kind with no positive score is kept whole), not how much")
+    p.add_argument("--check-anchors", action="store_true",
+                   help="drop the KL anchor of RETAIN pairs whose preference contradicts the gold RETAIN pairs")
     p.add_argument("--gold-from", default="all", choices=GOLD_SOURCES,
                    help='rows the gold batch is drawn from: all (published), trusted (rows with "trusted": true) '
                    "or auto (the trusted rows when any row is marked)")
@@ -414,6 +419,8 @@ def score_settings(args, variant: str, base: ModelSource, lora: LoraSettings, rt
         "normalise": args.normalise,
         "weight_cap": args.weight_cap or None,
         "uniform_mix": args.uniform_mix,
+        "gate_weights": args.gate_weights,
+        "check_anchors": args.check_anchors,
         "gold_from": args.gold_from,
         "input_sha256": _file_sha256(input_path),
     }
@@ -435,7 +442,8 @@ def score_from_flags(rows, variant: str, base: ModelSource, lora: LoraSettings, 
 
     return score(base, rows, variant, scoring_config(args, variant, lora), normalise=args.normalise,
                  gold_size=args.gold_size, seed=args.seed, runtime=rt, gold_from=args.gold_from,
-                 shaping=WeightShaping(cap=args.weight_cap or None, uniform_mix=args.uniform_mix))
+                 shaping=WeightShaping(cap=args.weight_cap or None, uniform_mix=args.uniform_mix,
+                                       gate=args.gate_weights, check_anchors=args.check_anchors))
 
 
 def write_score_outputs(out: Path, rows, result, settings: Mapping[str, Any]) -> dict[str, Any]:
