@@ -418,17 +418,11 @@ def attach_scores(
     return out
 
 
-def write_scored(
-    path: str | Path,
-    rows: Sequence[Mapping[str, Any]],
-    scored: Sequence[ScoredSample],
-    weights: NormalisedWeights,
-) -> dict[str, Any]:
-    """Write `path` (scored JSONL) and `path` with suffix `.summary.json`; returns the summary."""
-    write_jsonl(path, attach_scores(rows, scored, weights))
-    summary = summarize_scores(scored, weights)
-    write_json(Path(path).with_suffix(".summary.json"), summary)
-    return summary
+def write_scored(path: str | Path, result: ImpactResult) -> None:
+    """Write `path` (the scored rows as training reads them, anchor weights included) and `path` with suffix
+    `.summary.json` (the result's summary)."""
+    write_jsonl(path, result.rows)
+    write_json(Path(path).with_suffix(".summary.json"), result.summary)
 
 
 # ---------------------------------------------------------------- weight shaping (after clamp + normalise)

@@ -249,7 +249,7 @@ def _score(args: argparse.Namespace) -> int:
     rt = Runtime.create(args.device, args.dtype)
     result = score_from_flags(rows, args.variant, base, lora, args, rt)
     if rt.is_main:
-        meta = write_score_outputs(Path(args.out), rows, result, score_settings(args, args.variant, base, lora, rt, args.triaged))
+        meta = write_score_outputs(Path(args.out), result, score_settings(args, args.variant, base, lora, rt, args.triaged))
         clamped = result.summary["share_clamped_to_zero"]
         print(f"scored {meta['n_scored']} samples ({args.variant}); share clamped to 0: {clamped:.3f} -> {args.out}")
     rt.barrier()
@@ -446,13 +446,13 @@ def score_from_flags(rows, variant: str, base: ModelSource, lora: LoraSettings, 
                                        gate=args.gate_weights, check_anchors=args.check_anchors))
 
 
-def write_score_outputs(out: Path, rows, result, settings: Mapping[str, Any]) -> dict[str, Any]:
+def write_score_outputs(out: Path, result, settings: Mapping[str, Any]) -> dict[str, Any]:
     """scored.jsonl (+ .summary.json), reference_logps.safetensors, and score.json (written last: the marker)."""
     from trace_engine.data.io import write_json
     from trace_engine.scoring import write_scored
 
     out.mkdir(parents=True, exist_ok=True)
-    write_scored(out / SCORED_FILE, rows, result.scored, result.weights)
+    write_scored(out / SCORED_FILE, result)
     save_reference_cache(out / REFERENCE_CACHE, result.reference_logps, {k: settings[k] for k in _CACHE_KEYS})
     meta = {"format": "realign-scores/1", "settings": dict(settings), "n_scored": len(result.scored),
             "summary": result.summary}
@@ -469,7 +469,7 @@ def _scores_for_training(rows, variant: str, base, lora, args, rt, settings) -> 
         return read_rows(str(out / SCORED_FILE)), cache
     result = score_from_flags(rows, variant, base, lora, args, rt)
     if rt.is_main:
-        write_score_outputs(out, rows, result, settings)
+        write_score_outputs(out, result, settings)
     rt.barrier()
     return result.rows, result.reference_logps
 

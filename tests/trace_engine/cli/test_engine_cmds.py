@@ -241,3 +241,18 @@ def test_score_options_reach_the_weights(model_dir, tmp_path):
     meta = json.loads((out / SCORE_META).read_text())
     assert meta["settings"]["weight_cap"] is None and meta["settings"]["uniform_mix"] == 1.0
     assert meta["settings"]["gold_from"] == "trusted" and meta["summary"]["gold"]["size"] <= 3
+
+
+def test_gate_and_anchor_check_flags_reach_the_weights(model_dir, tmp_path):
+    """--gate-weights leaves only 0 or the uniform weight; --check-anchors gives every RETAIN row an anchor weight."""
+    triaged = write_rows(tmp_path / "t.jsonl", triaged_rows())
+    out = tmp_path / "gate"
+    assert main(["score", "--triaged", str(triaged), "--model", str(model_dir), "--variant", "trace", "--out", str(out),
+                 "--gold-size", "6", "--normalise", "mean", "--gate-weights", "--check-anchors", *SMALL]) == 0
+    rows = [json.loads(line) for line in (out / SCORED_FILE).read_text().splitlines()]
+    assert {r["impact_score"] for r in rows if r["category"] != "RETAIN"} <= {0.0, 1.0}
+    retain = [r for r in rows if r["category"] == "RETAIN"]
+    assert retain and all(r["anchor_weight"] in (0.0, 1.0) for r in retain)
+    meta = json.loads((out / SCORE_META).read_text())
+    assert meta["settings"]["gate_weights"] is True and meta["settings"]["check_anchors"] is True
+    assert meta["summary"]["shaping"]["gate"] is True and meta["summary"]["anchors"]["checked"] == len(retain)
