@@ -54,3 +54,5 @@ def test_a_setting_added_later_pools_with_records_made_before_it_at_its_old_valu
     assert [r["key"] for r in quality_real.read_records(path, {**old, "gate": False, "check_anchors": False},
                                                          base)] == ["t"]
     assert quality_real.read_records(path, {**old, "gate": True, "check_anchors": False}, base) == []
+    path.write_text(json.dumps({"key": "k", "variant": "no_kl", "settings": old, **base}) + "\n")
+    assert [r["key"] for r in quality_real.read_records(path, {**old, "check_anchors": True}, base)] == ["k"]
