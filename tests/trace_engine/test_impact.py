@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from trace_engine.config import LossSettings
+from trace_engine.gold import GoldReport
 from trace_engine.impact import ScoringBatch, gold_gradient, score_batches
 from trace_engine.logprobs import SequenceBatch, sequence_logps
 from trace_engine.modeling import adapter_is_identity, seed_lora_
-from trace_engine.scoring import normalise_scores, summarize_scores, write_scored
+from trace_engine.scoring import ImpactResult, attach_scores, normalise_scores, summarize_scores, write_scored
 from trace_engine.tiny_models import DEFAULT_CORPUS, build_tiny_model, train_tokenizer
+from trace_engine.tokenization import TruncationReport
 from trace_engine.variants import SampleKind
 
 QV = ["q_proj", "v_proj"]
@@ -310,8 +312,13 @@ def test_write_scored_jsonl_and_summary(tmp_path):
     weights = normalise_scores([s.raw_score for s in scored], "mean")
     rows = [{"id": "a", "category": "INVERT"}, {"id": "r", "category": "RETAIN"}, {"id": "b"}, {"id": "c"}]
     path = tmp_path / "scored.jsonl"
-    summary = write_scored(path, rows, scored, weights)
+    summary = {**summarize_scores(scored, weights), "variant": "trace"}
+    result = ImpactResult(scored, weights, summary, GoldReport(3, 1, 1, 1, 1, 0), TruncationReport(), {},
+                          [{**r, "anchor_weight": 0.0} if r["id"] == "r" else r for r in attach_scores(rows, scored,
+                                                                                                          weights)])
+    write_scored(path, result)
     back = [json.loads(line) for line in path.read_text().splitlines()]
+    assert back[1]["anchor_weight"] == 0.0  # what scoring added to a row reaches the file training reads
     assert [r["id"] for r in back] == ["a", "r", "b", "c"]
     assert back[0]["impact_score"] == 2.25 and back[0]["impact_raw"] == 3.0
     assert back[1]["impact_score"] is None  # RETAIN is not scored
