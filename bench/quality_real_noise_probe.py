@@ -45,9 +45,14 @@ from trace_engine.impact import gold_gradient, score_batches  # noqa: E402
 from trace_engine.modeling import ModelSource, attach_lora, load_causal_lm, load_tokenizer  # noqa: E402
 from trace_engine.realworld.base import ensure_real_base  # noqa: E402
 from trace_engine.realworld.world import RealWorld  # noqa: E402
-from trace_engine.scoring import ConflictSample, conflict_samples, gold_samples, pack_batches  # noqa: E402
+from trace_engine.scoring import (  # noqa: E402
+    ConflictSample,
+    conflict_samples,
+    gold_samples,
+    pack_batches,
+    retain_preference_samples,
+)
 from trace_engine.synthetic.offline_run import add_triage_noise, default_train_config  # noqa: E402
-from trace_engine.variants import SampleKind  # noqa: E402
 
 KINDS = ("INVERT", "PUNISH", "RETAIN")
 
@@ -72,12 +77,6 @@ def separation(scores: Mapping[str, float], rows: Mapping[str, Mapping[str, Any]
             "auc": None if a is None else round(a, 3),
             "clean_positive": round(sum(s > 0 for s in clean) / len(clean), 3) if clean else None,
             "corrupted_positive": round(sum(s > 0 for s in bad) / len(bad), 3) if bad else None}
-
-
-def retain_as_pairs(rows: Sequence[Mapping[str, Any]]) -> list[ConflictSample]:
-    """RETAIN rows as (chosen, rejected) preference samples: what the anchor holds up, against its alternative."""
-    return [ConflictSample(str(r["id"]), SampleKind.INVERT, r["prompt"], (r["chosen"], r["rejected"]))
-            for r in rows if r["category"] == "RETAIN"]
 
 
 def trusted_rows(clean: Sequence[Mapping[str, Any]], noisy: Sequence[Mapping[str, Any]], n: int, seed: int
@@ -129,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noise in [float(x) for x in args.noise.split(",") if x]:
         noisy, stats = add_triage_noise(clean, noise, args.seed)
         by_id = {str(r["id"]): r for r in noisy}
-        samples = conflict_samples(noisy, "trace") + retain_as_pairs(noisy)
+        samples = conflict_samples(noisy, "trace") + retain_preference_samples(noisy)
         kind_of = {s.sample_id: str(by_id[s.sample_id]["category"]) for s in samples}
         with_trusted = trusted_rows(clean, noisy, args.n_trusted, args.seed)
         directions = {"g_J all": direction(noisy, "all"), "g_J trusted": direction(with_trusted, "trusted")}

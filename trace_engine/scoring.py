@@ -231,6 +231,17 @@ def score_conflicts(
     return ImpactResult(scored, weights, summary, gold_report, truncation, ref, out_rows)
 
 
+def retain_preference_samples(rows: Sequence[Mapping[str, Any]]) -> list[ConflictSample]:
+    """RETAIN rows as (chosen, rejected) preference samples, on the texts training anchors: what the anchor check
+    scores."""
+    samples = []
+    for i, row in enumerate(rows):
+        e = choose_row(dict(row), i, VARIANTS["trace"]).example
+        if e is not None and e.category == Category.RETAIN:
+            samples.append(ConflictSample(e.row_id, SampleKind.INVERT, e.prompt, (e.preferred, e.dispreferred)))
+    return samples
+
+
 def anchor_scores(
     model: nn.Module,
     tokenizer,
@@ -245,11 +256,7 @@ def anchor_scores(
     pairs (`WeightShaping.check_anchors`); {} when the gold batch has no RETAIN pair (nothing to check against).
     Every rank computes it whole (a few RETAIN rows; no gather needed)."""
     gold_retain = [g for g in gold if g.category == Category.RETAIN]
-    samples = []
-    for i, row in enumerate(rows):
-        e = choose_row(dict(row), i, VARIANTS["trace"]).example
-        if e is not None and e.category == Category.RETAIN:
-            samples.append(ConflictSample(e.row_id, SampleKind.INVERT, e.prompt, (e.preferred, e.dispreferred)))
+    samples = retain_preference_samples(rows)
     if not gold_retain or not samples:
         return {}
     gold_batches, _ = pack_batches(tokenizer, gold_samples(gold_retain), rows_per_batch, limits)
@@ -565,17 +572,16 @@ def shape_weights(weights: NormalisedWeights, shaping: WeightShaping,
     per_kind = shaping.balance_kinds or shaping.cap_per_kind or shaping.gate
     if per_kind and (groups is None or len(groups) != len(values)):
         raise ValueError("per-kind weight shaping needs each weight's kind")
-    if shaping.gate:
+    if shaping.gate:  # 0 or the uniform weight: nothing for balancing or a cap to do
         uniform = 1.0 if weights.mode == "mean" else 1.0 / max(1, len(values))
         values = gate_weights(values, groups, uniform)  # type: ignore[arg-type]
-    elif shaping.balance_kinds:
-        values = balance_kinds(values, groups)  # type: ignore[arg-type]
-    if shaping.gate:
-        pass  # gated weights are 0 or uniform: nothing for a cap to do
-    elif shaping.cap is not None and per_kind:
-        values = cap_weights_by_group(values, groups, shaping.cap)  # type: ignore[arg-type]
-    elif shaping.cap is not None:
-        values = cap_weights(values, shaping.cap)
+    else:
+        if shaping.balance_kinds:
+            values = balance_kinds(values, groups)  # type: ignore[arg-type]
+        if shaping.cap is not None and per_kind:
+            values = cap_weights_by_group(values, groups, shaping.cap)  # type: ignore[arg-type]
+        elif shaping.cap is not None:
+            values = cap_weights(values, shaping.cap)
     if shaping.uniform_mix > 0.0:
         values = mix_uniform(values, shaping.uniform_mix)
     return replace(weights, weights=values)
