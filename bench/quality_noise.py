@@ -10,7 +10,8 @@ weight on corrupted rows, and how many gold-batch pairs are corrupted.
 A setting is a JSON object: `normalise` ('sum' | 'mean'), `cap` (max weight as a multiple of the uniform weight),
 `cap_per_kind` (the cap within each sample kind), `uniform_mix` (λ), `gold` ('all' | 'trusted' | 'clean'), `trusted`
 (K rows marked trusted: a seeded stratified subset of the training rows, restored to their clean triage as a person
-checking them would), `variant`.
+checking them would), `gate` (impact decides which rows train, not how much), `check_anchors` (drop RETAIN anchors
+whose preference contradicts the gold RETAIN pairs), `variant`.
 `gold: clean` is a diagnostic, not a method: the gold batch from every uncorrupted row (which a user cannot know).
 
 Run: `.venv/bin/python bench/quality_noise.py --on val --seeds 0,1 --noise 0,0.1,0.2 '{}' '{"cap": 5}'`
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-train", action="store_true", help="weight diagnostics only (scoring, no training)")
     args = ap.parse_args(argv)
+    settings = [parse_setting(text, ap) for text in args.settings]
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,8 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = split_rows(rows, cfg.n_train, cfg.n_val, seed)
         sets = eval_sets(world, cfg, split.val if args.on == "val" else split.test)
         for noise in (float(p) for p in args.noise.split(",")):
-            for text in args.settings:
-                setting = json.loads(text)
+            for setting in settings:
                 key = json.dumps({"setting": setting, "seed": seed, "noise": noise, "size": args.size,
                                   "train": not args.no_train}, sort_keys=True)
                 if key in done:
@@ -142,12 +143,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+SETTING_KEYS = frozenset({"normalise", "cap", "cap_per_kind", "uniform_mix", "gold", "trusted", "gate",
+                          "check_anchors", "variant"})
+
+
+def parse_setting(text: str, ap: argparse.ArgumentParser) -> dict[str, Any]:
+    """A setting as JSON; a misspelt key would silently measure the default, so it is refused."""
+    try:
+        setting = json.loads(text)
+    except json.JSONDecodeError as exc:
+        ap.error(f"setting {text!r} is not JSON: {exc}")
+    if not isinstance(setting, dict):
+        ap.error(f"setting {text!r} is not a JSON object")
+    unknown = sorted(set(setting) - SETTING_KEYS)
+    if unknown:
+        ap.error(f"setting {text!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTING_KEYS))}")
+    return setting
+
+
+def weight_shaping(setting: Mapping[str, Any]) -> WeightShaping:
+    return WeightShaping(cap=setting.get("cap"), uniform_mix=setting.get("uniform_mix", 0.0),
+                         cap_per_kind=setting.get("cap_per_kind", False), gate=setting.get("gate", False),
+                         check_anchors=setting.get("check_anchors", False))
+
+
 def run_one(setting: Mapping[str, Any], seed: int, noise: float, clean: Sequence[Mapping[str, Any]], base_path: Path,
             cfg: PipelineConfig, world: Any, sets: Any, out: Path, *, train_too: bool) -> dict[str, Any]:
     variant = setting.get("variant", "trace")
     normalise = setting.get("normalise", cfg.normalise)
-    shaping = WeightShaping(cap=setting.get("cap"), uniform_mix=setting.get("uniform_mix", 0.0),
-                            cap_per_kind=setting.get("cap_per_kind", False))
+    shaping = weight_shaping(setting)
     train_rows, gold_source = gold_rows_for(noisy_rows(clean, noise, seed, setting.get("trusted", 0)),
                                             setting.get("gold", "all"))
     tc = default_train_config(variant, seed)

@@ -28,3 +28,8 @@ def quality_real() -> ModuleType:
 @pytest.fixture(scope="module")
 def probe() -> ModuleType:
     return import_bench("quality_real_noise_probe")
+
+
+@pytest.fixture(scope="module")
+def quality_noise() -> ModuleType:
+    return import_bench("quality_noise")
