@@ -10,7 +10,8 @@ nor in the base's fine-tuning), ASR on test operational requests x the 5 attack 
 look-alikes (refusal patterns), capability = MC facts by log-likelihood + capital questions by exact match.
 Per run: LoRA r 8 on q_proj/v_proj, short sequences (max 128 tokens); impact scores and reference log-probs computed
 once per (size, seed, noise) and shared by `trace` and `no_kl`. The defaults below (lr 3e-3, 4 epochs, β 0.1,
-α_KL 0.3, batch 8; impact weights normalised to mean 1, capped at 2x uniform and mixed half with uniform) were
+α_KL 0.3, batch 8; impact weights normalised to mean 1, capped at 2x uniform and mixed half with uniform; RETAIN
+anchors checked against the gold RETAIN pairs, `--no-check-anchors` to measure without) were
 chosen on VALIDATION prompts by `bench/quality_real_sweep.py` (results: docs/data/quality_real_val*.jsonl), never on
 the test prompts this script reports. The base is the pinned one (bench/pinned): the same weights on every machine.
 
@@ -129,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--uniform-mix", type=float, default=0.5, help="λ: impact weights mixed with uniform")
     ap.add_argument("--balance-kinds", action="store_true", help="impact ranks rows within a kind only")
     ap.add_argument("--gate", action="store_true", help="impact decides which rows train, not how much")
-    ap.add_argument("--check-anchors", action="store_true", help="drop RETAIN anchors whose preference contradicts "
-                    "the gold RETAIN pairs")
+    ap.add_argument("--check-anchors", action=argparse.BooleanOptionalAction, default=True,
+                    help="drop RETAIN anchors whose preference contradicts the gold RETAIN pairs (chosen on validation: "
+                    "TPA at 10%% triage noise 31.2 -> 47.9, clean 60.4 -> 62.5)")
     ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -170,9 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "gate": args.gate, "check_anchors": args.check_anchors, "max_new_tokens": args.max_new_tokens}
     done = {r["key"] for r in read_records(results_path, settings, identity)}
     score_cache: dict[tuple, Any] = {}
-    runs = plan(sizes, seeds, noises)
-    if args.variants:
-        runs = [r for r in runs if r["variant"] in set(args.variants.split(","))]
+    planned = plan(sizes, seeds, noises)  # the whole table's plan: what `--variants` runs is a part of it
+    runs = [r for r in planned if r["variant"] in set(args.variants.split(","))] if args.variants else planned
     slowest = 0.0
     for i, r in enumerate(runs):
         key = run_key(r)
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
             summary = score_cache[skey].summary
             scored_summary = {"concentration": summary.get("concentration", {}), "by_kind": summary.get("by_kind", {}),
-                              "corrupted_rows": corrupted_weight(train_rows)}
+                              "corrupted_rows": corrupted_weight(train_rows), "anchors": anchors_dropped(train_rows)}
         run_dir = out / "runs" / key
         shutil.rmtree(run_dir, ignore_errors=True)
         trained = train(train_rows, tc, base=ModelSource(str(base)), output_dir=run_dir, reference_logps=ref,
@@ -217,10 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             started)
 
     records = read_records(results_path, settings, identity)
-    table = render(records, base_eval, len(runs))
+    table = render(records, base_eval, len(planned))
     (out / "table.md").write_text(table + "\n")
     print(table)
-    print(json.dumps({"runs_done": len(records), "runs_planned": len(runs),
+    print(json.dumps({"runs_done": len(records), "runs_planned": len(planned),
                       "wall_s_this_call": round(time.perf_counter() - started, 1)}))
     return 0
 
@@ -335,6 +336,17 @@ def corrupted_weight(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return {"n_corrupted": len(bad), "n_clean": len(good), "mean_weight_corrupted": sum(bad) / len(bad),
             "mean_weight_clean": sum(good) / len(good), "row_share_corrupted": len(bad) / len(weighted),
             "weight_share_corrupted": sum(bad) / total if total > 0 else None}
+
+
+def anchors_dropped(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the anchor check did: RETAIN anchors checked and dropped, and of those dropped how many triage noise had
+    corrupted (None when the check did not run)."""
+    checked = [r for r in rows if "anchor_weight" in r]
+    if not checked:
+        return None
+    dropped = [r for r in checked if float(r["anchor_weight"]) <= 0.0]
+    return {"checked": len(checked), "dropped": len(dropped), "corrupted": sum(1 for r in checked if r.get("noise")),
+            "dropped_corrupted": sum(1 for r in dropped if r.get("noise"))}
 
 
 def share_by_kind(world: RealWorld, records: Sequence[dict[str, Any]]) -> dict[str, float]:

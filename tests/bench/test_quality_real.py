@@ -56,3 +56,11 @@ def test_a_setting_added_later_pools_with_records_made_before_it_at_its_old_valu
     assert quality_real.read_records(path, {**old, "gate": True, "check_anchors": False}, base) == []
     path.write_text(json.dumps({"key": "k", "variant": "no_kl", "settings": old, **base}) + "\n")
     assert [r["key"] for r in quality_real.read_records(path, {**old, "check_anchors": True}, base)] == ["k"]
+
+
+def test_anchors_dropped_counts_what_the_check_removed_and_how_much_of_it_was_noise(quality_real) -> None:
+    rows = [{"id": "a", "anchor_weight": 0.0, "noise": {"kind": "label_flip"}}, {"id": "b", "anchor_weight": 0.0},
+            {"id": "c", "anchor_weight": 1.0}, {"id": "d", "anchor_weight": 1.0, "noise": {"kind": "pair_swap"}},
+            {"id": "e", "impact_score": 1.0}]
+    assert quality_real.anchors_dropped(rows) == {"checked": 4, "dropped": 2, "corrupted": 2, "dropped_corrupted": 1}
+    assert quality_real.anchors_dropped([{"id": "e", "impact_score": 1.0}]) is None  # the check did not run
