@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="train with length-grouped micro-batches")
     ap.add_argument("--weight-cap", type=float, default=None,
                     help="impact-weight cap in uniform weights (default: the library's; 0 = no cap, as published)")
+    ap.add_argument("--check-anchors", action=argparse.BooleanOptionalAction, default=False,
+                    help="check the RETAIN anchors against the gold RETAIN pairs (the library's default now; off "
+                    "here because this world's tables were measured without it: on its validation split it tied, "
+                    "95.3 vs 94.9% TPA over 0/10/20%% noise)")
     ap.add_argument("--with-noise", action="store_true", help="with --variants: keep their noisy-triage runs too")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -132,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.variants:
         wanted = set(args.variants.split(","))
         runs = [r for r in runs if r["variant"] in wanted and (args.with_noise or not r["noise"])]
-    shaping = None if args.weight_cap is None else WeightShaping(cap=args.weight_cap or None)
+    cap = DEFAULT_WEIGHT_CAP if args.weight_cap is None else args.weight_cap or None
+    shaping = WeightShaping(cap=cap, check_anchors=args.check_anchors)
     for i, r in enumerate(runs):
         key = run_key(r)
         if key in done:
@@ -163,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         after = evaluate_model_dir(base.path, trained.output_dir, world, sets[r["seed"]], cfg)
         record = {
             "key": key, **r, "normalise": cfg.normalise if r["variant"] in IMPACT_VARIANTS else None,
-            "weight_cap": (DEFAULT_WEIGHT_CAP if args.weight_cap is None else args.weight_cap or None)
-            if r["variant"] in IMPACT_VARIANTS else None,
+            "weight_cap": cap if r["variant"] in IMPACT_VARIANTS else None,
+            "check_anchors": args.check_anchors if r["variant"] in IMPACT_VARIANTS else None,
             "steps": trained.steps, "train_s": round(t1 - t0, 1),
             "eval_s": round(time.perf_counter() - t1, 1),
             "tpa": after["tpa"]["value"], "tpa_ood": after["tpa_ood"]["value"],

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch import nn
 
 from trace_engine.categories import Category
-from trace_engine.config import DEFAULT_WEIGHT_CAP, LengthLimits, LossSettings
+from trace_engine.config import DEFAULT_CHECK_ANCHORS, DEFAULT_WEIGHT_CAP, LengthLimits, LossSettings
 from trace_engine.data.io import write_json, write_jsonl
 from trace_engine.data.pairs import Prompt
 from trace_engine.gold import (
@@ -484,7 +484,7 @@ class WeightShaping:
                 "balance_kinds": self.balance_kinds, "gate": self.gate, "check_anchors": self.check_anchors}
 
 
-DEFAULT_SHAPING = WeightShaping(cap=DEFAULT_WEIGHT_CAP)
+DEFAULT_SHAPING = WeightShaping(cap=DEFAULT_WEIGHT_CAP, check_anchors=DEFAULT_CHECK_ANCHORS)
 
 
 def cap_weights(weights: Sequence[float], cap: float) -> list[float]:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from core.jobspec import Hyperparameters
 from trace_engine.config import (
+    DEFAULT_CHECK_ANCHORS,
     DEFAULT_UNIFORM_MIX,
     DEFAULT_WEIGHT_CAP,
     KL_RESPONSES,
@@ -50,7 +51,7 @@ def test_the_weight_cap_default_is_the_engines_and_null_turns_it_off() -> None:
 def test_the_weight_shaping_and_gold_source_are_the_engines() -> None:
     assert Hyperparameters().uniform_mix == DEFAULT_UNIFORM_MIX and Hyperparameters().gold_from == "all"
     assert set(get_args(Hyperparameters.model_fields["gold_from"].annotation)) == set(GOLD_SOURCES)
-    assert Hyperparameters().gate_weights is False and Hyperparameters().check_anchors is False
+    assert Hyperparameters().gate_weights is False and Hyperparameters().check_anchors is DEFAULT_CHECK_ANCHORS is True
     for bad in ({"uniform_mix": 1.5}, {"uniform_mix": -0.1}, {"gold_from": "mine"}, {"gate_weights": "maybe"},
                 {"check_anchors": [1]}):
         with pytest.raises(ValidationError):

@@ -303,5 +303,8 @@ def test_anchor_check_scores_retain_rows_against_gold_retain_pairs_and_drops_a_s
     prepared = prepare_examples(result.rows, "trace")
     assert "r2" not in {e.row_id for e in prepared.examples} and prepared.counts["skipped_zero_weight"] >= 1
     assert "r0" in {e.row_id for e in prepared.examples}
-    unchecked = score_conflicts(model, tokenizer, rows, gold_size=3, seed=0, rows_per_batch=4)
+    unchecked = score_conflicts(model, tokenizer, rows, gold_size=3, seed=0, rows_per_batch=4,
+                                shaping=WeightShaping(check_anchors=False))
     assert all("anchor_weight" not in r for r in unchecked.rows) and "anchors" not in unchecked.summary
+    by_default = score_conflicts(model, tokenizer, rows, gold_size=3, seed=0, rows_per_batch=4, gold_from="trusted")
+    assert [r.get("anchor_weight") for r in by_default.rows] == [r.get("anchor_weight") for r in result.rows]

@@ -28,6 +28,7 @@ from typing import Any
 from trace_engine.categories import CATEGORIES, Category
 from trace_engine.checkpoint import CheckpointMismatch
 from trace_engine.config import (
+    DEFAULT_CHECK_ANCHORS,
     DEFAULT_UNIFORM_MIX,
     DEFAULT_WEIGHT_CAP,
     FUSED_MODES,
@@ -188,8 +189,10 @@ def _scoring_args(p: argparse.ArgumentParser, batch_flag: str) -> None:
     p.add_argument("--gate-weights", action="store_true",
                    help="impact decides which conflicting pairs train (score > 0: the uniform weight; else dropped; "
                    "a kind with no positive score is kept whole), not how much")
-    p.add_argument("--check-anchors", action="store_true",
-                   help="drop the KL anchor of RETAIN pairs whose preference contradicts the gold RETAIN pairs")
+    p.add_argument("--check-anchors", action=argparse.BooleanOptionalAction, default=DEFAULT_CHECK_ANCHORS,
+                   help="drop the KL anchor of RETAIN pairs whose preference contradicts the gold RETAIN pairs "
+                   f"(default {'on' if DEFAULT_CHECK_ANCHORS else 'off'}, chosen on validation: robust to noisy "
+                   "triage; --no-check-anchors anchors every RETAIN pair, as published)")
     p.add_argument("--gold-from", default="all", choices=GOLD_SOURCES,
                    help='rows the gold batch is drawn from: all (published), trusted (rows with "trusted": true) '
                    "or auto (the trusted rows when any row is marked)")

@@ -225,6 +225,21 @@ def test_cli_weight_cap_default_is_the_library_default():
     from trace_engine.scoring import DEFAULT_WEIGHT_CAP as LIBRARY_DEFAULT
 
     assert DEFAULT_WEIGHT_CAP == LIBRARY_DEFAULT == DEFAULT_SHAPING.cap
+    assert DEFAULT_SHAPING.check_anchors is True  # chosen on validation (config.DEFAULT_CHECK_ANCHORS)
+
+
+def test_anchor_check_is_on_by_default_and_can_be_turned_off(model_dir, tmp_path):
+    """Without a flag every RETAIN row gets an anchor weight; --no-check-anchors anchors every RETAIN pair as
+    published (no anchor weight on any row)."""
+    triaged = write_rows(tmp_path / "t.jsonl", triaged_rows())
+    for flags, checked in (([], True), (["--no-check-anchors"], False)):
+        out = tmp_path / ("on" if checked else "off")
+        assert main(["score", "--triaged", str(triaged), "--model", str(model_dir), "--variant", "trace", "--out",
+                     str(out), "--gold-size", "6", *flags, *SMALL]) == 0
+        retain = [r for r in (json.loads(x) for x in (out / SCORED_FILE).read_text().splitlines())
+                  if r["category"] == "RETAIN"]
+        assert retain and all(("anchor_weight" in r) is checked for r in retain)
+        assert json.loads((out / SCORE_META).read_text())["settings"]["check_anchors"] is checked
 
 
 def test_score_options_reach_the_weights(model_dir, tmp_path):
