@@ -203,8 +203,9 @@ def score_conflicts(
         mine = batches[runtime.rank :: runtime.world_size]  # batches are sorted by length: strided balances work
         mine_scored = score_batches(model, mine, g_j, settings, checkpoint, _batch_progress(progress, len(mine)))
         results = [s for part in runtime.gather_objects(mine_scored) for s in part]
+    check_anchors = shaping.check_anchors and VARIANTS[variant].retain == "kl"  # no anchor, nothing to check
     anchors = (anchor_scores(model, tokenizer, rows, gold, settings, rows_per_batch, limits, checkpoint)
-               if shaping.check_anchors else {})
+               if check_anchors else {})
     by_id = {s.sample_id: s for s in results}
     scored = [by_id[s.sample_id] for s in samples]  # input order
     weights = shape_weights(normalise_scores([s.raw_score for s in scored], mode), shaping,
@@ -221,7 +222,7 @@ def score_conflicts(
         "concentration": weight_concentration(weights.weights),
         "truncation": truncation.to_dict(),
     }
-    if shaping.check_anchors:
+    if check_anchors:
         summary["anchors"] = {"checked": len(anchors), "dropped": sum(1 for v in anchors.values() if v <= 0.0)}
     out_rows = attach_scores(rows, scored, weights)
     for row in out_rows:

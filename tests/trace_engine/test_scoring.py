@@ -308,3 +308,6 @@ def test_anchor_check_scores_retain_rows_against_gold_retain_pairs_and_drops_a_s
     assert all("anchor_weight" not in r for r in unchecked.rows) and "anchors" not in unchecked.summary
     by_default = score_conflicts(model, tokenizer, rows, gold_size=3, seed=0, rows_per_batch=4, gold_from="trusted")
     assert [r.get("anchor_weight") for r in by_default.rows] == [r.get("anchor_weight") for r in result.rows]
+    no_anchor = score_conflicts(model, tokenizer, rows, variant="no_triage", gold_size=3, seed=0, rows_per_batch=4,
+                                gold_from="trusted", shaping=WeightShaping(check_anchors=True))
+    assert "anchors" not in no_anchor.summary and all("anchor_weight" not in r for r in no_anchor.rows)  # no KL
