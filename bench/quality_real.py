@@ -245,7 +245,7 @@ def relevant_settings(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
     when TRACE's α_KL or weight shaping is re-chosen."""
     spec = get_variant(variant)
     drop = set() if spec.needs_scores else set(WEIGHT_SETTINGS)
-    if "kl" not in (spec.retain, spec.every_row):
+    if not spec.anchors_retain:
         drop.update(("alpha_kl", "check_anchors"))  # no anchor to weigh or check
     return {k: v for k, v in {**LATER_SETTINGS, **settings}.items() if k not in drop}
 

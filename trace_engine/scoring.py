@@ -203,7 +203,7 @@ def score_conflicts(
         mine = batches[runtime.rank :: runtime.world_size]  # batches are sorted by length: strided balances work
         mine_scored = score_batches(model, mine, g_j, settings, checkpoint, _batch_progress(progress, len(mine)))
         results = [s for part in runtime.gather_objects(mine_scored) for s in part]
-    check_anchors = shaping.check_anchors and VARIANTS[variant].retain == "kl"  # no anchor, nothing to check
+    check_anchors = shaping.check_anchors and VARIANTS[variant].anchors_retain  # no anchor, nothing to check
     anchors = (anchor_scores(model, tokenizer, rows, gold, settings, rows_per_batch, limits, checkpoint)
                if check_anchors else {})
     by_id = {s.sample_id: s for s in results}

@@ -71,6 +71,11 @@ class VariantSpec:
         return any(use in _ORACLE_USES for use in (self.every_row, self.invert, self.punish, self.retain))
 
     @property
+    def anchors_retain(self) -> bool:
+        """RETAIN rows train a KL anchor (what α_KL weighs and the anchor check checks)."""
+        return self.use_of(Category.RETAIN) == "kl"
+
+    @property
     def scorable(self) -> bool:
         """Impact scores can be taken for this variant's rows."""
         return self.needs_scores or self.scored_ablation
