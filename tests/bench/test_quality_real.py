@@ -64,3 +64,22 @@ def test_anchors_dropped_counts_what_the_check_removed_and_how_much_of_it_was_no
             {"id": "e", "impact_score": 1.0}]
     assert quality_real.anchors_dropped(rows) == {"checked": 4, "dropped": 2, "corrupted": 2, "dropped_corrupted": 1}
     assert quality_real.anchors_dropped([{"id": "e", "impact_score": 1.0}]) is None  # the check did not run
+
+
+def test_the_documented_real_model_table_is_what_the_committed_data_renders(quality_real) -> None:
+    """docs/benchmarks.md's test table must be the bench's own rendering of the committed result lines, pooled with
+    the bench's default settings on the pinned base: a hand-edited cell, a line left out of the data file or a
+    default changed without re-running fails here."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    args = quality_real.parse_args([])
+    base_eval = json.loads((root / "docs/data/quality_real_test_pinned_base.json").read_text())
+    records = quality_real.read_records(root / "docs/data/quality_real_test_pinned.jsonl",
+                                        quality_real.run_settings(args), {"weights_sha256": "1429a73aa1437977"})
+    planned = quality_real.plan([int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")],
+                                [float(x) for x in args.noise.split(",")])
+    table = quality_real.render(records, base_eval, len(planned))
+    assert len(records) == len(planned) == 39
+    assert table in (root / "docs/benchmarks.md").read_text()
