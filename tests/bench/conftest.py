@@ -33,3 +33,8 @@ def probe() -> ModuleType:
 @pytest.fixture(scope="module")
 def quality_noise() -> ModuleType:
     return import_bench("quality_noise")
+
+
+@pytest.fixture(scope="module")
+def intervention() -> ModuleType:
+    return import_bench("quality_real_noise_intervention")
