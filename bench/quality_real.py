@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from quality_bench import log, mean_std, nested_subset  # noqa: E402
 
-from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings  # noqa: E402
+from trace_engine.config import DEFAULT_WEIGHT_CAP, LoraSettings, TrainConfig  # noqa: E402
 from trace_engine.evaluation.generation import LocalBackend  # noqa: E402
 from trace_engine.evaluation.runner import EvalData, EvalSettings, run_eval  # noqa: E402
 from trace_engine.evaluation.stats import rate  # noqa: E402
@@ -146,6 +146,27 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": args.max_new_tokens}
 
 
+def score_rows(args: argparse.Namespace, base: Path, rows: Sequence[dict[str, Any]], variant: str, tc: TrainConfig,
+               seed: int) -> Any:
+    """Impact scores and reference log-probs with the table's weight shaping (gold batch of 24)."""
+    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds,
+                            gate=args.gate, check_anchors=args.check_anchors)
+    return score(base, rows, variant, tc, normalise=args.normalise, gold_size=24, seed=seed, shaping=shaping)
+
+
+def train_config(args: argparse.Namespace, variant: str, seed: int) -> TrainConfig:
+    """One run's training settings: the table's choices on top of the engine's, short sequences for this CPU."""
+    return default_train_config(variant, seed, lora=LORA, lr=args.lr, beta=args.beta, epochs=args.epochs,
+                                alpha_kl=args.alpha_kl, batch_size=8, max_prompt_len=64, max_len=128,
+                                ref_batch_size=16)
+
+
+def planned_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The whole table's plan (what `--variants` runs is a part of it)."""
+    return plan([int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")],
+                [float(x) for x in args.noise.split(",") if x])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     register_experimental_variants()
@@ -154,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
-    sizes, seeds = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")]
-    noises = [float(x) for x in args.noise.split(",") if x]
+    planned = planned_runs(args)
 
     world = RealWorld(0)
     if args.base:
@@ -165,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          pinned_dir=PINNED_DIR)
     identity = base_identity(base)
     log(f"base {base} ({base_metrics.get('train_seconds')}s to train; weights {identity['weights_sha256']})", started)
-    pairs = world.train_pairs(max(sizes))
+    pairs = world.train_pairs(max(r["size"] for r in planned))
     rows = triage(world, pairs, out / "triage")
     sets = eval_data(world, args.n_test, args.n_asr)
     base_eval_path = out / "base_eval.json"
@@ -176,12 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_eval_path.write_text(json.dumps(base_eval, indent=1))
     log(f"base: {summary_line(base_eval)}", started)
 
-    shaping = WeightShaping(cap=args.cap, uniform_mix=args.uniform_mix, balance_kinds=args.balance_kinds,
-                            gate=args.gate, check_anchors=args.check_anchors)
     settings = run_settings(args)
     done = {r["key"] for r in read_records(results_path, settings, identity)}
     score_cache: dict[tuple, Any] = {}
-    planned = plan(sizes, seeds, noises)  # the whole table's plan: what `--variants` runs is a part of it
     runs = [r for r in planned if r["variant"] in set(args.variants.split(","))] if args.variants else planned
     slowest = 0.0
     for i, r in enumerate(runs):
@@ -196,16 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_rows = nested_subset(rows, r["size"], r["seed"])
         if r["noise"]:
             train_rows, _ = add_triage_noise(train_rows, r["noise"], r["seed"])
-        tc = default_train_config(r["variant"], r["seed"], lora=LORA, lr=args.lr, beta=args.beta, epochs=args.epochs,
-                                  alpha_kl=args.alpha_kl,
-                                  batch_size=8, max_prompt_len=64, max_len=128, ref_batch_size=16)
+        tc = train_config(args, r["variant"], r["seed"])
         ref: dict[str, float] = {}
         scored_summary: dict[str, Any] = {}
         if get_variant(r["variant"]).needs_scores:
             skey = (scored_as(r["variant"]), r["size"], r["seed"], r["noise"])
             if skey not in score_cache:
-                score_cache[skey] = score(base, train_rows, r["variant"], tc, normalise=args.normalise, gold_size=24,
-                                          seed=r["seed"], shaping=shaping)
+                score_cache[skey] = score_rows(args, base, train_rows, r["variant"], tc, r["seed"])
             train_rows, ref = score_cache[skey].rows, score_cache[skey].reference_logps
             summary = score_cache[skey].summary
             scored_summary = {"concentration": summary.get("concentration", {}), "by_kind": summary.get("by_kind", {}),

@@ -34,8 +34,7 @@ from trace_engine.categories import Category  # noqa: E402
 from trace_engine.modeling import ModelSource  # noqa: E402
 from trace_engine.realworld.base import ensure_real_base  # noqa: E402
 from trace_engine.realworld.world import RealWorld  # noqa: E402
-from trace_engine.scoring import WeightShaping, score  # noqa: E402
-from trace_engine.synthetic.offline_run import add_triage_noise, default_train_config  # noqa: E402
+from trace_engine.synthetic.offline_run import add_triage_noise  # noqa: E402
 from trace_engine.train import train  # noqa: E402
 
 
@@ -91,13 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         train_rows, changed = inject(world, noisy, args.inject, args.seed)
     print(f"{len(flips)} operational rows flipped by noise; changed: {changed}", flush=True)
-    shaping = WeightShaping(cap=table.cap, uniform_mix=table.uniform_mix, balance_kinds=table.balance_kinds,
-                            gate=table.gate, check_anchors=table.check_anchors)
-    tc = default_train_config("trace", args.seed, lora=q.LORA, lr=table.lr, beta=table.beta, epochs=table.epochs,
-                              alpha_kl=table.alpha_kl, batch_size=8, max_prompt_len=64, max_len=128,
-                              ref_batch_size=16)
-    scored = score(base, train_rows, "trace", tc, normalise=table.normalise, gold_size=24, seed=args.seed,
-                   shaping=shaping)
+    tc = q.train_config(table, "trace", args.seed)
+    scored = q.score_rows(table, base, train_rows, "trace", tc, args.seed)
     run_dir = out / "adapter"
     trained = train(scored.rows, tc, base=ModelSource(str(base)), output_dir=run_dir,
                     reference_logps=scored.reference_logps, resume=False, device="cpu")

@@ -78,8 +78,7 @@ def test_the_documented_real_model_table_is_what_the_committed_data_renders(qual
     base_eval = json.loads((root / "docs/data/quality_real_test_pinned_base.json").read_text())
     records = quality_real.read_records(root / "docs/data/quality_real_test_pinned.jsonl",
                                         quality_real.run_settings(args), {"weights_sha256": "1429a73aa1437977"})
-    planned = quality_real.plan([int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")],
-                                [float(x) for x in args.noise.split(",")])
+    planned = quality_real.planned_runs(args)
     table = quality_real.render(records, base_eval, len(planned))
     assert len(records) == len(planned) == 39
     assert table in (root / "docs/benchmarks.md").read_text()
